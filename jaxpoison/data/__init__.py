@@ -1,0 +1,39 @@
+"""Datasets: loading, the in-memory :class:`Dataset`, augmentation."""
+
+from jaxpoison.data.augment import augment, augment_batch, normalize, random_crop, random_flip
+from jaxpoison.data.dataset import Dataset, DatasetError, Provenance, split_train_validation
+from jaxpoison.data.formats import read_cifar_binary, read_idx, write_cifar_binary, write_idx
+from jaxpoison.data.sources import (
+    DATA_ENV,
+    dataset_location,
+    dataset_names,
+    get_spec,
+    load_dataset,
+    load_splits,
+    load_tfds,
+    missing_message,
+)
+
+__all__ = [
+    "DATA_ENV",
+    "Dataset",
+    "DatasetError",
+    "Provenance",
+    "augment",
+    "augment_batch",
+    "dataset_location",
+    "dataset_names",
+    "get_spec",
+    "load_dataset",
+    "load_splits",
+    "load_tfds",
+    "missing_message",
+    "normalize",
+    "random_crop",
+    "random_flip",
+    "read_cifar_binary",
+    "read_idx",
+    "split_train_validation",
+    "write_cifar_binary",
+    "write_idx",
+]

@@ -1,0 +1,485 @@
+"""Named datasets and where to find them.
+
+``load_dataset(name, split)`` returns a :class:`~jaxpoison.data.Dataset` from the
+first place that has the data:
+
+* ``digits``: scikit-learn's bundled 8×8 digits (always available; fixed split).
+* ``fashion_mnist``, ``mnist``: IDX ``.gz`` files in ``$JAXPOISON_DATA/<name>``,
+  ``$JAXPOISON_DATA``, or Debian's ``/usr/share/datasets/<name>``; else TFDS.
+* ``cifar10``, ``cifar100``: the official *binary version* directory under
+  ``$JAXPOISON_DATA``; else TFDS.
+* ``imagenette``: an image-folder tree ``$JAXPOISON_DATA/imagenette2*/{train,val}``;
+  else TFDS (``imagenette/160px-v2``). Resized to ``image_size``.
+* ``npz``: your own arrays, ``load_dataset("npz", path=...)``.
+
+TFDS datasets are read with ``tfds.data_source`` (no TensorFlow needed to read);
+preparing them once needs the ``tfds-prepare`` extra. When nothing is found the
+error says exactly how to get the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from jaxpoison.data.dataset import Dataset, DatasetError, Provenance
+from jaxpoison.data.formats import (
+    load_image_folder,
+    read_cifar_binary,
+    read_idx,
+    read_npz_arrays,
+    to_unit_float,
+)
+
+DATA_ENV = "JAXPOISON_DATA"
+DEBIAN_DATASETS = Path("/usr/share/datasets")
+SPLITS = ("train", "test")
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+CIFAR100_CLASSES = tuple(
+    """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
+    butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab
+    crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard
+    lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle mountain mouse mushroom
+    oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine
+    possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake
+    spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor
+    train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split()
+)
+IMAGENETTE_WNIDS = {
+    "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
+    "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn",
+    "n03417042": "garbage truck", "n03425413": "gas pump", "n03445777": "golf ball",
+    "n03888605": "parachute",
+}  # fmt: skip
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What jaxpoison knows about a named dataset.
+
+    Attributes:
+      name: registry name.
+      image_shape: ``(H, W, C)`` of the images as loaded (default size for imagenette).
+      class_names: the classes, in label order.
+      mean, std: per-channel normalisation constants (``None``: computed from the train split).
+      loader: ``(split, **options) -> Dataset``.
+      how_to_get: instructions printed when the data is missing.
+      locate: ``() -> str | None``, where the data would be read from, without reading it.
+    """
+
+    name: str
+    image_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    loader: Callable[..., Dataset]
+    how_to_get: str
+    locate: Callable[[], str | None]
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+
+
+def _register(spec: DatasetSpec) -> DatasetSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def dataset_names() -> tuple[str, ...]:
+    """All registered dataset names."""
+    return tuple(_REGISTRY)
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The registry entry of ``name``; a clear error lists the known names."""
+    if name not in _REGISTRY:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(_REGISTRY)}.")
+    return _REGISTRY[name]
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; choose 'train' or 'test'.")
+
+
+def _make(name, split, source, location, images, labels, class_names, mean, std) -> Dataset:
+    return Dataset(
+        images=to_unit_float(images),
+        labels=np.asarray(labels).astype(np.int32),
+        class_names=tuple(class_names),
+        mean=np.asarray(mean, np.float32),
+        std=np.asarray(std, np.float32),
+        provenance=Provenance(source=source, name=name, split=split, location=str(location)),
+    )
+
+
+def _channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = to_unit_float(images)
+    return x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2))
+
+
+def _search_dirs(name: str, extra: tuple[Path, ...] = ()) -> list[Path]:
+    dirs = []
+    if os.environ.get(DATA_ENV):
+        root = Path(os.environ[DATA_ENV])
+        dirs += [root / name, root]
+    return dirs + list(extra)
+
+
+# --------------------------------------------------------------------------- TFDS
+
+
+def _tfds_data_dir() -> str | None:
+    return os.environ.get("TFDS_DATA_DIR")
+
+
+def _tfds_prepared(tfds_name: str) -> bool:
+    try:
+        import absl.logging
+        import tensorflow_datasets as tfds
+
+        # An unprepared builder logs a warning about missing metadata; absence is the answer here.
+        level = absl.logging.get_verbosity()
+        absl.logging.set_verbosity(absl.logging.ERROR)
+        try:
+            return tfds.builder(tfds_name, data_dir=_tfds_data_dir()).is_prepared()
+        finally:
+            absl.logging.set_verbosity(level)
+    except Exception:  # unknown builder, broken install: treat as absent
+        return False
+
+
+class TfdsUnavailable(DatasetError):
+    """The named TFDS dataset is not prepared in the TFDS data directory."""
+
+
+def load_tfds(
+    tfds_name: str, split: str, image_key: str = "image", label_key: str = "label", image_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Read a prepared TFDS dataset with ``tfds.data_source`` (no TensorFlow needed).
+
+    Never downloads: a dataset that is not prepared raises :class:`TfdsUnavailable`.
+
+    Returns:
+      ``(images uint8 [N, H, W, C], labels int32 [N], class names from the TFDS metadata)``.
+    """
+    import tensorflow_datasets as tfds
+    from tqdm.auto import tqdm
+
+    try:
+        source = tfds.data_source(tfds_name, split=split, data_dir=_tfds_data_dir(), download=False)
+    except Exception as e:  # tfds raises assorted errors for unprepared or unknown datasets
+        raise TfdsUnavailable(f"TFDS dataset {tfds_name} is not prepared here ({type(e).__name__}).") from e
+    images, labels = [], []
+    for i in tqdm(range(len(source)), desc=f"reading {tfds_name}/{split}", leave=False, mininterval=2.0):
+        example = source[i]
+        image = np.asarray(example[image_key])
+        if image_size is not None and image.shape[:2] != (image_size, image_size):
+            image = _resize_uint8(image, image_size)
+        images.append(image)
+        labels.append(int(example[label_key]))
+    if not images:
+        raise DatasetError(f"TFDS dataset {tfds_name}/{split} is empty.")
+    names: tuple[str, ...] = ()
+    try:
+        names = tuple(tfds.builder(tfds_name, data_dir=_tfds_data_dir()).info.features[label_key].names)
+    except Exception:  # metadata-less builders (e.g. under tfds.testing.mock_data)
+        pass
+    return np.stack(images), np.asarray(labels, np.int32), names
+
+
+def _from_tfds(name: str, tfds_name: str, split: str, classes, mean, std, test_split="test", **kw) -> Dataset:
+    try:
+        images, labels, _ = load_tfds(tfds_name, "train" if split == "train" else test_split, **kw)
+    except TfdsUnavailable as e:
+        raise DatasetError(missing_message(name)) from e
+    return _make(name, split, "tfds", f"tfds:{tfds_name}", images, labels, classes, mean, std)
+
+
+def _resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image.squeeze()).convert("RGB").resize((size, size)), np.uint8)
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def _load_digits(split: str, **_) -> Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = (bunch.images / 16.0).astype(np.float32)[..., None]
+    # A fixed stratified split: 1437 train / 360 test.
+    train_idx, test_idx = train_test_split(
+        np.arange(len(images)), test_size=360, stratify=bunch.target, random_state=0
+    )
+    idx = train_idx if split == "train" else test_idx
+    mean, std = _channel_stats(images[train_idx])
+    return _make("digits", split, "digits", "sklearn.datasets.load_digits", images[idx], bunch.target[idx],
+                 [str(d) for d in range(10)], mean, std)  # fmt: skip
+
+
+_register(
+    DatasetSpec(
+        name="digits",
+        image_shape=(8, 8, 1),
+        class_names=tuple(str(d) for d in range(10)),
+        mean=None,
+        std=None,
+        loader=_load_digits,
+        how_to_get="bundled with scikit-learn; always available.",
+        locate=lambda: "scikit-learn (bundled)",
+    )
+)
+
+
+# --------------------------------------------------------------------------- MNIST family (IDX)
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _find_idx_dir(name: str) -> Path | None:
+    for d in _search_dirs(name, (DEBIAN_DATASETS / name.replace("_", "-"),)):
+        for suffix in (".gz", ""):
+            if all((d / (f + suffix)).is_file() for pair in _IDX_FILES.values() for f in pair):
+                return d
+    return None
+
+
+def _idx_file(directory: Path, stem: str) -> Path:
+    gz = directory / (stem + ".gz")
+    return gz if gz.is_file() else directory / stem
+
+
+def _mnist_family(name: str, classes, mean, std, debian_package: str | None):
+    def locate() -> str | None:
+        d = _find_idx_dir(name)
+        if d is not None:
+            return str(d)
+        return f"tfds:{name}" if _tfds_prepared(name) else None
+
+    def load(split: str, **_) -> Dataset:
+        d = _find_idx_dir(name)
+        if d is not None:
+            image_file, label_file = (_idx_file(d, f) for f in _IDX_FILES[split])
+            images, labels = read_idx(image_file), read_idx(label_file)
+            if images.ndim != 3 or labels.shape != images.shape[:1]:
+                raise DatasetError(
+                    f"{image_file} and {label_file} do not pair up: image array {images.shape}, "
+                    f"label array {labels.shape}. Use matching IDX files."
+                )
+            return _make(name, split, "idx", d, images[..., None], labels, classes, mean, std)
+        return _from_tfds(name, name, split, classes, mean, std)
+
+    apt = f"  * as root on Debian/Ubuntu: apt-get install {debian_package}\n" if debian_package else ""
+    how = (
+        f"{apt}"
+        f"  * put the four IDX files ({', '.join(f + '.gz' for pair in _IDX_FILES.values() for f in pair)}) "
+        f"in ${DATA_ENV}/{name}/\n"
+        f"  * or prepare it with TFDS: pip install 'jaxpoison[tfds-prepare]' && "
+        f"python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}').download_and_prepare()\""
+    )
+    return DatasetSpec(name, (28, 28, 1), classes, mean, std, load, how, locate)
+
+
+_register(_mnist_family("fashion_mnist", FASHION_MNIST_CLASSES, (0.2860,), (0.3530,), "dataset-fashion-mnist"))
+_register(_mnist_family("mnist", tuple(str(d) for d in range(10)), (0.1307,), (0.3081,), None))
+
+
+# --------------------------------------------------------------------------- CIFAR (binary version)
+
+_CIFAR = {
+    # name: (binary dir, train files, test files, label bytes, classes, mean, std)
+    "cifar10": (
+        "cifar-10-batches-bin",
+        tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+        ("test_batch.bin",),
+        1,
+        CIFAR10_CLASSES,
+        (0.49147, 0.48226, 0.44677),
+        (0.24703, 0.24349, 0.26159),
+    ),
+    "cifar100": (
+        "cifar-100-binary",
+        ("train.bin",),
+        ("test.bin",),
+        2,
+        CIFAR100_CLASSES,
+        (0.50716, 0.48669, 0.44120),
+        (0.26733, 0.25644, 0.27615),
+    ),
+}
+
+
+def _cifar(name: str) -> DatasetSpec:
+    dirname, train_files, test_files, label_bytes, classes, mean, std = _CIFAR[name]
+
+    def find_dir() -> Path | None:
+        for d in _search_dirs(name):
+            for candidate in (d / dirname, d):
+                if all((candidate / f).is_file() for f in train_files + test_files):
+                    return candidate
+        return None
+
+    def locate() -> str | None:
+        d = find_dir()
+        if d is not None:
+            return str(d)
+        return f"tfds:{name}" if _tfds_prepared(name) else None
+
+    def load(split: str, **_) -> Dataset:
+        d = find_dir()
+        if d is not None:
+            parts = [read_cifar_binary(d / f, label_bytes) for f in (train_files if split == "train" else test_files)]
+            images = np.concatenate([p[0] for p in parts])
+            labels = np.concatenate([p[1] for p in parts])
+            return _make(name, split, "cifar-binary", d, images, labels, classes, mean, std)
+        return _from_tfds(name, name, split, classes, mean, std)
+
+    how = (
+        f"  * unpack the official CIFAR *binary version* so that ${DATA_ENV}/{dirname}/ holds "
+        f"{', '.join(train_files + test_files)} (the Python/pickle version is not read)\n"
+        f"  * or prepare it with TFDS: pip install 'jaxpoison[tfds-prepare]' && "
+        f"python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}').download_and_prepare()\""
+    )
+    return DatasetSpec(name, (32, 32, 3), classes, mean, std, load, how, locate)
+
+
+_register(_cifar("cifar10"))
+_register(_cifar("cifar100"))
+
+
+# --------------------------------------------------------------------------- Imagenette
+
+_IMAGENETTE_TFDS = "imagenette/160px-v2"
+
+
+def _find_imagenette_dir() -> Path | None:
+    for d in _search_dirs("imagenette"):
+        for candidate in [d, *sorted(d.glob("imagenette2*"))] if d.is_dir() else []:
+            if (candidate / "train").is_dir() and (candidate / "val").is_dir():
+                return candidate
+    return None
+
+
+def _load_imagenette(split: str, image_size: int = 160, **_) -> Dataset:
+    classes = tuple(IMAGENETTE_WNIDS.values())
+    d = _find_imagenette_dir()
+    if d is not None:
+        images, labels, dirs = load_image_folder(
+            d / ("train" if split == "train" else "val"), image_size, class_dirs=sorted(IMAGENETTE_WNIDS)
+        )
+        return _make("imagenette", split, "image-folder", d, images, labels, classes, IMAGENET_MEAN, IMAGENET_STD)
+    return _from_tfds("imagenette", _IMAGENETTE_TFDS, split, classes, IMAGENET_MEAN, IMAGENET_STD,
+                      test_split="validation", image_size=image_size)  # fmt: skip
+
+
+_register(
+    DatasetSpec(
+        name="imagenette",
+        image_shape=(160, 160, 3),
+        class_names=tuple(IMAGENETTE_WNIDS.values()),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        loader=_load_imagenette,
+        how_to_get=(
+            f"  * unpack imagenette2-160 so that ${DATA_ENV}/imagenette2-160/{{train,val}}/<wnid>/*.JPEG exist\n"
+            f"  * or prepare it with TFDS: pip install 'jaxpoison[tfds-prepare]' && "
+            f"python -c \"import tensorflow_datasets as tfds; tfds.builder('{_IMAGENETTE_TFDS}').download_and_prepare()\""
+        ),
+        locate=lambda: (str(_find_imagenette_dir()) if _find_imagenette_dir() else None)
+        or (f"tfds:{_IMAGENETTE_TFDS}" if _tfds_prepared(_IMAGENETTE_TFDS) else None),
+    )
+)
+
+
+# --------------------------------------------------------------------------- user arrays (.npz)
+
+
+def _load_npz(split: str, path: str | os.PathLike | None = None, class_names=None, **_) -> Dataset:
+    """``.npz`` with ``x_train, y_train, x_test, y_test`` (uint8 or [0,1] float, NHWC or NHW)."""
+    if path is None:
+        raise DatasetError("the npz dataset needs a file: load_dataset('npz', split, path='arrays.npz').")
+    arrays = read_npz_arrays(path)
+    needed = ("x_train", "y_train", "x_test", "y_test")
+    missing = [k for k in needed if k not in arrays]
+    if missing:
+        raise DatasetError(f"{path} lacks arrays {missing}; it must hold {', '.join(needed)}. Found {sorted(arrays)}.")
+
+    def nhwc(x):
+        return x[..., None] if x.ndim == 3 else x
+
+    x_train = nhwc(arrays["x_train"])
+    images, labels = nhwc(arrays[f"x_{split}"]), arrays[f"y_{split}"]
+    n_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
+    names = class_names or [str(c) for c in range(n_classes)]
+    mean, std = _channel_stats(x_train)
+    return _make("npz", split, "npz", path, images, labels, names, mean, std)
+
+
+_register(
+    DatasetSpec(
+        name="npz",
+        image_shape=(0, 0, 0),
+        class_names=(),
+        mean=None,
+        std=None,
+        loader=_load_npz,
+        how_to_get="pass path=... to load_dataset (or --data-path on the command line).",
+        locate=lambda: None,
+    )
+)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def missing_message(name: str) -> str:
+    """How to get dataset ``name``, as shown when it is not available."""
+    spec = get_spec(name)
+    return f"dataset {name!r} is not available on this machine. To get it:\n{spec.how_to_get}"
+
+
+def dataset_location(name: str) -> str | None:
+    """Where ``name`` would be read from, or ``None`` when it is not available."""
+    return get_spec(name).locate()
+
+
+def load_dataset(name: str, split: str = "train", **options) -> Dataset:
+    """Load split ``split`` (``"train"`` or ``"test"``) of dataset ``name``.
+
+    Args:
+      name: one of :func:`dataset_names`.
+      split: ``"train"`` or ``"test"``.
+      **options: loader options: ``path`` and ``class_names`` for ``npz``,
+        ``image_size`` for ``imagenette``.
+
+    Raises:
+      DatasetError: unknown name or split, unreadable files, or data not
+        available here (the message says how to get it).
+    """
+    spec = get_spec(name)
+    _check_split(split)
+    return spec.loader(split, **options)
+
+
+def load_splits(name: str, **options) -> tuple[Dataset, Dataset]:
+    """``(train, test)`` of dataset ``name``."""
+    return load_dataset(name, "train", **options), load_dataset(name, "test", **options)

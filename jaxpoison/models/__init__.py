@@ -1,0 +1,21 @@
+"""Flax NNX models and the boundary that turns them into pure functions."""
+
+from jaxpoison.models.cnn import CNN
+from jaxpoison.models.functional import FunctionalModel, count_params, to_functional
+from jaxpoison.models.mlp import MLP
+from jaxpoison.models.registry import MODEL_NAMES, create_model
+from jaxpoison.models.resnet import BasicBlock, ResNet18
+from jaxpoison.models.vgg import VGG16
+
+__all__ = [
+    "CNN",
+    "MLP",
+    "MODEL_NAMES",
+    "VGG16",
+    "BasicBlock",
+    "FunctionalModel",
+    "ResNet18",
+    "count_params",
+    "create_model",
+    "to_functional",
+]

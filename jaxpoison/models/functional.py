@@ -1,0 +1,74 @@
+"""The boundary between Flax NNX modules and jaxpoison's pure functions.
+
+Every algorithm in jaxpoison sees a model as ``apply(params, state, x) -> logits``
+plus two pytrees: ``params`` (what training and influence differentiate) and
+``state`` (frozen extras such as BatchNorm running statistics). The split happens
+once, here; nothing downstream touches NNX objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+from flax import nnx
+
+PyTree = Any
+
+
+class FunctionalModel(NamedTuple):
+    """A model as pure functions over pytrees.
+
+    Attributes:
+      apply: ``apply(params, state, x) -> logits`` in inference mode (BatchNorm uses
+        its running statistics). ``x`` is a normalised batch ``[N, H, W, C]``.
+      features: ``features(params, state, x) -> [N, D]``, the penultimate features.
+      train_apply: ``train_apply(params, state, x) -> (logits, new_state)`` in training
+        mode (BatchNorm uses batch statistics and returns updated running averages).
+      params: the trainable parameters (``nnx.Param`` leaves).
+      state: everything else (``nnx.BatchStat`` leaves; an empty state for BN-free models).
+    """
+
+    apply: Callable[[PyTree, PyTree, jax.Array], jax.Array]
+    features: Callable[[PyTree, PyTree, jax.Array], jax.Array]
+    train_apply: Callable[[PyTree, PyTree, jax.Array], tuple[jax.Array, PyTree]]
+    params: PyTree
+    state: PyTree
+
+    def bind(self, state: PyTree | None = None) -> Callable[[PyTree, jax.Array], jax.Array]:
+        """``apply(params, x)`` with the state frozen (the form influence functions use)."""
+        frozen = self.state if state is None else state
+        return lambda params, x: self.apply(params, frozen, x)
+
+
+def to_functional(model: nnx.Module) -> FunctionalModel:
+    """Split an NNX model into pure ``apply``/``features``/``train_apply`` and its pytrees.
+
+    The model object is not modified. The returned functions close over static
+    graph definitions only, so they can be jitted, vmapped and differentiated freely.
+    """
+    eval_model = nnx.view(model, use_running_average=True, raise_if_not_found=False)
+    train_model = nnx.view(model, use_running_average=False, raise_if_not_found=False)
+    eval_graph, params, state = nnx.split(eval_model, nnx.Param, ...)
+    train_graph = nnx.split(train_model, nnx.Param, ...)[0]
+
+    # copy=True: merge must not alias the caller's Variables, or a BatchNorm update in
+    # training mode would silently rewrite the `state` the caller passed in.
+    def apply(params, state, x):
+        return nnx.merge(eval_graph, params, state, copy=True)(x)
+
+    def features(params, state, x):
+        return nnx.merge(eval_graph, params, state, copy=True).features(x)
+
+    def train_apply(params, state, x):
+        module = nnx.merge(train_graph, params, state, copy=True)
+        logits = module(x)
+        return logits, nnx.state(module, nnx.Not(nnx.Param))
+
+    return FunctionalModel(apply, features, train_apply, params, state)
+
+
+def count_params(params: PyTree) -> int:
+    """Number of scalars in a parameter pytree."""
+    return int(sum(x.size for x in jax.tree.leaves(params)))

@@ -1,0 +1,66 @@
+"""Model architectures and the functional boundary."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxpoison.models import count_params, create_model, to_functional
+
+
+@pytest.mark.parametrize(
+    "name,shape,classes",
+    [("mlp", (8, 8, 1), 10), ("logreg", (8, 8, 1), 3), ("cnn", (28, 28, 1), 10), ("cnn", (8, 8, 1), 10),
+     ("resnet18", (32, 32, 3), 10), ("vgg16", (32, 32, 3), 10)],
+)  # fmt: skip
+def test_output_and_feature_shapes(name, shape, classes):
+    kw = {"width": 8} if name == "resnet18" else {}
+    m = to_functional(create_model(name, shape, classes, **kw))
+    x = jnp.zeros((2, *shape))
+    assert m.apply(m.params, m.state, x).shape == (2, classes)
+    assert m.features(m.params, m.state, x).ndim == 2
+
+
+def test_standard_parameter_counts():
+    # Counts of the standard CIFAR architectures (PyTorch's ResNet-18 CIFAR variant and
+    # the BatchNorm VGG-16 with a single 512->10 classifier), and the 422k-parameter CNN.
+    assert count_params(to_functional(create_model("resnet18", (32, 32, 3), 10)).params) == 11_173_962
+    assert count_params(to_functional(create_model("vgg16", (32, 32, 3), 10)).params) == 14_728_266
+    assert count_params(to_functional(create_model("cnn", (28, 28, 1), 10)).params) == 421_642
+
+
+def test_resnet_inference_mode_uses_running_statistics():
+    m = to_functional(create_model("resnet18", (8, 8, 3), 4, width=4))
+    x = jax.random.normal(jax.random.key(0), (6, 8, 8, 3))
+    # Inference mode: an example's logits do not depend on the rest of the batch.
+    full = m.apply(m.params, m.state, x)
+    alone = m.apply(m.params, m.state, x[:1])
+    np.testing.assert_allclose(full[:1], alone, rtol=1e-5, atol=1e-5)
+    # Training mode: batch statistics are used and running averages move.
+    logits, new_state = m.train_apply(m.params, m.state, x)
+    assert not np.allclose(logits[:1], m.train_apply(m.params, m.state, x[:1])[0], atol=1e-4)
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), m.state, new_state)
+    assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_functional_model_is_pure_and_jittable():
+    m = to_functional(create_model("cnn", (8, 8, 1), 10))
+    x = jax.random.uniform(jax.random.key(1), (3, 8, 8, 1))
+    apply = jax.jit(m.apply)
+    np.testing.assert_allclose(apply(m.params, m.state, x), m.apply(m.params, m.state, x), rtol=1e-5)
+    bound = m.bind()
+    grads = jax.grad(lambda p: bound(p, x).sum())(m.params)
+    assert jax.tree.structure(grads) == jax.tree.structure(m.params)
+    apply(m.params, m.state, x + 1.0)
+    assert apply._cache_size() == 1  # same shapes: no recompilation
+
+
+def test_bad_model_requests():
+    with pytest.raises(ValueError, match="unknown model 'resnet50'"):
+        create_model("resnet50", (32, 32, 3), 10)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        create_model("cnn", (30, 30, 1), 10)
+    with pytest.raises(ValueError, match=r"\(H, W, C\)"):
+        create_model("cnn", (28, 28), 10)
