@@ -64,3 +64,13 @@ def test_bad_model_requests():
         create_model("cnn", (30, 30, 1), 10)
     with pytest.raises(ValueError, match=r"\(H, W, C\)"):
         create_model("cnn", (28, 28), 10)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 5, 2)])
+def test_max_pool_2x2_equals_reduce_window_pooling(shape):
+    from flax import nnx
+
+    from jaxpoison.models.layers import max_pool_2x2
+
+    x = jax.random.normal(jax.random.key(0), shape)
+    np.testing.assert_array_equal(max_pool_2x2(x), nnx.max_pool(x, (2, 2), strides=(2, 2)))

@@ -424,6 +424,11 @@ def _load_npz(split: str, path: str | os.PathLike | None = None, class_names=Non
         raise DatasetError(f"{path} lacks arrays {missing}; it must hold {', '.join(needed)}. Found {sorted(arrays)}.")
 
     def nhwc(x):
+        if x.ndim not in (3, 4):
+            raise DatasetError(
+                f"{path}: image arrays must be 4-D NHWC [N, H, W, C] (or 3-D [N, H, W] for grayscale); "
+                f"got shape {x.shape}. Reshape flat vectors to images before saving."
+            )
         return x[..., None] if x.ndim == 3 else x
 
     x_train = nhwc(arrays["x_train"])

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxpoison.models.layers import max_pool_2x2
+
 
 class CNN(nnx.Module):
     """``conv3x3(32) -> ReLU -> maxpool2 -> conv3x3(64) -> ReLU -> maxpool2 -> Dense(128) -> ReLU -> Dense``.
@@ -34,8 +36,8 @@ class CNN(nnx.Module):
 
     def features(self, x: jax.Array) -> jax.Array:
         """Penultimate features ``[N, hidden]``."""
-        x = nnx.max_pool(jax.nn.relu(self.conv1(x)), (2, 2), strides=(2, 2))
-        x = nnx.max_pool(jax.nn.relu(self.conv2(x)), (2, 2), strides=(2, 2))
+        x = max_pool_2x2(jax.nn.relu(self.conv1(x)))
+        x = max_pool_2x2(jax.nn.relu(self.conv2(x)))
         return jax.nn.relu(self.fc1(jnp.reshape(x, (x.shape[0], -1))))
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxpoison.models.layers import max_pool_2x2
+
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
@@ -42,7 +44,7 @@ class VGG16(nnx.Module):
                 layer += 1
             # Pool only while there is resolution left, so tiny inputs still work.
             if x.shape[1] > 1 and x.shape[2] > 1:
-                x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool_2x2(x)
         return jnp.mean(x, axis=(1, 2))
 
     def __call__(self, x: jax.Array) -> jax.Array:
