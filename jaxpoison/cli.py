@@ -89,7 +89,9 @@ def _cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxpoison", description="Data-poisoning research with influence functions in JAX.")
+    parser = argparse.ArgumentParser(
+        prog="jaxpoison", description="Data-poisoning research with influence functions in JAX."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("datasets", help="list known datasets and whether they are available here")

@@ -57,7 +57,7 @@ def test_cifar_binary_parser(tmp_path, label_bytes):
     labels = np.array([7, 0, 9])
     # Hand-build the records: label byte(s), then R plane, G plane, B plane.
     records = []
-    for img, lab in zip(images, labels):
+    for img, lab in zip(images, labels, strict=True):
         head = bytes([lab]) if label_bytes == 1 else bytes([lab // 10, lab])
         records.append(head + img.transpose(2, 0, 1).tobytes())
     (tmp_path / "b.bin").write_bytes(b"".join(records))

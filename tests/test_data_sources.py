@@ -27,8 +27,8 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
     counts = np.bincount(test.labels, minlength=10)
     assert counts.min() >= 35 and counts.max() <= 37
     # Disjoint: no test image appears in train.
-    train_rows = {row.tobytes() + bytes([lab]) for row, lab in zip(train.images, train.labels)}
-    overlap = sum(row.tobytes() + bytes([lab]) in train_rows for row, lab in zip(test.images, test.labels))
+    train_rows = {row.tobytes() + bytes([lab]) for row, lab in zip(train.images, train.labels, strict=True)}
+    overlap = sum(row.tobytes() + bytes([lab]) in train_rows for row, lab in zip(test.images, test.labels, strict=True))
     assert overlap <= 5  # digits has a handful of exact duplicate images; a wrong split would share ~80%
     assert train.content_hash == load_dataset("digits", "train").content_hash
 
@@ -77,7 +77,7 @@ def test_missing_dataset_says_how_to_get_it(no_local_data):
 
 
 def test_unknown_names_are_clear_errors():
-    with pytest.raises(DatasetError, match="unknown dataset 'cifar11'.*cifar10"):
+    with pytest.raises(DatasetError, match=r"unknown dataset 'cifar11'.*cifar10"):
         load_dataset("cifar11")
     with pytest.raises(DatasetError, match="unknown split"):
         load_dataset("digits", "validation")

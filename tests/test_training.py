@@ -82,7 +82,7 @@ def test_checkpoint_round_trip(tmp_path):
     step, restored, meta = restore_latest(checkpoint_manager(tmp_path), tree)
     assert step == 3 and meta == {"epoch": 3}
     assert jax.tree.structure(restored) == jax.tree.structure(tree)
-    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(tree)):
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(tree), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -106,7 +106,8 @@ def test_resume_after_interrupt_gives_identical_parameters(tmp_path, tiny_datase
     resumed = train(model, tiny_dataset, recipe, seed=5, checkpoint_dir=str(tmp_path), progress=False)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     assert resumed.step_losses.size == 2 * (len(tiny_dataset) // 16)  # only epochs 2 and 3 ran
-    for a, b in zip(jax.tree.leaves((straight.params, straight.state)), jax.tree.leaves((resumed.params, resumed.state))):
+    final = [jax.tree.leaves((r.params, r.state)) for r in (straight, resumed)]
+    for a, b in zip(*final, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # The same directory with another recipe is refused instead of silently mixed.
     with pytest.raises(CheckpointError, match="another run"):

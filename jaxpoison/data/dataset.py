@@ -177,7 +177,7 @@ def split_train_validation(dataset: Dataset, fraction: float, seed: int = 0) -> 
     for c in range(dataset.num_classes):
         idx = np.flatnonzero(dataset.labels == c)
         rng.shuffle(idx)
-        held.append(idx[: int(round(fraction * idx.size))])
+        held.append(idx[: round(fraction * idx.size)])
     held_idx = np.sort(np.concatenate(held))
     keep = np.ones(len(dataset), bool)
     keep[held_idx] = False

@@ -383,7 +383,7 @@ def _load_imagenette(split: str, image_size: int = 160, **_) -> Dataset:
     classes = tuple(IMAGENETTE_WNIDS.values())
     d = _find_imagenette_dir()
     if d is not None:
-        images, labels, dirs = load_image_folder(
+        images, labels, _ = load_image_folder(
             d / ("train" if split == "train" else "val"), image_size, class_dirs=sorted(IMAGENETTE_WNIDS)
         )
         return _make("imagenette", split, "image-folder", d, images, labels, classes, IMAGENET_MEAN, IMAGENET_STD)
@@ -402,7 +402,8 @@ _register(
         how_to_get=(
             f"  * unpack imagenette2-160 so that ${DATA_ENV}/imagenette2-160/{{train,val}}/<wnid>/*.JPEG exist\n"
             f"  * or prepare it with TFDS: pip install 'jaxpoison[tfds-prepare]' && "
-            f"python -c \"import tensorflow_datasets as tfds; tfds.builder('{_IMAGENETTE_TFDS}').download_and_prepare()\""
+            "python -c \"import tensorflow_datasets as tfds; "
+            f"tfds.builder('{_IMAGENETTE_TFDS}').download_and_prepare()\""
         ),
         locate=lambda: (str(_find_imagenette_dir()) if _find_imagenette_dir() else None)
         or (f"tfds:{_IMAGENETTE_TFDS}" if _tfds_prepared(_IMAGENETTE_TFDS) else None),

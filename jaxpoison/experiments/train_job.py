@@ -26,6 +26,10 @@ def default_recipe(model: str, epochs: int | None = None) -> TrainRecipe:
     return get_recipe(DEFAULT_RECIPE[model], epochs)
 
 
+def _describe(dataset) -> dict:
+    return {**dataclasses.asdict(dataset.provenance), "hash": dataset.content_hash, "size": len(dataset)}
+
+
 def run_train_job(
     dataset: str,
     model: str,
@@ -79,8 +83,8 @@ def run_train_job(
         "seed": seed,
         "recipe": dataclasses.asdict(recipe),
         "history": result.history,
-        "train_data": {**dataclasses.asdict(train_set.provenance), "hash": train_set.content_hash, "size": len(train_set)},
-        "test_data": {**dataclasses.asdict(test_set.provenance), "hash": test_set.content_hash, "size": len(test_set)},
+        "train_data": _describe(train_set),
+        "test_data": _describe(test_set),
         "environment": environment(),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import jax
@@ -21,7 +22,7 @@ class MLP(nnx.Module):
 
     def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (128,), *, rngs: nnx.Rngs):
         widths = [in_features, *hidden]
-        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(widths)])
         self.head = nnx.Linear(widths[-1], num_classes, rngs=rngs)
 
     def features(self, x: jax.Array) -> jax.Array:
