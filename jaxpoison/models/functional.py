@@ -28,6 +28,8 @@ class FunctionalModel(NamedTuple):
         mode (BatchNorm uses batch statistics and returns updated running averages).
       params: the trainable parameters (``nnx.Param`` leaves).
       state: everything else (``nnx.BatchStat`` leaves; an empty state for BN-free models).
+      graphdef: the static structure of the inference-mode model, for tools that need to
+        look inside it (layer capture for K-FAC/EK-FAC).
     """
 
     apply: Callable[[PyTree, PyTree, jax.Array], jax.Array]
@@ -35,6 +37,7 @@ class FunctionalModel(NamedTuple):
     train_apply: Callable[[PyTree, PyTree, jax.Array], tuple[jax.Array, PyTree]]
     params: PyTree
     state: PyTree
+    graphdef: Any = None
 
     def bind(self, state: PyTree | None = None) -> Callable[[PyTree, jax.Array], jax.Array]:
         """``apply(params, x)`` with the state frozen (the form influence functions use)."""
@@ -66,7 +69,7 @@ def to_functional(model: nnx.Module) -> FunctionalModel:
         logits = module(x)
         return logits, nnx.state(module, nnx.Not(nnx.Param))
 
-    return FunctionalModel(apply, features, train_apply, params, state)
+    return FunctionalModel(apply, features, train_apply, params, state, eval_graph)
 
 
 def count_params(params: PyTree) -> int:

@@ -1,0 +1,290 @@
+"""Explicit capture of layer inputs and output gradients, for K-FAC and EK-FAC.
+
+Kronecker-factored curvature needs, for every tracked layer, the layer's input
+``a`` (for a convolution: its input *patches*) and the gradient ``g`` of the loss
+with respect to the layer's output, per example. jaxpoison captures both without
+parsing the traced graph:
+
+* the model is merged from its ``graphdef`` inside the traced function, and each
+  ``nnx.Linear`` / ``nnx.Conv`` instance of that private copy is switched to a
+  tapped subclass whose ``__call__`` records its input and adds a zero *probe* to
+  its output;
+* the gradient of the summed per-example loss with respect to the probes is the
+  per-example output gradient (examples are independent in inference mode).
+
+Only exact ``nnx.Linear`` and ``nnx.Conv`` layers (no feature groups) are tracked.
+Every other parameter (BatchNorm scales, custom layers) is reported by name by
+:func:`find_layers`, so callers can refuse or accept the gap knowingly.
+
+Layer gradients use the kernel's layout: a layer's gradient is a matrix
+``[in_dim, out]`` where ``in_dim`` is the flattened kernel input (``kh·kw·c_in``
+for a convolution) plus one row for the bias when the layer has one.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxpoison.influence.losses import LogitLoss
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One tracked layer.
+
+    Attributes:
+      name: dotted module path, e.g. ``"blocks.0.conv1"``.
+      path: the module path as a tuple (keys into the params pytree).
+      kind: ``"dense"`` or ``"conv"``.
+      kernel_shape: shape of the kernel parameter.
+      has_bias: whether a bias parameter exists (adds a row of ones to the inputs).
+      conv: for convolutions, ``(kernel_size, strides, padding, input_dilation, kernel_dilation)``.
+    """
+
+    name: str
+    path: tuple
+    kind: str
+    kernel_shape: tuple[int, ...]
+    has_bias: bool
+    conv: tuple | None = None
+
+    @property
+    def in_features(self) -> int:
+        return int(np.prod(self.kernel_shape[:-1]))
+
+    @property
+    def out_features(self) -> int:
+        return int(self.kernel_shape[-1])
+
+    @property
+    def in_dim(self) -> int:
+        return self.in_features + int(self.has_bias)
+
+
+class UntrackedParametersError(ValueError):
+    """Parameters exist that no curvature factor covers."""
+
+
+def _name(path) -> str:
+    return ".".join(str(k) for k in path)
+
+
+def _param_paths(tree, prefix=()) -> list[tuple]:
+    if isinstance(tree, dict):
+        out = []
+        for k, v in tree.items():
+            out += _param_paths(v, (*prefix, k))
+        return out
+    return [prefix]
+
+
+def find_layers(graphdef, params, state) -> tuple[list[Layer], list[str]]:
+    """The tracked layers of a model and the names of parameters none of them covers."""
+    module = nnx.merge(graphdef, params, state, copy=True)
+    layers = []
+    for path, sub in nnx.iter_graph(module):
+        kind = {nnx.Linear: "dense", nnx.Conv: "conv"}.get(type(sub))
+        if kind is None:
+            continue
+        if kind == "conv" and (
+            len(sub.kernel_size) != 2
+            or sub.feature_group_count != 1
+            or (isinstance(sub.padding, str) and sub.padding not in ("SAME", "VALID"))
+        ):
+            continue  # 1-D/3-D, grouped or circular convolutions: reported as untracked
+        conv = None
+        if kind == "conv":
+            conv = (tuple(sub.kernel_size), sub.strides, sub.padding, sub.input_dilation, sub.kernel_dilation)
+        layers.append(Layer(_name(path), tuple(path), kind, tuple(sub.kernel.shape), sub.bias is not None, conv))
+    covered = {(*layer.path, "kernel") for layer in layers} | {(*layer.path, "bias") for layer in layers if layer.has_bias}
+    untracked = [_name(p) for p in _param_paths(nnx.to_pure_dict(params)) if tuple(p) not in covered]
+    return layers, untracked
+
+
+def check_untracked(untracked: list[str], on_untracked: str) -> None:
+    """Raise or warn about parameters no factor covers (``on_untracked``: ``"error"``, ``"warn"``, ``"ignore"``)."""
+    if not untracked or on_untracked == "ignore":
+        return
+    shown = ", ".join(untracked[:12]) + (f", … ({len(untracked)} in all)" if len(untracked) > 12 else "")
+    message = (
+        f"{len(untracked)} parameter arrays are not covered by any Dense/Conv factor and are left out of the "
+        f"influence scores: {shown}. Pass on_untracked='warn' or 'ignore' to accept this."
+    )
+    if on_untracked == "error":
+        raise UntrackedParametersError(message)
+    if on_untracked == "warn":
+        import warnings
+
+        warnings.warn(message, stacklevel=3)
+    else:
+        raise ValueError(f"on_untracked must be 'error', 'warn' or 'ignore'; got {on_untracked!r}.")
+
+
+# --------------------------------------------------------------------------- tapping
+
+_ACTIVE_TAP: contextvars.ContextVar = contextvars.ContextVar("jaxpoison_tap", default=None)
+
+
+class _Tap:
+    def __init__(self, names: dict[int, str], probes: dict | None):
+        self.names, self.probes = names, probes
+        self.inputs: dict[str, jax.Array] = {}
+        self.outputs: dict[str, jax.Array] = {}
+
+    def __call__(self, layer, x, call):
+        name = self.names[id(layer)]
+        if name in self.inputs:
+            raise ValueError(f"layer {name} is called more than once; shared layers cannot be tracked.")
+        y = call(layer, x)
+        self.inputs[name] = x
+        self.outputs[name] = y
+        return y if self.probes is None else y + self.probes[name]
+
+
+class _TappedLinear(nnx.Linear):
+    def __call__(self, x):
+        return _ACTIVE_TAP.get()(self, x, nnx.Linear.__call__)
+
+
+class _TappedConv(nnx.Conv):
+    def __call__(self, x):
+        return _ACTIVE_TAP.get()(self, x, nnx.Conv.__call__)
+
+
+_TAPPED = {nnx.Linear: _TappedLinear, nnx.Conv: _TappedConv}
+
+
+def tapped_apply(graphdef, layers: list[Layer]) -> Callable:
+    """``f(params, state, x, probes) -> (logits, inputs, outputs)`` with every tracked layer tapped.
+
+    ``probes`` (``None`` or a dict ``name -> array`` shaped like the layer's output) is
+    added to each tracked layer's output; ``inputs``/``outputs`` map names to the
+    layers' raw inputs and outputs.
+    """
+    tracked = {layer.name for layer in layers}
+
+    def f(params, state, x, probes):
+        module = nnx.merge(graphdef, params, state, copy=True)
+        names = {}
+        for path, sub in nnx.iter_graph(module):
+            if _name(path) in tracked and type(sub) in _TAPPED:
+                sub.__class__ = _TAPPED[type(sub)]  # only this private copy is changed
+                names[id(sub)] = _name(path)
+        tap = _Tap(names, probes)
+        token = _ACTIVE_TAP.set(tap)
+        try:
+            logits = module(x)
+        finally:
+            _ACTIVE_TAP.reset(token)
+        return logits, tap.inputs, tap.outputs
+
+    return f
+
+
+def conv_patches(x: jax.Array, layer: Layer) -> jax.Array:
+    """Input patches ``[N, P, kh·kw·c_in]`` of a convolution, ordered like its HWIO kernel."""
+    kernel_size, strides, padding, input_dilation, kernel_dilation = layer.conv
+    as_tuple = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if isinstance(padding, (tuple, list)):
+        padding = [tuple(p) if isinstance(p, (tuple, list)) else (p, p) for p in padding]
+    patches = jax.lax.conv_general_dilated_patches(
+        x,
+        filter_shape=kernel_size,
+        window_strides=as_tuple(strides),
+        padding=padding,
+        lhs_dilation=as_tuple(input_dilation),
+        rhs_dilation=as_tuple(kernel_dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    # The patch axis is ordered (c_in, kh, kw); the kernel flattens (kh, kw, c_in).
+    n, c = x.shape[0], x.shape[-1]
+    patches = patches.reshape(n, -1, c, int(np.prod(kernel_size)))
+    return jnp.swapaxes(patches, -1, -2).reshape(n, patches.shape[1], -1)
+
+
+def layer_activations(x: jax.Array, layer: Layer) -> jax.Array:
+    """Per-position layer inputs ``[N, P, in_dim]`` (patches for conv; a ones column for bias)."""
+    a = conv_patches(x, layer) if layer.kind == "conv" else x.reshape(x.shape[0], -1, x.shape[-1])
+    if layer.has_bias:
+        a = jnp.concatenate([a, jnp.ones((*a.shape[:-1], 1), a.dtype)], axis=-1)
+    return a
+
+
+def capture(
+    apply_tapped: Callable,
+    layers: list[Layer],
+    params,
+    state,
+    x: jax.Array,
+    labels: jax.Array,
+    loss: LogitLoss,
+    sample_key: jax.Array | None = None,
+    mask: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, tuple[jax.Array, jax.Array]]]:
+    """Per-example layer inputs and output gradients of ``loss`` for one batch.
+
+    Args:
+      apply_tapped: from :func:`tapped_apply`.
+      layers: the tracked layers.
+      params, state: model pytrees.
+      x: a normalised batch ``[N, ...]``.
+      labels: ``[N]`` labels (ignored when ``sample_key`` is given).
+      loss: per-example loss of ``(logits, label)``.
+      sample_key: if given, labels are drawn from the model's own predictive
+        distribution (the true Fisher) instead of taken from ``labels``.
+      mask: ``[N]`` booleans; rows where it is false get zero activations and
+        gradients (padding of a last partial batch).
+
+    Returns:
+      ``(logits, {name: (a [N, P, in_dim], g [N, P, out])})``.
+    """
+    _, _, outputs = jax.eval_shape(lambda p, s, x: apply_tapped(p, s, x, None), params, state, x)
+    zeros = {name: jnp.zeros(o.shape, o.dtype) for name, o in outputs.items()}
+
+    def total_loss(probes):
+        logits, inputs, _ = apply_tapped(params, state, x, probes)
+        y = labels
+        if sample_key is not None:
+            y = jax.random.categorical(sample_key, jax.lax.stop_gradient(logits))
+        values = jax.vmap(loss)(logits, y)
+        if mask is not None:
+            values = jnp.where(mask, values, 0.0)
+        return values.sum(), (logits, inputs)
+
+    out_grads, (logits, inputs) = jax.grad(total_loss, has_aux=True)(zeros)
+    captured = {}
+    for layer in layers:
+        a = layer_activations(inputs[layer.name], layer)
+        g = out_grads[layer.name].reshape(a.shape[0], -1, layer.out_features)
+        if mask is not None:
+            a = a * mask[:, None, None].astype(a.dtype)
+        captured[layer.name] = (a, g)
+    return logits, captured
+
+
+def layer_gradient(params_grad: Any, layer: Layer) -> jax.Array:
+    """A layer's gradient matrix ``[..., in_dim, out]`` from a gradient pytree (leading axes kept)."""
+    node = nnx.to_pure_dict(params_grad) if not isinstance(params_grad, dict) else params_grad
+    for k in layer.path:
+        node = node[k]
+    kernel = node["kernel"]
+    lead = kernel.shape[: kernel.ndim - len(layer.kernel_shape)]
+    mat = kernel.reshape(*lead, layer.in_features, layer.out_features)
+    if layer.has_bias:
+        mat = jnp.concatenate([mat, node["bias"][..., None, :]], axis=-2)
+    return mat
+
+
+def per_example_layer_gradients(a: jax.Array, g: jax.Array) -> jax.Array:
+    """``Σ_p a_p g_pᵀ`` per example: ``[N, in_dim, out]``."""
+    return jnp.einsum("npi,npo->nio", a, g)
+
+
