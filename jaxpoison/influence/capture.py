@@ -104,7 +104,8 @@ def find_layers(graphdef, params, state) -> tuple[list[Layer], list[str]]:
         if kind == "conv":
             conv = (tuple(sub.kernel_size), sub.strides, sub.padding, sub.input_dilation, sub.kernel_dilation)
         layers.append(Layer(_name(path), tuple(path), kind, tuple(sub.kernel.shape), sub.bias is not None, conv))
-    covered = {(*layer.path, "kernel") for layer in layers} | {(*layer.path, "bias") for layer in layers if layer.has_bias}
+    covered = {(*layer.path, "kernel") for layer in layers}
+    covered |= {(*layer.path, "bias") for layer in layers if layer.has_bias}
     untracked = [_name(p) for p in _param_paths(nnx.to_pure_dict(params)) if tuple(p) not in covered]
     return layers, untracked
 

@@ -48,7 +48,9 @@ def get_measurement(name_or_fn: str | LogitLoss) -> LogitLoss:
     if callable(name_or_fn):
         return name_or_fn
     if name_or_fn not in MEASUREMENTS:
-        raise ValueError(f"unknown measurement {name_or_fn!r}; choose one of {', '.join(MEASUREMENTS)} or pass a function.")
+        raise ValueError(
+            f"unknown measurement {name_or_fn!r}; choose one of {', '.join(MEASUREMENTS)} or pass a function."
+        )
     return MEASUREMENTS[name_or_fn]
 
 

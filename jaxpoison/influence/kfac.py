@@ -1,0 +1,355 @@
+"""K-FAC and EK-FAC curvature factors: fitting, persistence and preconditioning.
+
+For a tracked layer with per-position inputs ``a`` (``[in_dim]``, bias column
+included) and output gradients ``g`` (``[out]``), the per-example gradient is
+``G = Σ_p a_p g_pᵀ`` (``[in_dim, out]``, the kernel's layout). The Fisher block of the
+layer, ``E[vec G vec Gᵀ]``, is approximated by:
+
+* **K-FAC**: ``A ⊗ S`` with ``A = E_p,n[a aᵀ]`` (inputs averaged over positions) and
+  ``S = E_n[Σ_p g gᵀ]`` (output gradients summed over positions), the KFC
+  convention for convolutions; for a Dense layer and one example this is exact.
+  In the eigenbases ``A = Q_A diag(α) Q_Aᵀ``, ``S = Q_S diag(σ) Q_Sᵀ``, the
+  eigenvalues of the block are ``α σᵀ``.
+* **EK-FAC** (George et al. 2018): the same eigenbases, with the eigenvalues
+  replaced by the exact second moments in that basis,
+  ``Λ = E_n[(Q_Aᵀ G_n Q_S)²]`` (elementwise square).
+
+Preconditioning a gradient ``G`` by the damped inverse is
+``Q_A [(Q_Aᵀ G Q_S) / (Λ + λ)] Q_Sᵀ``.
+
+The fit is three stages: covariances (one pass), eigendecompositions (float64, on
+the host, with a deterministic sign per eigenvector), and for EK-FAC the Lambda
+pass. Labels are sampled from the model (true Fisher) or taken from the data
+(empirical Fisher). For Dense layers the Lambda pass never forms a per-example
+gradient: ``(Q_Aᵀ a)² ((Q_Sᵀ g)²)ᵀ`` summed over the batch is one matrix product.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpoison.data import Dataset, normalize
+from jaxpoison.influence.capture import (
+    Layer,
+    capture,
+    check_untracked,
+    find_layers,
+    per_example_layer_gradients,
+    tapped_apply,
+)
+from jaxpoison.influence.losses import cross_entropy
+from jaxpoison.influence.stream import reduce_dataset
+from jaxpoison.models import FunctionalModel
+from jaxpoison.sharding import data_mesh, replicate
+
+STRATEGIES = ("kfac", "ekfac")
+FISHER_TYPES = ("true", "empirical")
+
+
+class FactorError(ValueError):
+    """Factors are invalid, or do not belong to the model / data they are used with."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FactorConfig:
+    """How to fit curvature factors.
+
+    Attributes:
+      strategy: ``"ekfac"`` or ``"kfac"``.
+      fisher: ``"true"`` (labels sampled from the model, seeded) or ``"empirical"``
+        (the dataset's labels).
+      batch_size: examples per batch of the streaming passes.
+      max_examples: use only the first ``max_examples`` training examples (``None``: all).
+      seed: seeds the sampled labels.
+      on_untracked: ``"warn"``, ``"error"`` or ``"ignore"`` for parameters no factor covers.
+    """
+
+    strategy: str = "ekfac"
+    fisher: str = "true"
+    batch_size: int = 128
+    max_examples: int | None = None
+    seed: int = 0
+    on_untracked: str = "warn"
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown factor strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+        if self.fisher not in FISHER_TYPES:
+            raise ValueError(f"unknown fisher {self.fisher!r}; choose 'true' or 'empirical'.")
+        if self.batch_size < 1 or (self.max_examples is not None and self.max_examples < 1):
+            raise ValueError("batch_size and max_examples must be ≥ 1.")
+
+
+class Factors(NamedTuple):
+    """Fitted factors.
+
+    Attributes:
+      layers: the tracked layers, in model order.
+      blocks: ``{layer name: {"a_cov", "s_cov", "a_eigvecs", "s_eigvecs", "eigenvalues"}}``;
+        ``eigenvalues`` is ``[in_dim, out]``: Λ for EK-FAC, ``α σᵀ`` for K-FAC.
+      meta: strategy, fisher, counts, hashes of the parameters and data, untracked names.
+    """
+
+    layers: tuple[Layer, ...]
+    blocks: dict[str, dict[str, jax.Array]]
+    meta: dict
+
+
+def params_hash(params: Any) -> str:
+    """SHA-256 (16 hex chars) of every parameter array, in tree order."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        leaf = np.asarray(leaf)
+        h.update(str((leaf.shape, leaf.dtype.str)).encode())
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_finite(tree: Any, what: str) -> None:
+    """Raise :class:`FactorError` if any leaf of ``tree`` holds NaN or Inf."""
+    bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+           if not bool(jnp.all(jnp.isfinite(leaf)))]  # fmt: skip
+    if bad:
+        raise FactorError(f"{what} contain NaN or Inf in {', '.join(bad[:8])}; the model may have diverged.")
+
+
+def _eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 eigendecomposition with eigenvalues ≥ 0 and a fixed sign per eigenvector."""
+    values, vectors = np.linalg.eigh(np.asarray(matrix, np.float64))
+    # Deterministic signs: the largest-magnitude entry of each eigenvector is positive.
+    pivot = vectors[np.argmax(np.abs(vectors), axis=0), np.arange(vectors.shape[1])]
+    vectors = vectors * np.where(pivot < 0, -1.0, 1.0)
+    return np.clip(values, 0.0, None), vectors
+
+
+def _capture_batch(params, state, key, x, y, m, mean, std, graphdef, layers, fisher):
+    tapped = tapped_apply(graphdef, list(layers))
+    sample_key = key if fisher == "true" else None
+    _, captured = capture(tapped, list(layers), params, state, normalize(x, mean, std), y, cross_entropy,
+                          sample_key=sample_key, mask=m)  # fmt: skip
+    return captured
+
+
+_STATIC = ("graphdef", "layers", "fisher")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _covariance_step(acc, params, state, key, x, y, m, mean, std, *, graphdef, layers, fisher):
+    """Add a batch's Σ a aᵀ / P (inputs averaged over positions) and Σ g gᵀ to the accumulators."""
+    captured = _capture_batch(params, state, key, x, y, m, mean, std, graphdef, layers, fisher)
+    out = {}
+    for layer in layers:
+        a, g = captured[layer.name]
+        out[layer.name] = {
+            "a": acc[layer.name]["a"] + jnp.einsum("npi,npj->ij", a, a) / a.shape[1],
+            "s": acc[layer.name]["s"] + jnp.einsum("npo,npq->oq", g, g),
+        }
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _lambda_step(acc, params, state, rotations, key, x, y, m, mean, std, *, graphdef, layers, fisher):
+    """Add a batch's Σ_n (Q_Aᵀ G_n Q_S)² to the accumulators."""
+    captured = _capture_batch(params, state, key, x, y, m, mean, std, graphdef, layers, fisher)
+    out = {}
+    for layer in layers:
+        a, g = captured[layer.name]
+        qa, qs = rotations[layer.name]
+        ra, rg = a @ qa, g @ qs
+        if a.shape[1] == 1:  # Dense: rank-one gradient, its rotated square factorises
+            out[layer.name] = acc[layer.name] + jnp.einsum("ni,no->io", ra[:, 0] ** 2, rg[:, 0] ** 2)
+        else:
+            out[layer.name] = acc[layer.name] + jnp.sum(per_example_layer_gradients(ra, rg) ** 2, axis=0)
+    return out
+
+
+def fit_factors(
+    model: FunctionalModel,
+    dataset: Dataset,
+    config: FactorConfig = FactorConfig(),
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 50,
+    progress: bool = True,
+) -> Factors:
+    """Fit K-FAC or EK-FAC factors of ``model`` on ``dataset`` (normalised with its own constants).
+
+    Args:
+      model: the functional model (inference mode; BatchNorm uses running statistics).
+      dataset: the training set.
+      config: strategy, Fisher type, batch size, example cap, seed.
+      mesh: data mesh for the streaming passes (default: all devices).
+      checkpoint_dir: if given, each pass saves its partial sums every
+        ``checkpoint_every`` batches; an interrupted fit resumes from them.
+      progress: show progress bars.
+
+    Returns:
+      The fitted :class:`Factors`.
+
+    Raises:
+      FactorError: NaN/Inf in the parameters or the fitted factors.
+      UntrackedParametersError: with ``on_untracked="error"`` and parameters no factor covers.
+    """
+    mesh = data_mesh() if mesh is None else mesh
+    check_finite(model.params, "the model parameters")
+    layers, untracked = find_layers(model.graphdef, model.params, model.state)
+    if not layers:
+        raise FactorError("the model has no nnx.Linear or nnx.Conv layer to fit factors for.")
+    check_untracked(untracked, config.on_untracked)
+    params, state = replicate(mesh, (model.params, model.state))
+    base_key = jax.random.key(config.seed)
+    n = len(dataset) if config.max_examples is None else min(config.max_examples, len(dataset))
+
+    def manager(stage):
+        if checkpoint_dir is None:
+            return None
+        from jaxpoison.training import checkpoint as ckpt
+
+        return (ckpt.checkpoint_manager(Path(checkpoint_dir) / stage, max_to_keep=1), checkpoint_every)
+
+    static = {"graphdef": model.graphdef, "layers": tuple(layers), "fisher": config.fisher}
+    consts = (dataset.mean, dataset.std)
+
+    # Stage 1: covariances. A averages inputs over examples and positions; S sums output
+    # gradients over positions and averages over examples (KFC).
+    dtype = jax.tree.leaves(params)[0].dtype
+    init = {
+        layer.name: {
+            "a": jnp.zeros((layer.in_dim, layer.in_dim), dtype),
+            "s": jnp.zeros((layer.out_features, layer.out_features), dtype),
+        }
+        for layer in layers
+    }
+    cov = reduce_dataset(
+        lambda acc, b, x, y, m: _covariance_step(acc, params, state, jax.random.fold_in(base_key, b), x, y, m,
+                                                 *consts, **static),
+        init, dataset, config.batch_size, mesh, desc="covariance", progress=progress, limit=n,
+        checkpoint=manager("covariance"),
+    )  # fmt: skip
+    cov = jax.tree.map(lambda c: np.asarray(c, np.float64) / n, jax.device_get(cov))
+
+    # Stage 2: eigendecompositions in float64 on the host.
+    blocks: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        a_vals, a_vecs = _eigh(cov[layer.name]["a"])
+        s_vals, s_vecs = _eigh(cov[layer.name]["s"])
+        blocks[layer.name] = {
+            "a_cov": cov[layer.name]["a"],
+            "s_cov": cov[layer.name]["s"],
+            "a_eigvecs": a_vecs,
+            "s_eigvecs": s_vecs,
+            "eigenvalues": np.outer(a_vals, s_vals),
+        }
+
+    # Stage 3 (EK-FAC): Lambda, the second moment of per-example gradients in the eigenbasis.
+    if config.strategy == "ekfac":
+        rotations = replicate(mesh, {name: (jnp.asarray(b["a_eigvecs"], dtype), jnp.asarray(b["s_eigvecs"], dtype))
+                                     for name, b in blocks.items()})  # fmt: skip
+
+        init = {layer.name: jnp.zeros((layer.in_dim, layer.out_features), dtype) for layer in layers}
+        lam = reduce_dataset(
+            lambda acc, b, x, y, m: _lambda_step(
+                acc, params, state, rotations, jax.random.fold_in(base_key, 10**9 + b), x, y, m, *consts, **static
+            ),
+            init, dataset, config.batch_size, mesh, desc="lambda", progress=progress, limit=n,
+            checkpoint=manager("lambda"),
+        )  # fmt: skip
+        for name, value in jax.device_get(lam).items():
+            blocks[name]["eigenvalues"] = np.asarray(value, np.float64) / n
+
+    blocks = {name: {k: jnp.asarray(v, dtype) for k, v in b.items()} for name, b in blocks.items()}
+    check_finite(blocks, "the fitted factors")
+    meta = {
+        "strategy": config.strategy,
+        "fisher": config.fisher,
+        "examples": n,
+        "seed": config.seed,
+        "params_hash": params_hash(params),
+        "data_hash": dataset.content_hash,
+        "layers": [layer.name for layer in layers],
+        "untracked": untracked,
+    }
+    return Factors(tuple(layers), blocks, meta)
+
+
+def layer_damping(eigenvalues: jax.Array, damping: float | None) -> jax.Array:
+    """The damping λ of one layer: a constant, or ``0.1 × mean(eigenvalues)`` when ``None``."""
+    if damping is None:
+        return 0.1 * jnp.mean(eigenvalues)
+    if not damping >= 0:
+        raise ValueError(f"damping must be ≥ 0 (or None for 0.1 × mean eigenvalue); got {damping}.")
+    return jnp.asarray(damping, eigenvalues.dtype)
+
+
+def precondition(factors: Factors, grads: dict[str, jax.Array], damping: float | None) -> dict[str, jax.Array]:
+    """Multiply layer gradients ``{name: [..., in_dim, out]}`` by the damped inverse curvature."""
+    out = {}
+    for layer in factors.layers:
+        block = factors.blocks[layer.name]
+        qa, qs, lam = block["a_eigvecs"], block["s_eigvecs"], block["eigenvalues"]
+        rotated = jnp.swapaxes(qa, 0, 1) @ grads[layer.name] @ qs
+        rotated = rotated / (lam + layer_damping(lam, damping))
+        out[layer.name] = qa @ rotated @ jnp.swapaxes(qs, 0, 1)
+    return out
+
+
+def dense_block(factors: Factors, name: str) -> jax.Array:
+    """The layer's approximate curvature block as a dense ``[in·out, in·out]`` matrix (tests, tiny layers).
+
+    Index order is that of a row-major flattened ``[in_dim, out]`` gradient.
+    """
+    block = factors.blocks[name]
+    basis = jnp.kron(block["a_eigvecs"], block["s_eigvecs"])
+    return basis @ jnp.diag(block["eigenvalues"].reshape(-1)) @ basis.T
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+def save_factors(directory: str | os.PathLike, factors: Factors) -> None:
+    """Write factors with Orbax (arrays) plus ``factors.json`` (metadata)."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as saver:
+        saver.save(directory / "blocks", factors.blocks, force=True)
+    (directory / "factors.json").write_text(json.dumps(factors.meta, indent=2))
+
+
+def load_factors(directory: str | os.PathLike, model: FunctionalModel) -> Factors:
+    """Read factors saved by :func:`save_factors` for ``model``.
+
+    Raises:
+      FactorError: the files are missing, were fitted on other parameters, or name
+        other layers than the model has.
+    """
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    if not (directory / "factors.json").is_file():
+        raise FactorError(f"no factors in {directory} (factors.json missing); fit them with fit_factors first.")
+    meta = json.loads((directory / "factors.json").read_text())
+    layers, _ = find_layers(model.graphdef, model.params, model.state)
+    if [layer.name for layer in layers] != meta["layers"]:
+        raise FactorError(f"the factors in {directory} were fitted for other layers: {meta['layers'][:5]}…")
+    if meta["params_hash"] != params_hash(model.params):
+        raise FactorError(
+            f"the factors in {directory} were fitted for other parameters (hash {meta['params_hash']}, "
+            f"model {params_hash(model.params)}); refit them for this model."
+        )
+    with ocp.StandardCheckpointer() as loader:
+        blocks = loader.restore(directory / "blocks")
+    blocks = {name: {k: jnp.asarray(v) for k, v in b.items()} for name, b in blocks.items()}
+    return Factors(tuple(layers), blocks, meta)

@@ -1,0 +1,322 @@
+"""Influence scores: many queries against every training point in one pass.
+
+``score(q, n) = ⟨∇θ m(z_q), (F + λI)⁻¹ ∇θ ℓ(z_n)⟩`` restricted to the tracked layers,
+where ``m`` is the query measurement, ``ℓ`` the training loss and ``F`` the K-FAC,
+EK-FAC or identity curvature. **Positive = the training point supports the query's
+prediction** (up-weighting it lowers the measurement). Scores are not divided by
+the number of training points (kronfluence's convention).
+
+The work is split so the training set is read once, whatever the number of queries:
+
+1. the query gradients are formed and preconditioned once (``[Q, in_dim, out]`` per layer);
+2. the training set is streamed in batches; each batch's layer inputs ``a`` and
+   output gradients ``g`` are contracted against all ``Q`` preconditioned queries.
+   Dense layers use ``Σ_o g_o (aᵀ W_q)_o`` without forming per-example gradients;
+   convolutions form the per-example gradient ``Σ_p a_p g_pᵀ`` once and reuse it for
+   all queries, which is cheaper than a per-position contraction per query.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpoison.data import Dataset, normalize
+from jaxpoison.influence.capture import (
+    Layer,
+    capture,
+    check_untracked,
+    find_layers,
+    layer_gradient,
+    per_example_layer_gradients,
+    tapped_apply,
+)
+from jaxpoison.influence.kfac import FactorError, Factors, check_finite, layer_damping, params_hash, precondition
+from jaxpoison.influence.losses import LogitLoss, cross_entropy, get_measurement
+from jaxpoison.influence.stream import collect_dataset
+from jaxpoison.models import FunctionalModel
+from jaxpoison.sharding import data_mesh, replicate
+
+SIGN_CONVENTION = "positive = the training point supports the query's prediction (lowers its measurement)"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig:
+    """How to score.
+
+    Attributes:
+      measurement: the query function: ``"margin"`` (kronfluence's −margin),
+        ``"cross_entropy"``, or a per-example ``f(logits, label) -> scalar``.
+      damping: λ added to the curvature eigenvalues; ``None`` = 0.1 × mean eigenvalue per
+        layer. Ignored by the identity strategy.
+      batch_size: training examples per batch of the scoring pass.
+      on_untracked: ``"warn"``, ``"error"`` or ``"ignore"`` for parameters no layer covers.
+    """
+
+    measurement: str | Callable = "margin"
+    damping: float | None = 1e-8
+    batch_size: int = 128
+    on_untracked: str = "warn"
+
+    def __post_init__(self):
+        get_measurement(self.measurement)
+        if self.damping is not None and not self.damping >= 0:
+            raise ValueError(f"damping must be ≥ 0 or None; got {self.damping}.")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1; got {self.batch_size}.")
+
+    @property
+    def measurement_name(self) -> str:
+        m = self.measurement
+        return m if isinstance(m, str) else getattr(m, "__name__", "custom")
+
+
+class Scores(NamedTuple):
+    """A score matrix ``values [Q, N]`` (or ``[N]`` for self-influence) and what it means."""
+
+    values: np.ndarray
+    meta: dict
+
+
+def _layers(model: FunctionalModel, factors: Factors | None, on_untracked: str) -> tuple[Layer, ...]:
+    if factors is not None:
+        return factors.layers
+    layers, untracked = find_layers(model.graphdef, model.params, model.state)
+    check_untracked(untracked, on_untracked)
+    return tuple(layers)
+
+
+def _check_queries(images: np.ndarray, labels: np.ndarray, train: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    images = np.asarray(images, np.float32)
+    labels = np.asarray(labels)
+    if images.ndim == 3:
+        images = images[None]
+    if images.shape[1:] != train.image_shape:
+        raise ValueError(
+            f"query images have shape {images.shape[1:]} per image but the training images are {train.image_shape}; "
+            "pass queries of the training set's shape, batched as [Q, H, W, C]."
+        )
+    labels = labels.reshape(-1)
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} query images but {labels.shape[0]} query labels.")
+    if labels.size and (labels.min() < 0 or labels.max() >= train.num_classes):
+        raise ValueError(f"query labels must lie in [0, {train.num_classes}); got {labels.min()}..{labels.max()}.")
+    return images, labels.astype(np.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "layers", "measurement"))
+def _query_gradients(params, state, x, y, mean, std, *, graphdef, layers, measurement):
+    tapped = tapped_apply(graphdef, list(layers))
+    _, captured = capture(tapped, list(layers), params, state, normalize(x, mean, std), y, measurement)
+    return {name: per_example_layer_gradients(a, g) for name, (a, g) in captured.items()}
+
+
+def query_gradients(
+    model: FunctionalModel, layers, images: np.ndarray, labels: np.ndarray, mean, std, measurement: LogitLoss
+) -> dict[str, jax.Array]:
+    """Per-query layer gradients ``{name: [Q, in_dim, out]}`` of the measurement (pixel-space images)."""
+    return _query_gradients(model.params, model.state, jnp.asarray(images), jnp.asarray(labels),
+                            jnp.asarray(mean), jnp.asarray(std), graphdef=model.graphdef, layers=tuple(layers),
+                            measurement=measurement)  # fmt: skip
+
+
+def gradients_from_pytree(grads: Any, layers) -> dict[str, jax.Array]:
+    """Layer gradients ``{name: [..., in_dim, out]}`` from a parameter-gradient pytree.
+
+    Use it for a measurement that is not a per-example function of logits, e.g.
+    ``jax.grad(f)(params)`` of a mean loss over a validation set (then add a leading
+    query axis with ``[None]``).
+    """
+    return {layer.name: layer_gradient(grads, layer) for layer in layers}
+
+
+def _contract(a: jax.Array, g: jax.Array, w: jax.Array) -> jax.Array:
+    """Scores ``[Q, N]`` of preconditioned queries ``w [Q, in, out]`` against a batch's ``(a, g)``."""
+    if a.shape[1] == 1:  # Dense: (aᵀ W_q) · g without the per-example gradient
+        aw = jnp.einsum("ni,qio->nqo", a[:, 0], w)
+        return jnp.einsum("nqo,no->qn", aw, g[:, 0])
+    return jnp.einsum("nio,qio->qn", per_example_layer_gradients(a, g), w)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "layers"))
+def _pairwise_batch(params, state, w, x, y, m, mean, std, *, graphdef, layers):
+    tapped = tapped_apply(graphdef, list(layers))
+    _, captured = capture(tapped, list(layers), params, state, normalize(x, mean, std), y, cross_entropy, mask=m)
+    return sum(_contract(*captured[layer.name], w[layer.name]) for layer in layers)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "layers"))
+def _self_batch(params, state, blocks, x, y, m, mean, std, *, graphdef, layers):
+    tapped = tapped_apply(graphdef, list(layers))
+    _, captured = capture(tapped, list(layers), params, state, normalize(x, mean, std), y, cross_entropy, mask=m)
+    total = 0.0
+    for layer in layers:
+        a, g = captured[layer.name]
+        if blocks is None:  # identity: the squared norm of the per-example gradient
+            sq_a, sq_g = (a[:, 0] ** 2, g[:, 0] ** 2) if a.shape[1] == 1 else (None, None)
+            total += (sq_a.sum(-1) * sq_g.sum(-1) if sq_a is not None
+                      else (per_example_layer_gradients(a, g) ** 2).sum((1, 2)))  # fmt: skip
+            continue
+        qa, qs, inv = blocks[layer.name]
+        a, g = a @ qa, g @ qs
+        if a.shape[1] == 1:  # Dense: the rotated square is an outer product of squares
+            total += jnp.einsum("ni,io,no->n", a[:, 0] ** 2, inv, g[:, 0] ** 2)
+        else:
+            total += jnp.einsum("nio,io->n", per_example_layer_gradients(a, g) ** 2, inv)
+    return total
+
+
+def _meta(model, train, factors, config: ScoreConfig, strategy: str, **extra) -> dict:
+    return {
+        "sign": SIGN_CONVENTION,
+        "measurement": config.measurement_name,
+        "train_loss": "cross_entropy (per example, summed)",
+        "strategy": strategy,
+        "damping": config.damping,
+        "fisher": None if factors is None else factors.meta.get("fisher"),
+        "params_hash": params_hash(model.params),
+        "data_hash": train.content_hash,
+        "n_train": len(train),
+        "untracked": None if factors is None else factors.meta.get("untracked"),
+        **extra,
+    }
+
+
+def _strategy(factors: Factors | None) -> str:
+    return "identity" if factors is None else factors.meta["strategy"]
+
+
+def check_factors_match(factors: Factors | None, model: FunctionalModel, train: Dataset) -> None:
+    """Refuse factors fitted for other parameters or another training set."""
+    if factors is None:
+        return
+    if factors.meta.get("params_hash") != params_hash(model.params):
+        raise FactorError("the factors were fitted for other model parameters; refit them for this model.")
+    if factors.meta.get("data_hash") != train.content_hash:
+        raise FactorError(
+            "the factors were fitted on another training set (data hash "
+            f"{factors.meta.get('data_hash')} vs {train.content_hash}); refit them on this dataset."
+        )
+
+
+def pairwise_scores(
+    model: FunctionalModel,
+    train: Dataset,
+    query_images: np.ndarray,
+    query_labels: np.ndarray,
+    factors: Factors | None = None,
+    config: ScoreConfig = ScoreConfig(),
+    *,
+    query_grads: dict[str, jax.Array] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: bool = True,
+) -> Scores:
+    """Influence of every training point on every query, in one pass over ``train``.
+
+    Args:
+      model: the functional model.
+      train: the training set (pixel space; normalised with its own constants).
+      query_images: ``[Q, H, W, C]`` pixel-space queries (any images, e.g. transformed
+        test points); ``query_labels``: ``[Q]`` the labels they are measured against.
+      factors: fitted K-FAC/EK-FAC factors, or ``None`` for the identity (plain
+        gradient dot products).
+      config: measurement, damping, batch size.
+      query_grads: precomputed query layer gradients (then images/labels only name the queries).
+      mesh: data mesh (default: all devices); the training axis is sharded.
+      progress: show a progress bar.
+
+    Returns:
+      :class:`Scores` with ``values [Q, N]`` and metadata.
+    """
+    mesh = data_mesh() if mesh is None else mesh
+    check_finite(model.params, "the model parameters")
+    check_factors_match(factors, model, train)
+    layers = _layers(model, factors, config.on_untracked)
+    images, labels = _check_queries(query_images, query_labels, train)
+    if query_grads is None:
+        query_grads = query_gradients(model, layers, images, labels, train.mean, train.std,
+                                      get_measurement(config.measurement))  # fmt: skip
+    preconditioned = query_grads if factors is None else precondition(factors, query_grads, config.damping)
+    preconditioned = replicate(mesh, preconditioned)
+    params, state = replicate(mesh, (model.params, model.state))
+    static = {"graphdef": model.graphdef, "layers": tuple(layers)}
+    values = collect_dataset(
+        lambda b, x, y, m: _pairwise_batch(params, state, preconditioned, x, y, m, train.mean, train.std, **static),
+        train, config.batch_size, mesh, desc=f"scoring {images.shape[0]} queries", progress=progress,
+    )  # fmt: skip
+    meta = _meta(model, train, factors, config, _strategy(factors), n_queries=int(images.shape[0]),
+                 query_labels=labels.tolist())  # fmt: skip
+    return Scores(values, meta)
+
+
+def self_scores(
+    model: FunctionalModel,
+    train: Dataset,
+    factors: Factors | None = None,
+    config: ScoreConfig = ScoreConfig(measurement="cross_entropy"),
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: bool = True,
+) -> Scores:
+    """Self-influence ``⟨∇ℓ(z_n), (F + λI)⁻¹ ∇ℓ(z_n)⟩`` of every training point (``values [N]``).
+
+    Uses the training loss on both sides (``config.measurement`` is recorded but the
+    cross-entropy is used, as a point's self-influence is about its own loss).
+    """
+    mesh = data_mesh() if mesh is None else mesh
+    check_finite(model.params, "the model parameters")
+    check_factors_match(factors, model, train)
+    layers = _layers(model, factors, config.on_untracked)
+    params, state = replicate(mesh, (model.params, model.state))
+    blocks = None
+    if factors is not None:
+        blocks = {}
+        for layer in layers:
+            block = factors.blocks[layer.name]
+            lam = block["eigenvalues"]
+            inverse = 1.0 / (lam + layer_damping(lam, config.damping))
+            blocks[layer.name] = (block["a_eigvecs"], block["s_eigvecs"], inverse)
+        blocks = replicate(mesh, blocks)
+    static = {"graphdef": model.graphdef, "layers": tuple(layers)}
+    values = collect_dataset(
+        lambda b, x, y, m: _self_batch(params, state, blocks, x, y, m, train.mean, train.std, **static),
+        train, config.batch_size, mesh, desc="self-influence", progress=progress,
+    )  # fmt: skip
+    meta = _meta(model, train, factors, dataclasses.replace(config, measurement="cross_entropy"),
+                 _strategy(factors), n_queries="self")  # fmt: skip
+    return Scores(values, meta)
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+def save_scores(directory: str | os.PathLike, scores: Scores) -> None:
+    """Write ``values`` with Orbax and the metadata as ``scores.json``."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as saver:
+        saver.save(directory / "values", {"values": np.asarray(scores.values)}, force=True)
+    (directory / "scores.json").write_text(json.dumps(scores.meta, indent=2))
+
+
+def load_scores(directory: str | os.PathLike) -> Scores:
+    """Read scores written by :func:`save_scores`."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    if not (directory / "scores.json").is_file():
+        raise FileNotFoundError(f"no scores in {directory} (scores.json missing).")
+    with ocp.StandardCheckpointer() as loader:
+        values = loader.restore(directory / "values")["values"]
+    return Scores(np.asarray(values), json.loads((directory / "scores.json").read_text()))

@@ -1,0 +1,109 @@
+"""Streaming passes over a dataset: fixed-shape, sharded batches and resumable reductions.
+
+Every influence pass (covariance, Lambda, scoring) walks the training set once in
+fixed-size batches. The last batch is padded and carries a mask, so a jitted
+function sees one shape and compiles once. Batches are split over the mesh's
+``"data"`` axis; accumulators are replicated, and ``jit`` adds the cross-device sums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxpoison.data import Dataset
+from jaxpoison.sharding import replicate, shard_batch
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
+def batches(
+    dataset: Dataset, batch_size: int, mesh: jax.sharding.Mesh, start: int = 0, limit: int | None = None
+) -> Iterator[tuple[int, jax.Array, jax.Array, jax.Array]]:
+    """``(batch_index, images, labels, mask)`` for batches ``start, start+1, …`` on the mesh.
+
+    ``images`` are pixel-space; the last batch is padded with example 0 and masked.
+    ``limit`` restricts the pass to the first ``limit`` examples.
+    """
+    if batch_size % mesh.devices.size:
+        raise ValueError(f"batch_size {batch_size} is not divisible by the {mesh.devices.size} devices of the mesh.")
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    for b in range(start, num_batches(n, batch_size)):
+        idx = np.arange(b * batch_size, min((b + 1) * batch_size, n))
+        mask = np.zeros(batch_size, bool)
+        mask[: idx.size] = True
+        idx = np.concatenate([idx, np.zeros(batch_size - idx.size, idx.dtype)])
+        x, y, m = shard_batch(mesh, dataset.images[idx], dataset.labels[idx], mask)
+        yield b, x, y, m
+
+
+def reduce_dataset(
+    step: Callable[[Any, int, jax.Array, jax.Array, jax.Array], Any],
+    init: Any,
+    dataset: Dataset,
+    batch_size: int,
+    mesh: jax.sharding.Mesh,
+    *,
+    desc: str,
+    progress: bool = True,
+    limit: int | None = None,
+    checkpoint: tuple[Any, int] | None = None,
+) -> Any:
+    """Fold ``acc = step(acc, batch_index, images, labels, mask)`` over the dataset.
+
+    Args:
+      step: a jitted reduction step; ``batch_index`` is a Python int (use it to fold keys).
+      init: the initial accumulator pytree.
+      checkpoint: ``(manager, every)``: an Orbax manager and a batch interval. The
+        accumulator is saved every ``every`` batches; a pass that finds a saved
+        accumulator resumes after its batch.
+
+    Returns:
+      The final accumulator.
+    """
+    from jaxpoison.training import checkpoint as ckpt
+
+    acc = replicate(mesh, init)
+    start = 0
+    if checkpoint is not None:
+        manager, every = checkpoint
+        found = ckpt.restore_latest(manager, acc)
+        if found is not None:
+            _, tree, meta = found
+            acc, start = replicate(mesh, tree), int(meta["next_batch"])
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    total = num_batches(n, batch_size)
+    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, leave=False, mininterval=1.0)
+    for b, x, y, m in batches(dataset, batch_size, mesh, start, limit):
+        acc = step(acc, b, x, y, m)
+        bar.update(1)
+        if checkpoint is not None and ((b + 1) % every == 0 or b + 1 == total):
+            ckpt.save(manager, b + 1, acc, {"next_batch": b + 1})
+    bar.close()
+    return acc
+
+
+def collect_dataset(
+    step: Callable[[int, jax.Array, jax.Array, jax.Array], jax.Array],
+    dataset: Dataset,
+    batch_size: int,
+    mesh: jax.sharding.Mesh,
+    *,
+    desc: str,
+    progress: bool = True,
+    axis: int = -1,
+) -> np.ndarray:
+    """Concatenate ``step(batch_index, images, labels, mask)`` outputs along ``axis``, padding removed."""
+    parts = []  # device arrays; fetched once at the end so the device never waits on the host
+    n = len(dataset)
+    for b, x, y, m in tqdm(batches(dataset, batch_size, mesh), total=num_batches(n, batch_size), desc=desc,
+                           disable=not progress, leave=False, mininterval=1.0):  # fmt: skip
+        parts.append(step(b, x, y, m))
+    out = np.concatenate([np.asarray(p) for p in jax.device_get(parts)], axis=axis)
+    return np.take(out, np.arange(n), axis=axis)
