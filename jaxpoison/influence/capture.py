@@ -263,8 +263,10 @@ def capture(
     out_grads, (logits, inputs) = jax.grad(total_loss, has_aux=True)(zeros)
     captured = {}
     for layer in layers:
-        a = layer_activations(inputs[layer.name], layer)
-        g = out_grads[layer.name].reshape(a.shape[0], -1, layer.out_features)
+        g = out_grads[layer.name]
+        # Inputs in the layer's compute dtype (the dtype of its output), as the layer itself promotes them.
+        a = layer_activations(inputs[layer.name].astype(g.dtype), layer)
+        g = g.reshape(a.shape[0], -1, layer.out_features)
         if mask is not None:
             a = a * mask[:, None, None].astype(a.dtype)
         captured[layer.name] = (a, g)

@@ -8,10 +8,10 @@ convex losses and is the matrix K-FAC and EK-FAC approximate.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 
 from jaxpoison.influence.grads import flatten
 
@@ -57,5 +57,10 @@ def damped(product: Callable, damping: float) -> Callable:
 
 
 def check_damping(damping: float) -> None:
-    if not damping >= 0.0 or not jnp.isfinite(damping):
+    """Refuse a negative, NaN or infinite damping (a traced value cannot be checked and passes)."""
+    try:
+        value = float(damping)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return
+    if not (value >= 0.0 and math.isfinite(value)):
         raise ValueError(f"damping must be a finite number ≥ 0; got {damping}.")
