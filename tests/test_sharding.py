@@ -71,3 +71,45 @@ def test_eight_devices_match_one_device():
         assert np.ptp(one) > 0.1  # a real, moving trajectory
         np.testing.assert_allclose(eight, one, rtol=rtol)
         assert run["param_max_abs_diff"] < param_atol
+
+
+INFLUENCE_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import jax
+    import numpy as np
+    jax.config.update("jax_num_cpu_devices", 8)
+    jax.config.update("jax_enable_x64", True)
+    from jaxpoison.data import load_dataset
+    from jaxpoison.influence import FactorConfig, ScoreConfig, fit_factors, pairwise_scores, self_scores
+    from jaxpoison.models import create_model, to_functional
+    from jaxpoison.sharding import data_mesh
+
+    data = load_dataset("digits", "train").subset(range(100))  # 100: the last batch of 32 is padded
+    model = to_functional(create_model("cnn", data.image_shape, data.num_classes, seed=0, width=4, hidden=16))
+    cast = lambda tree: jax.tree.map(lambda a: a.astype(np.float64), tree)
+    model = model._replace(params=cast(model.params), state=cast(model.state))
+    out = {}
+    for n in (1, 8):
+        mesh = data_mesh(n)
+        factors = fit_factors(model, data, FactorConfig(batch_size=32, seed=3), mesh=mesh, progress=False)
+        config = ScoreConfig(damping=1e-3, batch_size=32)
+        pair = pairwise_scores(model, data, data.images[:4], data.labels[:4], factors, config, mesh=mesh,
+                               progress=False)
+        own = self_scores(model, data, factors, config, mesh=mesh, progress=False)
+        out[n] = {"pair": pair.values.tolist(), "self": own.values.tolist(),
+                  "lambda": np.asarray(factors.blocks["fc1"]["eigenvalues"]).ravel().tolist()}
+    print("RESULT" + json.dumps(out))
+    """
+)
+
+
+def test_influence_on_eight_devices_matches_one_device():
+    proc = subprocess.run([sys.executable, "-c", INFLUENCE_SCRIPT], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    result = json.loads(line[len("RESULT") :])
+    for key in ("pair", "self", "lambda"):
+        one, eight = np.asarray(result["1"][key]), np.asarray(result["8"][key])
+        assert one.size > 0 and np.ptp(one) > 0
+        np.testing.assert_allclose(eight, one, rtol=1e-9, atol=1e-12 * np.abs(one).max(), err_msg=key)
