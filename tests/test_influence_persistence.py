@@ -45,7 +45,7 @@ def test_factors_round_trip(tmp_path, setup):
     other = to_functional(create_model("cnn", data.image_shape, data.num_classes, seed=3, width=2, hidden=8))
     with pytest.raises(FactorError, match="other parameters"):
         load_factors(tmp_path / "f", other)
-    with pytest.raises(FactorError, match="factors.json missing"):
+    with pytest.raises(FactorError, match=r"factors\.json missing"):
         load_factors(tmp_path / "nothing", model)
 
 

@@ -48,6 +48,7 @@ from jaxpoison.influence.solvers import (
     lissa,
     solve_dense,
 )
+from jaxpoison.influence.trak import TrakConfig, trak_features, trak_scores
 
 __all__ = [
     "MEASUREMENTS",
@@ -61,6 +62,7 @@ __all__ = [
     "LissaInfo",
     "ScoreConfig",
     "Scores",
+    "TrakConfig",
     "UntrackedParametersError",
     "batch_loss",
     "capture",
@@ -96,5 +98,7 @@ __all__ = [
     "self_scores",
     "solve_dense",
     "tapped_apply",
+    "trak_features",
+    "trak_scores",
     "tree_dot",
 ]
