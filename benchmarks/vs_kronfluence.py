@@ -230,6 +230,16 @@ def agreement(ours: np.ndarray, theirs: np.ndarray, k: int = TOP_K) -> dict:
 # --------------------------------------------------------------------------- main
 
 
+def damping_arg(text: str) -> float | None:
+    """``--damping``: a non-negative number, or ``none`` for both libraries' per-layer heuristic."""
+    if text.lower() == "none":
+        return None
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"damping must be ≥ 0 or 'none'; got {text}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
@@ -243,9 +253,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="training epochs of the CNN (Adam 1e-3, batch 128)")
     parser.add_argument("--batch-size", type=int, metavar="B", default=128,
                         help="batch size of the factor fit and of the training side of scoring, both libraries")
-    parser.add_argument("--damping", type=float, metavar="D", default=1e-8,
-                        help="constant damping added to the EK-FAC eigenvalues, both libraries "
-                             "(1e-8 is kronfluence's default)")  # fmt: skip
+    parser.add_argument("--damping", type=damping_arg, metavar="D", default=1e-8,
+                        help="constant damping added to the EK-FAC eigenvalues, both libraries (1e-8 is "
+                             "kronfluence's default); 'none' = 0.1 × the mean eigenvalue of each layer")  # fmt: skip
     parser.add_argument("--skip-one-at-a-time", action="store_true",
                         help="do not time kronfluence scoring with one query per batch (Q passes over the data)")
     parser.add_argument("--no-warm-repeat", action="store_true",
@@ -350,7 +360,8 @@ def print_table(r: dict) -> None:
         ("score, warm (s)", seconds(r["jaxpoison_score_warm_s"]), ""),
     ]  # fmt: skip
     width = max(len(row[0]) for row in rows)
-    print(f"\n{r['dataset']}, N = {r['n_train']}, Q = {r['queries']}, damping {r['damping']:g}")
+    damping = "0.1 × mean eigenvalue" if r["damping"] is None else f"{r['damping']:g}"
+    print(f"\n{r['dataset']}, N = {r['n_train']}, Q = {r['queries']}, damping {damping}")
     for label, ours, theirs in rows:
         print(f"  {label:<{width}}  {ours:>10}  {theirs:>12}")
     print(f"  speedup (fit + score): {r['speedup_fit_plus_score']:.2f}×")

@@ -159,18 +159,36 @@ def _covariance_step(acc, params, state, key, x, y, m, mean, std, *, graphdef, l
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _lambda_step(acc, params, state, rotations, key, x, y, m, mean, std, *, graphdef, layers, fisher):
-    """Add a batch's Σ_n (Q_Aᵀ G_n Q_S)² to the accumulators."""
+    """Add a batch's Σ_n (Q_Aᵀ G_n Q_S)² to the accumulators.
+
+    For a Dense layer the rotated gradient is rank one, ``u vᵀ`` with ``u = Q_Aᵀ a`` and
+    ``v = Q_Sᵀ g``, so its square is ``u² (v²)ᵀ`` and no per-example gradient is formed.
+    """
     captured = _capture_batch(params, state, key, x, y, m, mean, std, graphdef, layers, fisher)
     out = {}
     for layer in layers:
         a, g = captured[layer.name]
         qa, qs = rotations[layer.name]
-        ra, rg = a @ qa, g @ qs
-        if a.shape[1] == 1:  # Dense: rank-one gradient, its rotated square factorises
-            out[layer.name] = acc[layer.name] + jnp.einsum("ni,no->io", ra[:, 0] ** 2, rg[:, 0] ** 2)
+        if a.shape[1] == 1:  # Dense: (u vᵀ)² = u² (v²)ᵀ, summed over the batch by one matrix product
+            update = jnp.einsum("ni,no->io", (a[:, 0] @ qa) ** 2, (g[:, 0] @ qs) ** 2)
         else:
-            out[layer.name] = acc[layer.name] + jnp.sum(per_example_layer_gradients(ra, rg) ** 2, axis=0)
+            update = jnp.sum(rotated_gradients(a, g, qa, qs) ** 2, axis=0)
+        out[layer.name] = acc[layer.name] + update
     return out
+
+
+def rotated_gradients(a: jax.Array, g: jax.Array, qa: jax.Array, qs: jax.Array) -> jax.Array:
+    """Per-example gradients in the Kronecker eigenbasis, ``Q_Aᵀ (Σ_p a_p g_pᵀ) Q_S``: ``[N, in_dim, out]``.
+
+    Two orders compute the same matrix: rotate the inputs and output gradients of every
+    position first (``P·(in² + out² + in·out)`` per example), or form the per-example
+    gradient first and rotate it (``P·in·out + in²·out + in·out²``). The cheaper is used:
+    rotate-first for Dense layers (``P = 1``), usually gradient-first for convolutions.
+    """
+    p, i, o = a.shape[1], a.shape[2], g.shape[2]
+    if p * (i * i + o * o + i * o) <= p * i * o + i * i * o + i * o * o:
+        return per_example_layer_gradients(a @ qa, g @ qs)
+    return jnp.swapaxes(qa, 0, 1) @ per_example_layer_gradients(a, g) @ qs
 
 
 def fit_factors(
