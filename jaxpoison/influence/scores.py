@@ -40,7 +40,15 @@ from jaxpoison.influence.capture import (
     per_example_layer_gradients,
     tapped_apply,
 )
-from jaxpoison.influence.kfac import FactorError, Factors, check_finite, layer_damping, params_hash, precondition
+from jaxpoison.influence.kfac import (
+    FactorError,
+    Factors,
+    check_finite,
+    layer_damping,
+    params_hash,
+    precondition,
+    rotated_gradients,
+)
 from jaxpoison.influence.losses import LogitLoss, cross_entropy, get_measurement
 from jaxpoison.influence.stream import collect_dataset
 from jaxpoison.models import FunctionalModel
@@ -167,11 +175,10 @@ def _self_batch(params, state, blocks, x, y, m, mean, std, *, graphdef, layers):
                       else (per_example_layer_gradients(a, g) ** 2).sum((1, 2)))  # fmt: skip
             continue
         qa, qs, inv = blocks[layer.name]
-        a, g = a @ qa, g @ qs
         if a.shape[1] == 1:  # Dense: the rotated square is an outer product of squares
-            total += jnp.einsum("ni,io,no->n", a[:, 0] ** 2, inv, g[:, 0] ** 2)
+            total += jnp.einsum("ni,io,no->n", (a[:, 0] @ qa) ** 2, inv, (g[:, 0] @ qs) ** 2)
         else:
-            total += jnp.einsum("nio,io->n", per_example_layer_gradients(a, g) ** 2, inv)
+            total += jnp.einsum("nio,io->n", rotated_gradients(a, g, qa, qs) ** 2, inv)
     return total
 
 
