@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-all lint bench-train clean
+.PHONY: demo test test-all bench-setup bench-train bench-influence clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,20 @@ test: $(VENV)/.installed-dev
 test-all: $(VENV)/.installed-dev
 	$(BIN)/pytest -n 2 -m ''
 
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/pip install --quiet --no-deps kronfluence==1.0.1
+	touch $@ $(VENV)/.installed
+
+bench-setup: $(VENV)/.installed-bench
+
 bench-train: $(VENV)/.installed
 	$(BIN)/python benchmarks/train_throughput.py --out runs/train_throughput.json
+
+bench-influence: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/vs_kronfluence.py --queries 51 --out runs/vs_kronfluence.json
+	$(BIN)/python benchmarks/query_scaling.py --out runs/query_scaling.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
