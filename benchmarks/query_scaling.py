@@ -22,23 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpoison.data import Dataset, Provenance, load_dataset
+from jaxpoison.data import load_dataset, synthetic_dataset
 from jaxpoison.influence import FactorConfig, ScoreConfig, fit_factors, pairwise_scores
 from jaxpoison.models import count_params, create_model, to_functional
 from jaxpoison.runinfo import environment
-
-
-def synthetic_cifar(n: int, seed: int = 0) -> Dataset:
-    """CIFAR-shaped random images (32×32×3, 10 classes): timing does not depend on content."""
-    rng = np.random.default_rng(seed)
-    return Dataset(
-        images=rng.random((n, 32, 32, 3), dtype=np.float32),
-        labels=rng.integers(0, 10, n).astype(np.int32),
-        class_names=tuple(map(str, range(10))),
-        mean=np.full(3, 0.5, np.float32),
-        std=np.full(3, 0.29, np.float32),
-        provenance=Provenance("synthetic", "cifar-shaped", "train"),
-    )
 
 
 def main(argv=None) -> dict:
@@ -53,7 +40,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     if args.synthetic:
-        train = synthetic_cifar(args.n_train or 50_000)
+        train = synthetic_dataset(args.n_train or 50_000)
     else:
         train = load_dataset(args.dataset, "train")
         if args.n_train:

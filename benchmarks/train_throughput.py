@@ -22,24 +22,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxpoison.data import Dataset, Provenance, load_dataset
+from jaxpoison.data import Dataset, load_dataset, synthetic_dataset
 from jaxpoison.models import count_params, create_model, to_functional
 from jaxpoison.runinfo import environment
 from jaxpoison.sharding import data_mesh, replicate, shard_batch
 from jaxpoison.training import TrainRecipe, adam_recipe, reference_recipe
 from jaxpoison.training.train import make_train_step
-
-
-def synthetic_cifar(n: int, seed: int = 0) -> Dataset:
-    rng = np.random.default_rng(seed)
-    return Dataset(
-        images=rng.random((n, 32, 32, 3), dtype=np.float32),
-        labels=rng.integers(0, 10, n).astype(np.int32),
-        class_names=tuple(str(c) for c in range(10)),
-        mean=np.full(3, 0.5, np.float32),
-        std=np.full(3, 0.29, np.float32),
-        provenance=Provenance("synthetic", "cifar-shaped", "train"),
-    )
 
 
 def measure(model_name: str, data: Dataset, recipe: TrainRecipe, steps: int, **model_kw) -> dict:
@@ -98,7 +86,7 @@ def main(argv=None) -> dict:
         recipe = reference_recipe().replace(batch_size=args.resnet_batch)
         results["resnet18"] = {
             "dataset": "synthetic cifar-shaped",
-            **measure("resnet18", synthetic_cifar(args.resnet_batch * 8), recipe, args.resnet_steps),
+            **measure("resnet18", synthetic_dataset(args.resnet_batch * 8), recipe, args.resnet_steps),
         }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))

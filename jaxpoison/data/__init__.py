@@ -13,6 +13,7 @@ from jaxpoison.data.sources import (
     load_tfds,
     missing_message,
 )
+from jaxpoison.data.synthetic import synthetic_dataset
 
 __all__ = [
     "DATA_ENV",
@@ -34,6 +35,7 @@ __all__ = [
     "read_cifar_binary",
     "read_idx",
     "split_train_validation",
+    "synthetic_dataset",
     "write_cifar_binary",
     "write_idx",
 ]
