@@ -406,3 +406,18 @@ def test_digits_cnn_scores_are_finite_in_float32():
         assert scores.values.shape == (3, 200) and np.all(np.isfinite(scores.values))
         assert scores.meta["strategy"] == "ekfac" and scores.meta["fisher"] == "true"
         assert "supports" in scores.meta["sign"]
+
+
+def test_parameters_that_do_not_fit_the_model_are_refused():
+    model = f64_model("cnn", (8, 8, 1), 4, width=2, hidden=6)
+    other_structure = model._replace(params=f64_model("mlp", (8, 8, 1), 4).params)
+    with pytest.raises(ValueError, match="do not fit the model"):
+        fit_factors(other_structure, tiny_data(n=4), progress=False)
+    wider = f64_model("cnn", (8, 8, 1), 4, width=2, hidden=7)  # fc1/fc2 shapes differ
+    params = jax.tree.map(lambda a: a, model.params)
+    params["fc2"]["kernel"] = wider.params["fc2"]["kernel"]
+    mixed = model._replace(params=params)
+    with pytest.raises(ValueError, match="do not fit the model"):
+        fit_factors(mixed, tiny_data(n=4), progress=False)
+    with pytest.raises(ValueError, match="do not fit the model"):
+        pairwise_scores(mixed, tiny_data(n=4), np.zeros((1, 8, 8, 1)), np.zeros(1, int), None, progress=False)

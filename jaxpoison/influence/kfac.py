@@ -123,6 +123,25 @@ def check_finite(tree: Any, what: str) -> None:
         raise FactorError(f"{what} contain NaN or Inf in {', '.join(bad[:8])}; the model may have diverged.")
 
 
+def check_model(model: FunctionalModel, image_shape: tuple[int, ...]) -> None:
+    """Refuse parameters that do not fit the model's structure, or inputs it cannot take.
+
+    Runs the model abstractly (``jax.eval_shape``, no computation) on one image.
+    """
+    if model.graphdef is None:
+        raise ValueError("the model has no graphdef; build it with jaxpoison.models.to_functional(nnx_model).")
+    try:
+        example = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+        out = jax.eval_shape(model.apply, model.params, model.state, example)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise ValueError(
+            f"the parameters do not fit the model, or the model cannot take {tuple(image_shape)} images: {e}. "
+            "Pass the params/state produced by to_functional (or by training) for this very model."
+        ) from e
+    if len(out.shape) != 2:
+        raise ValueError(f"the model must return logits [N, classes]; it returned shape {out.shape}.")
+
+
 def _eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Float64 eigendecomposition with eigenvalues ≥ 0 and a fixed sign per eigenvector."""
     values, vectors = np.linalg.eigh(np.asarray(matrix, np.float64))
@@ -220,6 +239,7 @@ def fit_factors(
       UntrackedParametersError: with ``on_untracked="error"`` and parameters no factor covers.
     """
     mesh = data_mesh() if mesh is None else mesh
+    check_model(model, dataset.image_shape)
     check_finite(model.params, "the model parameters")
     layers, untracked = find_layers(model.graphdef, model.params, model.state)
     if not layers:

@@ -44,6 +44,7 @@ from jaxpoison.influence.kfac import (
     FactorError,
     Factors,
     check_finite,
+    check_model,
     layer_damping,
     params_hash,
     precondition,
@@ -147,11 +148,23 @@ def gradients_from_pytree(grads: Any, layers) -> dict[str, jax.Array]:
     return {layer.name: layer_gradient(grads, layer) for layer in layers}
 
 
-def _contract(a: jax.Array, g: jax.Array, w: jax.Array) -> jax.Array:
-    """Scores ``[Q, N]`` of preconditioned queries ``w [Q, in, out]`` against a batch's ``(a, g)``."""
-    if a.shape[1] == 1:  # Dense: (aᵀ W_q) · g without the per-example gradient
-        aw = jnp.einsum("ni,qio->nqo", a[:, 0], w)
-        return jnp.einsum("nqo,no->qn", aw, g[:, 0])
+def _query_layout(layer: Layer, w: jax.Array) -> jax.Array:
+    """Lay out preconditioned queries for the training-side contraction, once per scoring run.
+
+    Dense layers get ``[in, Q, out]``, so a batch's inputs multiply all queries in one
+    plain matrix product ``[N, in] @ [in, Q·out]`` with no per-batch transpose of the
+    (large) query tensor; convolutions keep ``[Q, in, out]``.
+    """
+    return jnp.swapaxes(w, 0, 1) if layer.kind == "dense" else w
+
+
+def _contract(layer: Layer, a: jax.Array, g: jax.Array, w: jax.Array) -> jax.Array:
+    """Scores ``[Q, N]`` of laid-out preconditioned queries ``w`` against a batch's ``(a, g)``."""
+    if layer.kind == "dense":
+        if a.shape[1] == 1:  # (aᵀ W_q) · g without forming the per-example gradient
+            aw = (a[:, 0] @ w.reshape(w.shape[0], -1)).reshape(a.shape[0], w.shape[1], w.shape[2])
+            return jnp.einsum("nqo,no->qn", aw, g[:, 0])
+        return jnp.einsum("nio,iqo->qn", per_example_layer_gradients(a, g), w)
     return jnp.einsum("nio,qio->qn", per_example_layer_gradients(a, g), w)
 
 
@@ -159,7 +172,7 @@ def _contract(a: jax.Array, g: jax.Array, w: jax.Array) -> jax.Array:
 def _pairwise_batch(params, state, w, x, y, m, mean, std, *, graphdef, layers):
     tapped = tapped_apply(graphdef, list(layers))
     _, captured = capture(tapped, list(layers), params, state, normalize(x, mean, std), y, cross_entropy, mask=m)
-    return sum(_contract(*captured[layer.name], w[layer.name]) for layer in layers)
+    return sum(_contract(layer, *captured[layer.name], w[layer.name]) for layer in layers)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "layers"))
@@ -245,6 +258,7 @@ def pairwise_scores(
       :class:`Scores` with ``values [Q, N]`` and metadata.
     """
     mesh = data_mesh() if mesh is None else mesh
+    check_model(model, train.image_shape)
     check_finite(model.params, "the model parameters")
     check_factors_match(factors, model, train)
     layers = _layers(model, factors, config.on_untracked)
@@ -253,7 +267,7 @@ def pairwise_scores(
         query_grads = query_gradients(model, layers, images, labels, train.mean, train.std,
                                       get_measurement(config.measurement))  # fmt: skip
     preconditioned = query_grads if factors is None else precondition(factors, query_grads, config.damping)
-    preconditioned = replicate(mesh, preconditioned)
+    preconditioned = replicate(mesh, {layer.name: _query_layout(layer, preconditioned[layer.name]) for layer in layers})
     params, state = replicate(mesh, (model.params, model.state))
     static = {"graphdef": model.graphdef, "layers": tuple(layers)}
     values = collect_dataset(
@@ -280,6 +294,7 @@ def self_scores(
     cross-entropy is used, as a point's self-influence is about its own loss).
     """
     mesh = data_mesh() if mesh is None else mesh
+    check_model(model, train.image_shape)
     check_finite(model.params, "the model parameters")
     check_factors_match(factors, model, train)
     layers = _layers(model, factors, config.on_untracked)

@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxpoison.data import Dataset, normalize
 from jaxpoison.influence.grads import per_example_grads
-from jaxpoison.influence.kfac import check_finite, params_hash
+from jaxpoison.influence.kfac import check_finite, check_model, params_hash
 from jaxpoison.influence.losses import margin_measurement
 from jaxpoison.influence.scores import SIGN_CONVENTION, Scores, _check_queries
 from jaxpoison.influence.stream import collect_dataset
@@ -104,6 +104,7 @@ def trak_features(
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Projected gradient features ``[N, k]`` and ``1 − p(correct)`` ``[N]`` of every example."""
     mesh = data_mesh() if mesh is None else mesh
+    check_model(model, dataset.image_shape)
     check_finite(model.params, "the model parameters")
     projection, key = _projection(model, config)
     params, state, projection = replicate(mesh, (model.params, model.state, projection))
