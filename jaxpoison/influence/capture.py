@@ -191,24 +191,40 @@ def tapped_apply(graphdef, layers: list[Layer]) -> Callable:
 
 
 def conv_patches(x: jax.Array, layer: Layer) -> jax.Array:
-    """Input patches ``[N, P, kh·kw·c_in]`` of a convolution, ordered like its HWIO kernel."""
+    """Input patches ``[N, P, kh·kw·c_in]`` of a convolution, ordered like its HWIO kernel.
+
+    Built from ``kh·kw`` strided slices of the padded input: pure data movement.
+    (``lax.conv_general_dilated_patches`` computes the same tensor as a convolution with
+    an identity kernel, which costs ``(kh·kw·c_in)²`` multiply-adds per position: 17× the
+    time of this version for a 3×3×32 layer on CPU.)
+    """
     kernel_size, strides, padding, input_dilation, kernel_dilation = layer.conv
-    as_tuple = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-    if isinstance(padding, (tuple, list)):
-        padding = [tuple(p) if isinstance(p, (tuple, list)) else (p, p) for p in padding]
-    patches = jax.lax.conv_general_dilated_patches(
-        x,
-        filter_shape=kernel_size,
-        window_strides=as_tuple(strides),
-        padding=padding,
-        lhs_dilation=as_tuple(input_dilation),
-        rhs_dilation=as_tuple(kernel_dilation),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
-    # The patch axis is ordered (c_in, kh, kw); the kernel flattens (kh, kw, c_in).
-    n, c = x.shape[0], x.shape[-1]
-    patches = patches.reshape(n, -1, c, int(np.prod(kernel_size)))
-    return jnp.swapaxes(patches, -1, -2).reshape(n, patches.shape[1], -1)
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    (kh, kw), (sh, sw), (dh, dw) = kernel_size, pair(strides), pair(kernel_dilation)
+    if pair(input_dilation) != (1, 1):  # transposed-style convolutions: the general (slow) path
+        patches = jax.lax.conv_general_dilated_patches(
+            x, kernel_size, (sh, sw), padding, lhs_dilation=pair(input_dilation), rhs_dilation=(dh, dw),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )  # fmt: skip
+        n, c = x.shape[0], x.shape[-1]
+        patches = patches.reshape(n, -1, c, kh * kw)
+        return jnp.swapaxes(patches, -1, -2).reshape(n, patches.shape[1], -1)
+    if isinstance(padding, str):
+        effective = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
+        pads = jax.lax.padtype_to_pads(x.shape[1:3], effective, (sh, sw), padding)
+    else:
+        pads = [tuple(p) if isinstance(p, (tuple, list)) else (p, p) for p in padding]
+    xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    n, hp, wp, c = xp.shape
+    out_h = (hp - (kh - 1) * dh - 1) // sh + 1
+    out_w = (wp - (kw - 1) * dw - 1) // sw + 1
+    slices = [
+        jax.lax.slice(xp, (0, i * dh, j * dw, 0), (n, i * dh + (out_h - 1) * sh + 1, j * dw + (out_w - 1) * sw + 1, c),
+                      (1, sh, sw, 1))
+        for i in range(kh)
+        for j in range(kw)
+    ]  # fmt: skip
+    return jnp.stack(slices, axis=3).reshape(n, out_h * out_w, kh * kw * c)
 
 
 def layer_activations(x: jax.Array, layer: Layer) -> jax.Array:
