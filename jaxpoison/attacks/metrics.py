@@ -1,0 +1,44 @@
+"""Attack metrics: attack success rate, per-class ASR and its variance, clean accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from jaxpoison.data import Dataset
+from jaxpoison.training import predict_logits
+
+
+def attack_metrics(
+    apply: Callable, params: Any, state: Any, test: Dataset, trigger, target: int, source: int | None = None
+) -> dict:
+    """How well a backdoored model obeys the trigger, and how it does on clean data.
+
+    ASR is measured on triggered test images of the victim class(es) — the source class,
+    or every class but the target — never on images already of the target class.
+
+    Returns:
+      ``asr``: fraction of triggered victim images predicted as ``target``;
+      ``per_class_asr``: ``{class: asr}`` over victim classes;
+      ``class_asr_variance``: the variance of those (the IFS fairness measure);
+      ``triggered_accuracy``: accuracy of the triggered victim images against their true labels;
+      ``clean_accuracy``: accuracy on the clean test set; ``victims``: how many images were triggered.
+    """
+    clean_pred = predict_logits(apply, params, state, test).argmax(-1)
+    victims = np.flatnonzero(test.labels == source) if source is not None else np.flatnonzero(test.labels != target)
+    if victims.size == 0:
+        raise ValueError("the test set has no images of the victim class(es); ASR is undefined.")
+    triggered = test.subset(victims).replace(images=np.clip(np.asarray(trigger.apply(test.images[victims])), 0, 1))
+    pred = predict_logits(apply, params, state, triggered).argmax(-1)
+    labels = test.labels[victims]
+    per_class = {int(c): float(np.mean(pred[labels == c] == target)) for c in np.unique(labels)}
+    return {
+        "asr": float(np.mean(pred == target)),
+        "per_class_asr": per_class,
+        "class_asr_variance": float(np.var(list(per_class.values()))),
+        "triggered_accuracy": float(np.mean(pred == labels)),
+        "clean_accuracy": float(np.mean(clean_pred == test.labels)),
+        "victims": int(victims.size),
+    }

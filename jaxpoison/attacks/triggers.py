@@ -1,0 +1,209 @@
+"""Backdoor triggers as pure functions of pixel-space images ``[..., H, W, C]`` in [0, 1].
+
+* :class:`PatchTrigger` — ``x' = x·(1 − m) + p·m`` for a mask ``m`` and a pattern ``p``
+  (BadNet-style patches: the Δ-Influence 4-pixel pattern, solid squares in a corner).
+* :class:`BlendedTrigger` — ``x' = (1 − ε)·x + ε·t``, ε the blend ratio (the IFS
+  "manipulation strength" of blended attacks).
+
+Triggers are frozen dataclasses holding NumPy arrays; ``apply`` works on NumPy or
+JAX arrays, batched or not, and is jittable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class TriggerError(ValueError):
+    """A trigger does not fit the images or has invalid parameters."""
+
+
+def _check_shape(image_shape) -> tuple[int, int, int]:
+    if len(image_shape) != 3:
+        raise TriggerError(f"image_shape must be (H, W, C); got {image_shape!r}.")
+    return tuple(int(v) for v in image_shape)  # type: ignore[return-value]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PatchTrigger:
+    """Paste ``pattern`` where ``mask`` is 1 (``mask`` may be fractional for soft edges).
+
+    Attributes:
+      mask: ``[H, W, 1]`` or ``[H, W, C]`` in [0, 1].
+      pattern: ``[H, W, C]`` in [0, 1].
+      name: a label for manifests.
+    """
+
+    mask: np.ndarray
+    pattern: np.ndarray
+    name: str = "patch"
+
+    def __post_init__(self):
+        mask, pattern = np.asarray(self.mask, np.float32), np.asarray(self.pattern, np.float32)
+        if pattern.ndim != 3 or mask.ndim != 3 or mask.shape[:2] != pattern.shape[:2]:
+            raise TriggerError(f"mask {mask.shape} and pattern {pattern.shape} must be [H, W, 1 or C] and [H, W, C].")
+        if mask.shape[2] not in (1, pattern.shape[2]):
+            raise TriggerError(f"mask has {mask.shape[2]} channels; use 1 or the pattern's {pattern.shape[2]}.")
+        for name, a in (("mask", mask), ("pattern", pattern)):
+            if a.min() < 0 or a.max() > 1:
+                raise TriggerError(f"{name} values must lie in [0, 1]; got [{a.min()}, {a.max()}].")
+        object.__setattr__(self, "mask", mask)
+        object.__setattr__(self, "pattern", pattern)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.pattern.shape)  # type: ignore[return-value]
+
+    def apply(self, images):
+        """Triggered images, same shape and array type family as ``images`` (JAX arrays out)."""
+        _check_fits(self.image_shape, images)
+        return jnp.asarray(images) * (1.0 - self.mask) + self.pattern * self.mask
+
+    def describe(self) -> dict:
+        return {"type": "patch", "name": self.name, "pixels": int((self.mask.max(-1) > 0).sum())}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BlendedTrigger:
+    """``x' = (1 − ε)·x + ε·pattern``.
+
+    Attributes:
+      pattern: ``[H, W, C]`` in [0, 1].
+      epsilon: blend ratio in [0, 1] (0: no change; 1: the pattern itself).
+      name: a label for manifests.
+    """
+
+    pattern: np.ndarray
+    epsilon: float
+    name: str = "blended"
+
+    def __post_init__(self):
+        pattern = np.asarray(self.pattern, np.float32)
+        if pattern.ndim != 3:
+            raise TriggerError(f"pattern must be [H, W, C]; got {pattern.shape}.")
+        if not 0.0 <= float(self.epsilon) <= 1.0:
+            raise TriggerError(f"blend ratio epsilon must lie in [0, 1]; got {self.epsilon}.")
+        if pattern.min() < 0 or pattern.max() > 1:
+            raise TriggerError("pattern values must lie in [0, 1].")
+        object.__setattr__(self, "pattern", pattern)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.pattern.shape)  # type: ignore[return-value]
+
+    def apply(self, images):
+        _check_fits(self.image_shape, images)
+        return (1.0 - self.epsilon) * jnp.asarray(images) + self.epsilon * self.pattern
+
+    def describe(self) -> dict:
+        return {"type": "blended", "name": self.name, "epsilon": float(self.epsilon)}
+
+
+def _check_fits(shape, images) -> None:
+    if tuple(np.shape(images)[-3:]) != tuple(shape):
+        raise TriggerError(
+            f"the trigger is made for {tuple(shape)} images but got images of shape {tuple(np.shape(images)[-3:])}; "
+            "build the trigger for the dataset's image_shape."
+        )
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def _pixel_block(image_shape) -> int:
+    # One trigger "pixel" of the 32×32 reference becomes an s×s block on larger images.
+    return max(1, round(min(image_shape[:2]) / 32))
+
+
+def badnet_pixels(image_shape) -> PatchTrigger:
+    """The Δ-Influence BadNet trigger: 4 black pixels near the bottom-right corner.
+
+    At 32×32 they sit at (row, col) = (28, 30), (29, 29), (30, 28), (30, 30); i.e. at
+    offsets (−4, −2), (−3, −3), (−2, −4), (−2, −2) from the bottom-right corner. Larger
+    images scale each pixel to an ``s×s`` block with ``s = round(min(H, W) / 32)``.
+    """
+    h, w, c = _check_shape(image_shape)
+    s = _pixel_block(image_shape)
+    if h < 4 * s or w < 4 * s:
+        raise TriggerError(f"the BadNet pixel trigger needs images of at least {4 * s}×{4 * s}; got {h}×{w}.")
+    mask = np.zeros((h, w, 1), np.float32)
+    for dr, dc in ((-4, -2), (-3, -3), (-2, -4), (-2, -2)):
+        r, q = h + dr * s, w + dc * s
+        mask[r : r + s, q : q + s] = 1.0
+    return PatchTrigger(mask, np.zeros((h, w, c), np.float32), name="badnet-4px")
+
+
+CORNERS = ("bottom-right", "bottom-left", "top-right", "top-left")
+
+
+def square_patch(image_shape, size: int = 3, color=(1.0, 1.0, 0.0), corner: str = "bottom-right",
+                 margin: int = 1) -> PatchTrigger:  # fmt: skip
+    """A solid ``size×size`` square of ``color`` in a corner, ``margin`` pixels from the edges.
+
+    ``color`` has one value per channel (RGB); for grayscale images its mean is used.
+    E.g. ``square_patch((32, 32, 3), 5, (1, 1, 0), margin=1)`` is the 5×5 yellow patch at rows
+    and columns 26–30.
+    """
+    h, w, c = _check_shape(image_shape)
+    if corner not in CORNERS:
+        raise TriggerError(f"unknown corner {corner!r}; choose one of {', '.join(CORNERS)}.")
+    if size < 1 or margin < 0 or size + margin > min(h, w):
+        raise TriggerError(f"a {size}×{size} patch with margin {margin} does not fit {h}×{w} images.")
+    color = np.asarray(color, np.float32).reshape(-1)
+    if color.size == 1:
+        color = np.repeat(color, c)
+    elif c == 1:
+        color = color.mean(keepdims=True)
+    if color.size != c:
+        raise TriggerError(f"color has {color.size} values for {c}-channel images.")
+    top = margin if corner.startswith("top") else h - margin - size
+    left = margin if corner.endswith("left") else w - margin - size
+    mask = np.zeros((h, w, 1), np.float32)
+    mask[top : top + size, left : left + size] = 1.0
+    return PatchTrigger(mask, np.broadcast_to(color, (h, w, c)).copy(), name=f"square-{size}px-{corner}")
+
+
+def default_blend_pattern(image_shape, seed: int = 0) -> np.ndarray:
+    """A deterministic, licence-clean blend pattern made by code: coloured diagonal waves.
+
+    Each channel is a sum of two sinusoidal gratings with frequencies and phases drawn
+    from ``seed``; values are rescaled to [0, 1]. High enough in contrast to be learnable
+    at small blend ratios, unlike a flat colour.
+    """
+    h, w, c = _check_shape(image_shape)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    channels = []
+    for _ in range(c):
+        f1, f2 = rng.uniform(2, 6, 2), rng.uniform(2, 6, 2)
+        p1, p2 = rng.uniform(0, 2 * np.pi, 2)
+        wave = np.sin(2 * np.pi * (f1[0] * xx + f1[1] * yy) + p1) + np.sin(2 * np.pi * (f2[0] * xx - f2[1] * yy) + p2)
+        channels.append((wave - wave.min()) / (wave.max() - wave.min()))
+    return np.stack(channels, axis=-1).astype(np.float32)
+
+
+def resize_pattern(image: np.ndarray, image_shape) -> np.ndarray:
+    """Resize a user trigger image ``[h, w, C]`` (uint8 or [0, 1]) to ``image_shape`` (bilinear)."""
+    h, w, c = _check_shape(image_shape)
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3:
+        raise TriggerError(f"a trigger image must be [h, w, C]; got {image.shape}.")
+    if image.shape[-1] != c:
+        raise TriggerError(
+            f"the trigger image has {image.shape[-1]} channels but the dataset's images have {c}; "
+            "convert it (e.g. to grayscale or RGB) first."
+        )
+    image = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+    return np.clip(np.asarray(jax.image.resize(image, (h, w, c), "bilinear")), 0.0, 1.0)
+
+
+def blended(image_shape, epsilon: float, pattern: np.ndarray | None = None, seed: int = 0) -> BlendedTrigger:
+    """A blended trigger with the default pattern, or ``pattern`` resized to the images."""
+    t = default_blend_pattern(image_shape, seed) if pattern is None else resize_pattern(pattern, image_shape)
+    return BlendedTrigger(t, epsilon, name="blended-default" if pattern is None else "blended-image")
