@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from jaxpoison.data import DatasetError, dataset_location, dataset_names, get_spec
 from jaxpoison.models import MODEL_NAMES
 from jaxpoison.training import CheckpointError
@@ -88,6 +90,49 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _make_trigger(args, image_shape):
+    from jaxpoison.attacks import badnet_pixels, blended, square_patch
+
+    if args.attack == "badnet":
+        return badnet_pixels(image_shape)
+    if args.attack == "square":
+        return square_patch(image_shape, size=args.patch_size, color=args.color, margin=args.margin)
+    pattern = None
+    if args.trigger_image:
+        from PIL import Image
+
+        with Image.open(args.trigger_image) as im:
+            pattern = np.asarray(im.convert("L" if image_shape[-1] == 1 else "RGB"))
+    return blended(image_shape, args.epsilon, pattern)
+
+
+def _cmd_poison(args) -> int:
+    import json
+
+    from jaxpoison.attacks import PoisonConfig, poison_dataset
+    from jaxpoison.data import load_splits
+
+    out = Path(args.out)
+    if (out / "manifest.json").exists() and not args.force:
+        raise ValueError(f"{out} already holds a poisoned dataset; pass --force to overwrite it.")
+    train_set, test_set = load_splits(args.dataset, **_dataset_options(args))
+    config = PoisonConfig(target=args.target, source=args.source, rate=args.rate, count=args.count,
+                          mode=args.mode, seed=args.seed)  # fmt: skip
+    result = poison_dataset(train_set, _make_trigger(args, train_set.image_shape), config)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        out / "poisoned.npz",
+        x_train=result.dataset.images, y_train=result.dataset.labels,
+        x_test=test_set.images, y_test=test_set.labels,
+        poison_indices=result.poison_indices, source_indices=result.source_indices,
+    )  # fmt: skip
+    manifest = {**result.manifest, "dataset": args.dataset, "attack": args.attack,
+                "class_names": list(train_set.class_names)}  # fmt: skip
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    print(f"{result.manifest['count']} poisons ({args.attack}, target {args.target}) -> {out / 'poisoned.npz'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxpoison", description="Data-poisoning research with influence functions in JAX."
@@ -112,6 +157,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", default=None, help="file for --dataset npz")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("poison", help="write a poisoned training set (DIR/poisoned.npz) and DIR/manifest.json")
+    p.add_argument("--dataset", required=True, choices=dataset_names())
+    p.add_argument("--attack", required=True, choices=("badnet", "square", "blended"))
+    p.add_argument("--target", type=int, required=True, help="label every poison gets")
+    p.add_argument("--source", type=int, default=None, help="victim class (default: all classes but the target)")
+    how_many = p.add_mutually_exclusive_group(required=True)
+    how_many.add_argument("--rate", type=float, help="poisons as a fraction of the training set")
+    how_many.add_argument("--count", type=int, help="number of poisons")
+    p.add_argument("--mode", choices=("replace", "append"), default="replace")
+    p.add_argument("--epsilon", type=float, default=0.1, help="blend ratio of the blended attack")
+    p.add_argument("--trigger-image", default=None, help="image file for the blended attack (default: generated)")
+    p.add_argument("--patch-size", type=int, default=3)
+    p.add_argument("--color", type=float, nargs="+", default=[1.0, 1.0, 0.0])
+    p.add_argument("--margin", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-path", default=None, help="file for --dataset npz")
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="overwrite an existing poisoned dataset in --out")
+    p.set_defaults(func=_cmd_poison)
 
     p = sub.add_parser("demo", help="the README's main job (Fashion-MNIST, else digits)")
     p.add_argument("--out", default="runs/demo")

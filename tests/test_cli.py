@@ -58,3 +58,23 @@ def test_npz_with_wrong_image_shape_is_a_clear_error(tmp_path, capsys):
                  "--out", str(tmp_path / "o")])  # fmt: skip
     assert code == 2
     assert "4-D NHWC" in capsys.readouterr().err
+
+
+def test_poison_writes_npz_and_manifest_that_load_back(tmp_path, capsys):
+    from jaxpoison.data import load_dataset
+
+    out = tmp_path / "p"
+    args = ["poison", "--dataset", "digits", "--attack", "square", "--patch-size", "2", "--margin", "0", "--color", "1",
+            "--target", "0", "--rate", "0.02", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["count"] == round(0.02 * 1437) and manifest["target"] == 0
+    poisoned = load_dataset("npz", "train", path=out / "poisoned.npz")
+    with np.load(out / "poisoned.npz") as f:
+        idx = f["poison_indices"]
+    assert idx.size == manifest["count"] and np.all(poisoned.labels[idx] == 0)
+    assert np.all(poisoned.images[idx, -2:, -2:] == 1.0)
+    assert main(args) == 2 and "--force" in capsys.readouterr().err  # refuses to overwrite
+    blended_args = ["poison", "--dataset", "digits", "--attack", "blended", "--epsilon", "1.5", "--target", "1",
+                    "--count", "5", "--out", str(tmp_path / "b")]  # fmt: skip
+    assert main(blended_args) == 2 and "[0, 1]" in capsys.readouterr().err
