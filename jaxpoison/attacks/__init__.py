@@ -9,6 +9,7 @@ from jaxpoison.attacks.poison import (
     choose_poisons,
     poison_dataset,
 )
+from jaxpoison.attacks.smooth import SmoothTrigger, lowpass, make_smooth_trigger, minmax
 from jaxpoison.attacks.triggers import (
     BlendedTrigger,
     PatchTrigger,
@@ -26,6 +27,7 @@ __all__ = [
     "PoisonConfig",
     "PoisonError",
     "PoisonedDataset",
+    "SmoothTrigger",
     "TriggerError",
     "attack_metrics",
     "badnet_pixels",
@@ -33,6 +35,9 @@ __all__ = [
     "candidate_pool",
     "choose_poisons",
     "default_blend_pattern",
+    "lowpass",
+    "make_smooth_trigger",
+    "minmax",
     "poison_dataset",
     "resize_pattern",
     "square_patch",

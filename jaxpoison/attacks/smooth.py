@@ -1,0 +1,161 @@
+"""The smooth (low-frequency) trigger of Zeng et al. (ICCV 2021), generated in JAX.
+
+A universal perturbation ``v`` is grown over a few clean images: for every image the
+current ``v`` does not yet send to the target class, a targeted DeepFool step finds a
+minimal push ``r`` toward the target; ``v ← G(v + G(r))`` with ``G`` a fixed Gaussian
+low-pass filter, and ``v`` is min-max rescaled to ``[0, 0.2]``. The loop stops once a
+``fooling_goal`` share of images is sent to the target. Applying the trigger is
+``minmax(x + v)``: add, then rescale each image to [0, 1].
+
+Filter size scales with the image: 30 taps and σ = 6 px at 32×32 (the reference),
+i.e. ``taps = round(30·H/32)`` and ``σ = 6·H/32``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxpoison.attacks.triggers import TriggerError, _check_fits
+
+
+def gaussian_kernel(taps: int, sigma: float) -> np.ndarray:
+    """A normalised 1-D Gaussian with ``taps`` taps (even counts allowed, centred between taps)."""
+    grid = np.arange(taps) - (taps - 1) / 2.0
+    k = np.exp(-0.5 * (grid / sigma) ** 2)
+    return (k / k.sum()).astype(np.float32)
+
+
+def lowpass(v: jax.Array, taps: int, sigma: float) -> jax.Array:
+    """Separable depthwise Gaussian blur of ``[H, W, C]`` with zero padding, same output size."""
+    k = jnp.asarray(gaussian_kernel(taps, sigma))
+    before, after = (taps - 1) // 2, taps // 2
+
+    def blur_axis(x, axis):
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (before, after)
+        xp = jnp.pad(x, pad)
+        n = x.shape[axis]
+        return sum(k[t] * jax.lax.slice_in_dim(xp, t, t + n, axis=axis) for t in range(taps))
+
+    return blur_axis(blur_axis(v, 0), 1)
+
+
+def minmax(x: jax.Array, scale: float = 1.0) -> jax.Array:
+    """Rescale the last three axes of ``x`` to ``[0, scale]`` (per image)."""
+    lo = jnp.min(x, axis=(-3, -2, -1), keepdims=True)
+    hi = jnp.max(x, axis=(-3, -2, -1), keepdims=True)
+    return scale * (x - lo) / jnp.maximum(hi - lo, 1e-12)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SmoothTrigger:
+    """``x' = minmax(x + pattern)``; ``pattern`` is ``[H, W, C]`` in ``[0, 0.2]``."""
+
+    pattern: np.ndarray
+    name: str = "smooth"
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.pattern.shape)  # type: ignore[return-value]
+
+    def apply(self, images):
+        _check_fits(self.image_shape, images)
+        return minmax(jnp.asarray(images) + self.pattern)
+
+    def describe(self) -> dict:
+        return {"type": "smooth", "name": self.name, **self.meta}
+
+
+def _targeted_deepfool(logits_fn: Callable, x: jax.Array, target: int, max_iter: int, overshoot: float):
+    """Minimal perturbation ``r`` sending ``logits_fn(x + r)`` to ``target`` (DeepFool, targeted)."""
+
+    def gap(z, k):
+        out = logits_fn(z[None])[0]
+        return out[target] - out[k]
+
+    def body(carry):
+        r, i, _ = carry
+        out = logits_fn((x + r)[None])[0]
+        k = jnp.argmax(jnp.where(jnp.arange(out.shape[0]) == target, -jnp.inf, out))
+        w = jax.grad(gap)(x + r, k)
+        f = -gap(x + r, k)  # > 0 while the other class still wins
+        r = r + (jnp.maximum(f, 0.0) + 1e-4) / (jnp.sum(w**2) + 1e-12) * w
+        return r, i + 1, jnp.argmax(logits_fn((x + r)[None])[0]) == target
+
+    def cond(carry):
+        _, i, done = carry
+        return (i < max_iter) & ~done
+
+    r, _, _ = jax.lax.while_loop(cond, body, (jnp.zeros_like(x), 0, jnp.asarray(False)))
+    return (1.0 + overshoot) * r
+
+
+def make_smooth_trigger(
+    logits_fn: Callable,
+    images: np.ndarray,
+    target: int,
+    *,
+    fooling_goal: float = 0.2,
+    max_passes: int = 5,
+    deepfool_iterations: int = 50,
+    overshoot: float = 0.02,
+    magnitude: float = 0.2,
+    seed: int = 0,
+    progress: bool = True,
+) -> SmoothTrigger:
+    """Grow a low-frequency universal perturbation toward ``target`` (Zeng et al.'s procedure).
+
+    Args:
+      logits_fn: ``f(pixel_images [N, H, W, C]) -> logits``: the trained model with
+        normalisation inside (e.g. ``lambda x: apply(params, state, normalize(x, mean, std))``).
+      images: clean pixel-space images to fit on (the reference uses 100).
+      target: the class the trigger should push toward.
+      fooling_goal: stop once this share of non-target images goes to ``target``.
+      max_passes: passes over ``images`` at most.
+      deepfool_iterations, overshoot: DeepFool settings.
+      magnitude: the pattern's range ``[0, magnitude]``.
+      seed: seeds the image order of each pass.
+
+    Returns:
+      The best :class:`SmoothTrigger` found (highest fooling rate), with its fooling rate in ``meta``.
+    """
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise TriggerError(f"images must be a non-empty [N, H, W, C] batch; got {images.shape}.")
+    h = images.shape[1]
+    taps, sigma = max(2, round(30 * h / 32)), 6.0 * h / 32
+    smooth = jax.jit(lambda v: lowpass(v, taps, sigma))
+    deepfool = jax.jit(lambda x: _targeted_deepfool(logits_fn, x, target, deepfool_iterations, overshoot))
+    predict = jax.jit(lambda x: jnp.argmax(logits_fn(x), -1))
+    clean_pred = np.asarray(predict(images))
+    victims = images[clean_pred != target]
+    if victims.shape[0] == 0:
+        raise TriggerError("every fitting image is already classified as the target; pick other images.")
+
+    def fooling(v):
+        return float(np.mean(np.asarray(predict(minmax(jnp.asarray(victims) + v))) == target))
+
+    rng = np.random.default_rng(seed)
+    v = jnp.zeros(images.shape[1:], jnp.float32)
+    best_v, best_rate = v, 0.0
+    for _ in tqdm(range(max_passes), desc="smooth trigger", disable=not progress, leave=False):
+        for i in rng.permutation(victims.shape[0]):
+            x = jnp.asarray(victims[i])
+            if int(predict(minmax(x + v)[None])[0]) == target:
+                continue
+            v = smooth(v + smooth(deepfool(minmax(x + v))))
+            v = minmax(v, magnitude)
+        rate = fooling(v)
+        if rate >= best_rate:
+            best_v, best_rate = v, rate
+        if rate >= fooling_goal:
+            break
+    meta = {"target": int(target), "fooling_rate": best_rate, "taps": taps, "sigma": sigma, "magnitude": magnitude}
+    return SmoothTrigger(np.asarray(best_v), name="smooth", meta=meta)

@@ -1,0 +1,79 @@
+"""The smooth (low-frequency) trigger: range, spectrum, determinism and effect."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxpoison.attacks import TriggerError, lowpass, make_smooth_trigger, minmax
+from jaxpoison.attacks.smooth import gaussian_kernel
+from jaxpoison.data import load_splits, normalize
+from jaxpoison.models import create_model, to_functional
+from jaxpoison.training import adam_recipe, train
+
+
+def low_frequency_energy(pattern: np.ndarray, radius: float) -> float:
+    """Share of spectral energy within ``radius`` (in frequency bins) of DC, over channels."""
+    spectrum = np.abs(np.fft.fftshift(np.fft.fft2(pattern, axes=(0, 1)), axes=(0, 1))) ** 2
+    h, w = pattern.shape[:2]
+    yy, xx = np.meshgrid(np.arange(h) - h // 2, np.arange(w) - w // 2, indexing="ij")
+    inside = np.hypot(yy, xx) <= radius
+    return float(spectrum[inside].sum() / spectrum.sum())
+
+
+def test_lowpass_is_a_normalised_gaussian_blur():
+    k = gaussian_kernel(30, 6.0)
+    assert k.sum() == pytest.approx(1.0) and np.allclose(k, k[::-1])
+    impulse = jnp.zeros((32, 32, 1)).at[16, 16, 0].set(1.0)
+    blurred = np.asarray(lowpass(impulse, 30, 6.0))[..., 0]
+    assert blurred.sum() == pytest.approx(1.0, rel=1e-5)
+    assert low_frequency_energy(blurred[..., None], 4) > 0.99  # the reference's "radius 4 of DC"
+    noise = np.random.default_rng(0).normal(size=(32, 32, 3)).astype(np.float32)
+    assert low_frequency_energy(np.asarray(lowpass(jnp.asarray(noise), 30, 6.0)), 4) > 0.95
+    assert low_frequency_energy(noise, 4) < 0.1
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    train_set, test_set = load_splits("digits")
+    model = to_functional(create_model("cnn", train_set.image_shape, 10, seed=0))
+    result = train(model, train_set, adam_recipe(epochs=6, batch_size=32), progress=False)
+    logits = lambda x: model.apply(result.params, result.state, normalize(x, train_set.mean, train_set.std))
+    return logits, train_set, test_set
+
+
+def test_smooth_trigger_range_spectrum_and_effect(digits_model):
+    logits, train_set, test_set = digits_model
+    fit_images = train_set.images[:60]
+    trigger = make_smooth_trigger(logits, fit_images, target=3, max_passes=3, progress=False)
+    v = trigger.pattern
+    assert v.shape == (8, 8, 1) and v.min() == pytest.approx(0.0) and v.max() == pytest.approx(0.2)
+    assert low_frequency_energy(v, radius=2) >= 0.95
+    again = make_smooth_trigger(logits, fit_images, target=3, max_passes=3, progress=False)
+    np.testing.assert_allclose(again.pattern, v, atol=1e-6)  # deterministic for a seed
+    assert 0.0 <= trigger.meta["fooling_rate"] <= 1.0
+    victims = test_set.images[test_set.labels != 3]
+    out = np.asarray(trigger.apply(victims[:4]))
+    np.testing.assert_allclose(out.reshape(4, -1).min(1), 0.0, atol=1e-6)
+    np.testing.assert_allclose(out.reshape(4, -1).max(1), 1.0, atol=1e-6)
+
+
+def test_targeted_deepfool_reaches_the_target(digits_model):
+    from jaxpoison.attacks.smooth import _targeted_deepfool
+
+    logits, train_set, _ = digits_model
+    reached = 0
+    for x in train_set.images[train_set.labels != 3][:10]:
+        r = _targeted_deepfool(logits, jnp.asarray(x), 3, 100, 0.02)
+        reached += int(jnp.argmax(logits((x + r)[None])[0]) == 3)
+        assert float(jnp.linalg.norm(r)) < 3.0 * float(np.linalg.norm(x))  # a small push, not a new image
+    assert reached >= 9
+
+
+def test_smooth_trigger_errors(digits_model):
+    logits, train_set, _ = digits_model
+    with pytest.raises(TriggerError, match="non-empty"):
+        make_smooth_trigger(logits, np.zeros((0, 8, 8, 1)), target=1, progress=False)
+    assert np.asarray(minmax(jnp.ones((2, 3, 3, 1)))).max() == 0.0  # a flat image stays flat, no NaN
