@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -73,7 +72,7 @@ def test_targeted_deepfool_reaches_the_target(digits_model):
 
 
 def test_smooth_trigger_errors(digits_model):
-    logits, train_set, _ = digits_model
+    logits, _, _ = digits_model
     with pytest.raises(TriggerError, match="non-empty"):
         make_smooth_trigger(logits, np.zeros((0, 8, 8, 1)), target=1, progress=False)
     assert np.asarray(minmax(jnp.ones((2, 3, 3, 1)))).max() == 0.0  # a flat image stays flat, no NaN
