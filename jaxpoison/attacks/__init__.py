@@ -20,18 +20,23 @@ from jaxpoison.attacks.triggers import (
     resize_pattern,
     square_patch,
 )
+from jaxpoison.attacks.witches_brew import Brew, BrewConfig, apply_brew, brew_poisons
 
 __all__ = [
     "BlendedTrigger",
+    "Brew",
+    "BrewConfig",
     "PatchTrigger",
     "PoisonConfig",
     "PoisonError",
     "PoisonedDataset",
     "SmoothTrigger",
     "TriggerError",
+    "apply_brew",
     "attack_metrics",
     "badnet_pixels",
     "blended",
+    "brew_poisons",
     "candidate_pool",
     "choose_poisons",
     "default_blend_pattern",
