@@ -53,6 +53,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--target", type=int, default=0)
     parser.add_argument("--brew-targets", type=int, default=5)
     parser.add_argument("--brew-steps", type=int, default=100)
+    parser.add_argument("--only", default=None, help="comma-separated subset, e.g. badnet,blended_0.1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -73,7 +74,10 @@ def main(argv=None) -> dict:
     for eps in (0.05, 0.1, 0.2):
         triggers[f"blended_{eps}"] = blended(train_set.image_shape, eps)
     fit_pool = train_set.images[train_set.labels != args.target][:100]
-    triggers["smooth"] = make_smooth_trigger(logits, fit_pool, args.target, progress=False)
+    if args.only is None or "smooth" in args.only.split(","):
+        triggers["smooth"] = make_smooth_trigger(logits, fit_pool, args.target, progress=False)
+    if args.only is not None:
+        triggers = {k: v for k, v in triggers.items() if k in args.only.split(",")}
 
     for name, trigger in triggers.items():
         t0 = time.perf_counter()
