@@ -13,6 +13,7 @@ from jaxpoison.attacks.smooth import SmoothTrigger, lowpass, make_smooth_trigger
 from jaxpoison.attacks.triggers import (
     BlendedTrigger,
     PatchTrigger,
+    Trigger,
     TriggerError,
     badnet_pixels,
     blended,
@@ -31,6 +32,7 @@ __all__ = [
     "PoisonError",
     "PoisonedDataset",
     "SmoothTrigger",
+    "Trigger",
     "TriggerError",
     "apply_brew",
     "attack_metrics",

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxpoison.attacks.triggers import TriggerError, _check_fits
+from jaxpoison.attacks.triggers import Trigger, TriggerError
 
 
 def gaussian_kernel(taps: int, sigma: float) -> np.ndarray:
@@ -54,20 +54,15 @@ def minmax(x: jax.Array, scale: float = 1.0) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class SmoothTrigger:
+class SmoothTrigger(Trigger):
     """``x' = minmax(x + pattern)``; ``pattern`` is ``[H, W, C]`` in ``[0, 0.2]``."""
 
     pattern: np.ndarray
     name: str = "smooth"
     meta: dict = dataclasses.field(default_factory=dict)
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.pattern.shape)  # type: ignore[return-value]
-
-    def apply(self, images):
-        _check_fits(self.image_shape, images)
-        return minmax(jnp.asarray(images) + self.pattern)
+    def transform(self, images):
+        return minmax(images + self.pattern)
 
     def describe(self) -> dict:
         return {"type": "smooth", "name": self.name, **self.meta}

@@ -28,8 +28,27 @@ def _check_shape(image_shape) -> tuple[int, int, int]:
     return tuple(int(v) for v in image_shape)  # type: ignore[return-value]
 
 
+class Trigger:
+    """Shared behaviour: a trigger is built for one image shape (that of its ``pattern``)
+    and ``apply`` checks the images match before calling ``transform``."""
+
+    pattern: np.ndarray
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.pattern.shape)  # type: ignore[return-value]
+
+    def apply(self, images):
+        """Triggered images (JAX arrays), same shape as ``images`` (one image or a batch)."""
+        _check_fits(self.image_shape, images)
+        return self.transform(jnp.asarray(images))
+
+    def transform(self, images: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class PatchTrigger:
+class PatchTrigger(Trigger):
     """Paste ``pattern`` where ``mask`` is 1 (``mask`` may be fractional for soft edges).
 
     Attributes:
@@ -54,21 +73,15 @@ class PatchTrigger:
         object.__setattr__(self, "mask", mask)
         object.__setattr__(self, "pattern", pattern)
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.pattern.shape)  # type: ignore[return-value]
-
-    def apply(self, images):
-        """Triggered images, same shape and array type family as ``images`` (JAX arrays out)."""
-        _check_fits(self.image_shape, images)
-        return jnp.asarray(images) * (1.0 - self.mask) + self.pattern * self.mask
+    def transform(self, images):
+        return images * (1.0 - self.mask) + self.pattern * self.mask
 
     def describe(self) -> dict:
         return {"type": "patch", "name": self.name, "pixels": int((self.mask.max(-1) > 0).sum())}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class BlendedTrigger:
+class BlendedTrigger(Trigger):
     """``x' = (1 − ε)·x + ε·pattern``.
 
     Attributes:
@@ -91,13 +104,8 @@ class BlendedTrigger:
             raise TriggerError("pattern values must lie in [0, 1].")
         object.__setattr__(self, "pattern", pattern)
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.pattern.shape)  # type: ignore[return-value]
-
-    def apply(self, images):
-        _check_fits(self.image_shape, images)
-        return (1.0 - self.epsilon) * jnp.asarray(images) + self.epsilon * self.pattern
+    def transform(self, images):
+        return (1.0 - self.epsilon) * images + self.epsilon * self.pattern
 
     def describe(self) -> dict:
         return {"type": "blended", "name": self.name, "epsilon": float(self.epsilon)}
