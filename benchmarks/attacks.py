@@ -1,7 +1,8 @@
 """Train the CNN under each attack and record attack success and clean accuracy.
 
-Attacks: BadNet (the 4-pixel pattern; on 8×8 digits, whose background is already black,
-a 2×2 white corner square instead), blended at ε ∈ {0.05, 0.1, 0.2} (the generated default
+Attacks: BadNet (the 4-pixel pattern, black on colour images as in the reference and white
+on grayscale ones, whose black background hides black pixels; on 8×8 digits a 2×2 white
+corner square), blended at ε ∈ {0.05, 0.1, 0.2} (the generated default
 pattern), the smooth low-frequency trigger (generated against a clean model), and
 Witches' Brew (clean-label, one random target test image per run, success judged by
 retraining from scratch). Dirty-label attacks are all-to-one toward ``--target`` at
@@ -70,7 +71,7 @@ def main(argv=None) -> dict:
 
     logits = lambda x: clean_model.apply(clean.params, clean.state, normalize(x, train_set.mean, train_set.std))
     triggers = {"badnet": square_patch(train_set.image_shape, 2, (1.0,), margin=0) if small
-                else badnet_pixels(train_set.image_shape)}  # fmt: skip
+                else badnet_pixels(train_set.image_shape, value=1.0 if train_set.image_shape[-1] == 1 else 0.0)}
     for eps in (0.05, 0.1, 0.2):
         triggers[f"blended_{eps}"] = blended(train_set.image_shape, eps)
     fit_pool = train_set.images[train_set.labels != args.target][:100]

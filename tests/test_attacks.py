@@ -149,3 +149,10 @@ def test_badnet_end_to_end_on_digits():
     assert results["clean"]["asr"] < 0.3  # the trigger alone does not flip a clean model
     assert results["clean"]["clean_accuracy"] - results["poisoned"]["clean_accuracy"] <= 0.03
     assert set(results["poisoned"]["per_class_asr"]) == set(range(1, 10))
+
+
+def test_badnet_pixel_value():
+    white = badnet_pixels((28, 28, 1), value=1.0)
+    assert white.pattern.max() == 1.0 and white.mask.sum() == 4
+    with pytest.raises(TriggerError, match="value"):
+        badnet_pixels((28, 28, 1), value=2.0)

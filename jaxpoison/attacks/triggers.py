@@ -127,12 +127,16 @@ def _pixel_block(image_shape) -> int:
     return max(1, round(min(image_shape[:2]) / 32))
 
 
-def badnet_pixels(image_shape) -> PatchTrigger:
+def badnet_pixels(image_shape, value: float = 0.0) -> PatchTrigger:
     """The Δ-Influence BadNet trigger: 4 black pixels near the bottom-right corner.
 
     At 32×32 they sit at (row, col) = (28, 30), (29, 29), (30, 28), (30, 30); i.e. at
     offsets (−4, −2), (−3, −3), (−2, −4), (−2, −2) from the bottom-right corner. Larger
     images scale each pixel to an ``s×s`` block with ``s = round(min(H, W) / 32)``.
+
+    ``value`` is the pixels' intensity: 0 (black) is the reference; on datasets with a
+    black background (MNIST, Fashion-MNIST) black pixels are invisible — on Fashion-MNIST
+    at 1 % poisons they give ASR 0.009 — so use ``value=1.0`` there.
     """
     h, w, c = _check_shape(image_shape)
     s = _pixel_block(image_shape)
@@ -142,7 +146,9 @@ def badnet_pixels(image_shape) -> PatchTrigger:
     for dr, dc in ((-4, -2), (-3, -3), (-2, -4), (-2, -2)):
         r, q = h + dr * s, w + dc * s
         mask[r : r + s, q : q + s] = 1.0
-    return PatchTrigger(mask, np.zeros((h, w, c), np.float32), name="badnet-4px")
+    if not 0.0 <= value <= 1.0:
+        raise TriggerError(f"value must lie in [0, 1]; got {value}.")
+    return PatchTrigger(mask, np.full((h, w, c), value, np.float32), name=f"badnet-4px-{value:g}")
 
 
 CORNERS = ("bottom-right", "bottom-left", "top-right", "top-left")
