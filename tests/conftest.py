@@ -36,3 +36,18 @@ def make_dataset(n=64, shape=(8, 8, 1), num_classes=4, seed=0) -> Dataset:
 @pytest.fixture
 def tiny_dataset() -> Dataset:
     return make_dataset()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The ``digits-badnet-tiny`` preset up to fitted factors (shared by detection and pipeline tests)."""
+    from types import SimpleNamespace
+
+    from jaxpoison.experiments.pipeline import prepare
+    from jaxpoison.experiments.presets import get_preset
+    from jaxpoison.influence import ScoreConfig
+
+    config = get_preset("digits-badnet-tiny")
+    prepared = prepare(config, tmp_path_factory.mktemp("tiny_run"), progress=False)
+    score_config = ScoreConfig(damping=config.detection.damping, batch_size=config.detection.score_batch_size)
+    return SimpleNamespace(**prepared._asdict(), prepared=prepared, score_config=score_config)

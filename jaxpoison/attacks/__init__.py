@@ -1,5 +1,6 @@
 """Poisoning attacks: triggers, the poisoned-dataset builder, and attack metrics."""
 
+from jaxpoison.attacks.io import load_trigger, save_trigger
 from jaxpoison.attacks.metrics import attack_metrics
 from jaxpoison.attacks.poison import (
     PoisonConfig,
@@ -42,10 +43,12 @@ __all__ = [
     "candidate_pool",
     "choose_poisons",
     "default_blend_pattern",
+    "load_trigger",
     "lowpass",
     "make_smooth_trigger",
     "minmax",
     "poison_dataset",
     "resize_pattern",
+    "save_trigger",
     "square_patch",
 ]

@@ -1,0 +1,112 @@
+"""Penultimate-layer features of a dataset, the input of the feature-space detectors.
+
+Spectral signatures and activation clustering both look at a trained model's
+penultimate activations. :func:`penultimate_features` computes them in fixed-size
+batches (the last batch padded, as in :func:`jaxpoison.training.evaluate.iterate_padded`),
+so the jitted forward pass compiles once. :func:`check_features` is the shared input
+validation of the detectors.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxpoison.data import Dataset, normalize
+from jaxpoison.models.functional import FunctionalModel
+from jaxpoison.training.evaluate import iterate_padded
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _normalised_features(features, params, state, x, mean, std):
+    # `features` is static: jax keys its compilation cache on the function, so repeated
+    # calls with the same model and batch shape reuse one compiled program.
+    return features(params, state, normalize(x, mean, std))
+
+
+def penultimate_features(
+    model: FunctionalModel, dataset: Dataset, batch_size: int = 512, progress: bool = True
+) -> np.ndarray:
+    """Penultimate features ``[N, D]`` of every image of ``dataset``, in dataset order.
+
+    Images are normalised with the dataset's ``mean``/``std`` (as at training time) and
+    passed through ``model.features`` in inference mode (BatchNorm running statistics).
+
+    Args:
+      model: the model, as returned by :func:`jaxpoison.models.to_functional`
+        (``model.params`` and ``model.state`` are used).
+      dataset: the images to embed (typically the possibly poisoned training set).
+      batch_size: images per forward pass; capped at ``len(dataset)``. The last batch is
+        padded to this size and the padding dropped, so one shape is compiled.
+      progress: show a tqdm progress bar.
+
+    Returns:
+      float32 array ``[N, D]``.
+
+    Raises:
+      ValueError: the dataset is empty or ``batch_size < 1``.
+    """
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("cannot compute features of an empty dataset (0 images).")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size}.")
+    batch_size = min(int(batch_size), n)
+    mean = jnp.asarray(dataset.mean)
+    std = jnp.asarray(dataset.std)
+    out = []
+    batches = tqdm(
+        iterate_padded(n, batch_size),
+        total=math.ceil(n / batch_size),
+        desc="features",
+        disable=not progress,
+        leave=False,
+        mininterval=1.0,
+    )
+    for idx, valid in batches:
+        x = jnp.asarray(dataset.images[idx])
+        feats = _normalised_features(model.features, model.params, model.state, x, mean, std)
+        out.append(np.asarray(feats, dtype=np.float32)[valid])
+    return np.concatenate(out).reshape(n, -1)
+
+
+def check_features(features, labels=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate a feature matrix (and optional labels) for the detectors.
+
+    Args:
+      features: array-like ``[N, D]`` of finite numbers.
+      labels: optional integer array-like ``[N]``.
+
+    Returns:
+      ``(features as float64, labels as int64 or None)``.
+
+    Raises:
+      ValueError: ``features`` is not 2-D, is empty, holds NaN or inf; ``labels`` is not a
+        1-D integer array of length ``N``.
+    """
+    feats = np.asarray(features)
+    if feats.ndim != 2:
+        raise ValueError(f"features must be a 2-D array [N, D]; got shape {feats.shape}.")
+    if feats.shape[0] == 0 or feats.shape[1] == 0:
+        raise ValueError(f"features must hold at least one sample and one dimension; got shape {feats.shape}.")
+    if not (np.issubdtype(feats.dtype, np.floating) or np.issubdtype(feats.dtype, np.integer)):
+        raise ValueError(f"features must be numeric; got dtype {feats.dtype}.")
+    feats = feats.astype(np.float64)
+    if not np.all(np.isfinite(feats)):
+        bad = int(np.sum(~np.all(np.isfinite(feats), axis=1)))
+        raise ValueError(f"features must be finite; {bad} of {feats.shape[0]} rows hold NaN or inf.")
+    if labels is None:
+        return feats, None
+    labs = np.asarray(labels)
+    if labs.ndim != 1 or labs.shape[0] != feats.shape[0]:
+        raise ValueError(
+            f"labels must be a 1-D array with one label per feature row ({feats.shape[0]}); got shape {labs.shape}."
+        )
+    if not np.issubdtype(labs.dtype, np.integer):
+        raise ValueError(f"labels must be integers; got dtype {labs.dtype}.")
+    return feats, labs.astype(np.int64)

@@ -1,0 +1,265 @@
+"""Typed run configurations: what data, which attack, which victim, how to detect and unlearn.
+
+A :class:`RunConfig` is a tree of frozen dataclasses. It round-trips through JSON
+(:func:`to_dict` / :func:`from_dict`) and takes command-line overrides as dotted keys
+(``--set attack.rate=0.02 detection.delta.n_tol=2``) via :func:`apply_overrides`;
+unknown keys and values of the wrong type are refused with the list of valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from typing import Any
+
+from jaxpoison.detection.delta_influence import DeltaConfig
+
+ATTACKS = ("badnet", "blended", "smooth", "brew")
+DETECTORS = ("delta_influence", "delta_label_only", "delta_image_only", "ekfac", "trak", "spectral",
+             "spectral_reference", "activation_clustering", "freqdef")  # fmt: skip
+UNLEARNERS = ("eu", "cf", "cf_short", "ssd", "scrub", "badt")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Attributes:
+    name: a dataset of :func:`jaxpoison.data.load_splits` (``digits``, ``fashion_mnist``, …).
+    train_size / test_size: keep only the first ``n`` examples (``None``: all) — for quick runs.
+    validation_fraction: share of the poisoned training set held out for model selection
+      in unlearning (never the test set).
+    """
+
+    name: str = "fashion_mnist"
+    train_size: int | None = None
+    test_size: int | None = None
+    validation_fraction: float = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+    """Attributes:
+    name: ``badnet`` (4-pixel pattern; white on grayscale, black on colour), ``blended``,
+      ``smooth`` (low-frequency trigger fitted against the clean model) or ``brew``
+      (Witches' Brew, clean label, one target test image).
+    target: the attack's target class.
+    source: victim class (``None``: all-to-one).
+    rate: poisons as a fraction of the training set.
+    epsilon: blend ratio (``blended``) or ℓ∞ budget (``brew``; ``None`` = 16/255).
+    brew_steps / brew_restarts: Witches' Brew optimisation budget.
+    """
+
+    name: str = "badnet"
+    target: int = 0
+    source: int | None = None
+    rate: float = 0.01
+    epsilon: float | None = None
+    brew_steps: int = 100
+    brew_restarts: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class VictimConfig:
+    """Attributes: model name and its Adam (small models) or reference SGD recipe."""
+
+    model: str = "cnn"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    epochs: int = 5
+    batch_size: int = 128
+    weight_decay: float = 0.0
+    milestones: tuple[int, ...] = ()
+    crop_padding: int = 0
+    flip: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionConfig:
+    """Attributes:
+    methods: detectors to run (see ``DETECTORS``).
+    delta: Δ-Influence settings.
+    fisher: ``"true"`` (sampled labels, kronfluence's default) or ``"empirical"`` Fisher for EK-FAC.
+    factor_batch_size / score_batch_size: batch sizes of the factor fit and scoring passes.
+    damping: EK-FAC damping (``None``: 0.1 × mean eigenvalue).
+    ekfac_threshold: score cut of the EK-FAC baseline (``None``: robust median + 5·MAD).
+    trak_projection_dim: TRAK's projection size.
+    freqdef_epochs / freqdef_train_size / freqdef_width: the FreqDef detector's budget.
+    """
+
+    methods: tuple[str, ...] = ("delta_influence", "ekfac", "spectral", "activation_clustering")
+    delta: DeltaConfig = DeltaConfig()
+    fisher: str = "true"
+    factor_batch_size: int = 128
+    score_batch_size: int = 256
+    damping: float | None = 1e-3
+    ekfac_threshold: float | None = None
+    trak_projection_dim: int = 256
+    freqdef_epochs: int = 3
+    freqdef_train_size: int | None = 10_000
+    freqdef_width: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlearnConfig:
+    """Attributes:
+    methods: unlearners to run (see ``UNLEARNERS``); each runs on every detector's flags.
+    detectors: which detectors' flags to unlearn (``None``: all that ran).
+    cf_short_epochs: epochs of the short fine-tune variant of CF.
+    ssd_alphas / ssd_lambda_factors: the SSD grid (λ = factor · α).
+    scrub_steps / scrub_max_steps / scrub_lr / scrub_alpha / scrub_temperature: SCRUB.
+    badt_steps / badt_lr: bad-teacher distillation.
+    max_psr: a run "succeeds" when the poison success rate is at most this.
+    """
+
+    methods: tuple[str, ...] = ("eu", "cf")
+    detectors: tuple[str, ...] | None = ("delta_influence",)
+    cf_short_epochs: int = 1
+    ssd_alphas: tuple[float, ...] = (2.0, 10.0, 50.0)
+    ssd_lambda_factors: tuple[float, ...] = (0.01, 0.1, 1.0)
+    scrub_steps: int = 40
+    scrub_max_steps: int = 400
+    scrub_lr: float = 0.025
+    scrub_alpha: float = 0.001
+    scrub_temperature: float = 4.0
+    badt_steps: int = 40
+    badt_lr: float = 0.025
+    max_psr: float = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One poison → train → detect → unlearn → evaluate run."""
+
+    data: DataConfig = DataConfig()
+    attack: AttackConfig = AttackConfig()
+    victim: VictimConfig = VictimConfig()
+    detection: DetectionConfig = DetectionConfig()
+    unlearning: UnlearnConfig = UnlearnConfig()
+    seed: int = 0
+
+    def __post_init__(self):
+        validate(self)
+
+
+def validate(config: RunConfig) -> None:
+    """Refuse values no stage could use, naming the key to change."""
+    if config.attack.name not in ATTACKS:
+        raise ConfigError(f"attack.name must be one of {ATTACKS}; got {config.attack.name!r}.")
+    for key, values, allowed in (("detection.methods", config.detection.methods, DETECTORS),
+                                 ("unlearning.methods", config.unlearning.methods, UNLEARNERS)):  # fmt: skip
+        unknown = [v for v in values if v not in allowed]
+        if unknown:
+            raise ConfigError(f"{key} has unknown entries {unknown}; choose from {allowed}.")
+    if config.unlearning.detectors is not None:
+        missing = [d for d in config.unlearning.detectors if d not in config.detection.methods]
+        if missing:
+            raise ConfigError(f"unlearning.detectors {missing} are not in detection.methods; add them or drop them.")
+    if not 0 < config.attack.rate < 1:
+        raise ConfigError(f"attack.rate must lie in (0, 1); got {config.attack.rate}.")
+    if not 0 <= config.data.validation_fraction < 0.5:
+        raise ConfigError(f"data.validation_fraction must lie in [0, 0.5); got {config.data.validation_fraction}.")
+    if config.detection.fisher not in ("true", "empirical"):
+        raise ConfigError(f"detection.fisher must be 'true' or 'empirical'; got {config.detection.fisher!r}.")
+
+
+# --------------------------------------------------------------------------- (de)serialisation
+
+
+def to_dict(config: Any) -> dict:
+    """A JSON-ready dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Turn a JSON/CLI value into the annotated type, or raise naming the key."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in typing.get_args(hint):
+                return None
+        for option in options:
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: cannot read {value!r} as {hint}.")
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} is a section; set its fields as {key}.FIELD=VALUE.")
+        return from_dict(hint, value, prefix=key)
+    if origin is tuple:
+        (item,) = typing.get_args(hint)[:1]
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} takes a comma-separated list; got {value!r}.")
+        return tuple(_coerce(v, item, key) for v in value)
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                return value.lower() in ("true", "1")
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: {value!r} is not a valid {hint.__name__}.") from None
+    raise ConfigError(f"{key}: unsupported type {hint}.")
+
+
+def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a (possibly partial) dict; unknown keys are refused."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - fields
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key(s) {sorted(where + u for u in unknown)}; valid: {sorted(fields)}.")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
+    try:
+        return cls(**kwargs)  # missing fields (and sections) take their defaults
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(f"{prefix or cls.__name__}: {error}") from None
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``key=value`` overrides with dotted keys, e.g. ``detection.delta.n_tol=2``."""
+    tree = to_dict(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set takes KEY=VALUE; got {item!r}.")
+        key, value = item.split("=", 1)
+        node, parts = tree, key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"unknown section {part!r} in {key!r}; sections: {sorted(k for k in node)}.")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"unknown key {key!r}; valid keys here: {sorted(node)}.")
+        if isinstance(node[parts[-1]], dict):
+            raise ConfigError(f"{key} is a section; set its fields as {key}.FIELD=VALUE.")
+        node[parts[-1]] = value
+    return from_dict(RunConfig, tree)
+
+
+def config_hash(obj: Any) -> str:
+    """A short stable hash of a JSON-able object (stage keys)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,253 @@
+"""The attack half of a run: data splits, the clean model, the poisoned set, the victim, the test point.
+
+Each step is a stage of a :class:`~jaxpoison.experiments.store.RunStore`, so its
+artifacts are written once and reused. The poisoned training set is stored compactly
+(the poisoned images and all labels), the trigger as ``trigger.npz`` + ``trigger.json``,
+models as Orbax checkpoints of ``(params, state)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from jaxpoison.attacks import (
+    BrewConfig,
+    PoisonConfig,
+    Trigger,
+    apply_brew,
+    attack_metrics,
+    badnet_pixels,
+    blended,
+    brew_poisons,
+    load_trigger,
+    make_smooth_trigger,
+    poison_dataset,
+    save_trigger,
+    square_patch,
+)
+from jaxpoison.data import Dataset, load_splits, normalize, split_train_validation
+from jaxpoison.experiments.config import AttackConfig, DataConfig, RunConfig, VictimConfig
+from jaxpoison.experiments.store import RunStore
+from jaxpoison.models import FunctionalModel, create_model, to_functional
+from jaxpoison.training import TrainRecipe, evaluate, predict_logits, train
+
+
+class Splits(NamedTuple):
+    """Clean ``train`` (what gets poisoned), held-out ``validation`` (model selection), ``test``."""
+
+    train: Dataset
+    validation: Dataset | None
+    test: Dataset
+
+
+class Poisoning(NamedTuple):
+    """The poisoned training set and what the defender does not know.
+
+    Attributes:
+      dataset: the poisoned training set.
+      poison_indices: ground-truth poison positions in ``dataset``.
+      trigger: the trigger (``None`` for Witches' Brew, which has no trigger).
+      target: the class the attack aims at (the intended class for Witches' Brew).
+      brew_target: the Witches' Brew target test index (``None`` otherwise).
+    """
+
+    dataset: Dataset
+    poison_indices: np.ndarray
+    trigger: Trigger | None
+    target: int
+    brew_target: int | None
+
+
+def load_data(config: DataConfig, seed: int = 0) -> Splits:
+    """Load, optionally shorten, and split off the validation share of the training set."""
+    train_set, test_set = load_splits(config.name)
+    if config.train_size is not None:
+        train_set = train_set.subset(np.arange(min(config.train_size, len(train_set))))
+    if config.test_size is not None:
+        test_set = test_set.subset(np.arange(min(config.test_size, len(test_set))))
+    validation = None
+    if config.validation_fraction > 0:
+        train_set, validation = split_train_validation(train_set, config.validation_fraction, seed)
+    return Splits(train_set, validation, test_set)
+
+
+def recipe_of(config: VictimConfig) -> TrainRecipe:
+    return TrainRecipe(optimizer=config.optimizer, learning_rate=config.learning_rate, epochs=config.epochs,
+                       batch_size=config.batch_size, weight_decay=config.weight_decay,
+                       milestones=tuple(config.milestones), crop_padding=config.crop_padding,
+                       flip=config.flip, nesterov=config.optimizer == "sgd")  # fmt: skip
+
+
+def init_model(config: VictimConfig, dataset: Dataset, seed: int) -> FunctionalModel:
+    return to_functional(create_model(config.model, dataset.image_shape, dataset.num_classes, seed=seed))
+
+
+def save_model(directory: Path, model: FunctionalModel) -> None:
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as saver:
+        saver.save(Path(directory).absolute() / "model", {"params": model.params, "state": model.state}, force=True)
+
+
+def load_model(directory: Path, template: FunctionalModel) -> FunctionalModel:
+    """Restore ``(params, state)`` saved by :func:`save_model` into the structure of ``template``."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": template.params, "state": template.state})
+    with ocp.StandardCheckpointer() as loader:
+        restored = loader.restore(Path(directory).absolute() / "model", abstract)
+    return template._replace(params=restored["params"], state=restored["state"])
+
+
+def fit_model(config: VictimConfig, dataset: Dataset, seed: int, progress: bool) -> FunctionalModel:
+    model = init_model(config, dataset, seed)
+    result = train(model, dataset, recipe_of(config), seed=seed, progress=progress)
+    return model._replace(params=result.params, state=result.state)
+
+
+def accuracy(model: FunctionalModel, dataset: Dataset) -> float:
+    return evaluate(model.apply, model.params, model.state, dataset).accuracy
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def clean_stage(store: RunStore, config: RunConfig, splits: Splits, progress: bool) -> tuple[str, FunctionalModel]:
+    """Train the unpoisoned model (the reference point for clean accuracy; smooth/brew attack it)."""
+    inputs = {"data": dataclasses.asdict(config.data), "victim": dataclasses.asdict(config.victim),
+              "seed": config.seed, "train_hash": splits.train.content_hash}  # fmt: skip
+
+    def compute(directory: Path) -> dict:
+        model = fit_model(config.victim, splits.train, config.seed, progress)
+        save_model(directory, model)
+        return {"clean_accuracy": accuracy(model, splits.test)}
+
+    key, _ = store.run("clean", inputs, compute)
+    return key, load_model(store.path("clean"), init_model(config.victim, splits.train, config.seed))
+
+
+def make_trigger(attack: AttackConfig, train_set: Dataset, clean: FunctionalModel, seed: int, progress: bool):
+    shape = train_set.image_shape
+    if attack.name == "badnet":
+        if shape[0] < 16:  # 8×8 digits: the 4-pixel pattern is too small to learn; a 2×2 corner square
+            return square_patch(shape, 2, (1.0,) * shape[-1], margin=0)
+        # Grayscale datasets have black backgrounds that hide black pixels: use white ones.
+        return badnet_pixels(shape, value=1.0 if shape[-1] == 1 else 0.0)
+    if attack.name == "blended":
+        return blended(shape, 0.1 if attack.epsilon is None else attack.epsilon, seed=seed)
+    if attack.name == "smooth":
+        logits = lambda x: clean.apply(clean.params, clean.state, normalize(x, train_set.mean, train_set.std))
+        pool = train_set.images[train_set.labels != attack.target][:100]
+        return make_smooth_trigger(logits, pool, attack.target, seed=seed, progress=progress)
+    raise ValueError(f"attack {attack.name!r} has no trigger.")
+
+
+def poison_stage(
+    store: RunStore, config: RunConfig, splits: Splits, clean: FunctionalModel, clean_key: str, progress: bool
+) -> tuple[str, Poisoning]:
+    """Build the poisoned training set (dirty-label trigger attacks or Witches' Brew)."""
+    attack = config.attack
+    inputs = {"attack": dataclasses.asdict(attack), "seed": config.seed, "train_hash": splits.train.content_hash,
+              "clean": clean_key if attack.name in ("smooth", "brew") else None}  # fmt: skip
+    train_set = splits.train
+
+    def compute(directory: Path) -> dict:
+        brew_target = None
+        if attack.name == "brew":
+            rng = np.random.default_rng(config.seed)
+            brew_target = int(rng.integers(len(splits.test)))
+            true_class = int(splits.test.labels[brew_target])
+            intended = int(rng.choice([c for c in range(train_set.num_classes) if c != true_class]))
+            pool = np.flatnonzero(train_set.labels == intended)
+            budget = max(1, round(attack.rate * len(train_set)))
+            if budget > pool.size:
+                raise ValueError(f"attack.rate asks for {budget} brew poisons but class {intended} has {pool.size}.")
+            poisons = np.sort(rng.choice(pool, budget, replace=False))
+            brew_config = BrewConfig(epsilon=16 / 255 if attack.epsilon is None else attack.epsilon,
+                                     steps=attack.brew_steps, restarts=attack.brew_restarts, seed=config.seed,
+                                     padding=max(1, train_set.image_shape[0] // 8))  # fmt: skip
+            brew = brew_poisons(clean, train_set, poisons, splits.test.images[brew_target], intended, brew_config,
+                                progress=progress)  # fmt: skip
+            dataset, target, trigger = apply_brew(train_set, poisons, brew), intended, None
+        else:
+            trigger = make_trigger(attack, train_set, clean, config.seed, progress)
+            poison_config = PoisonConfig(target=attack.target, source=attack.source, rate=attack.rate,
+                                         seed=config.seed)  # fmt: skip
+            poisoned = poison_dataset(train_set, trigger, poison_config)
+            dataset, poisons, target = poisoned.dataset, poisoned.poison_indices, attack.target
+            save_trigger(directory / "trigger", trigger)
+        np.savez_compressed(directory / "poisons.npz", indices=poisons, images=dataset.images[poisons],
+                            labels=dataset.labels)  # fmt: skip
+        described = None if trigger is None else trigger.describe()
+        return {"poison_count": int(poisons.size), "target": target, "brew_target": brew_target,
+                "poisoned_hash": dataset.content_hash, "trigger": described}  # fmt: skip
+
+    key, record = store.run("poison", inputs, compute)
+    directory = store.path("poison")
+    with np.load(directory / "poisons.npz", allow_pickle=False) as saved:
+        indices, images, labels = saved["indices"], saved["images"], saved["labels"]
+    full = train_set.images.copy()
+    full[indices] = images
+    dataset = train_set.replace(images=full, labels=labels)
+    if dataset.content_hash != record["poisoned_hash"]:
+        raise ValueError(f"{directory} does not rebuild the poisoned set it recorded; delete the stage and rerun.")
+    trigger = load_trigger(directory / "trigger") if (directory / "trigger").exists() else None
+    return key, Poisoning(dataset, indices, trigger, int(record["target"]), record["brew_target"])
+
+
+def poison_success(model: FunctionalModel, poisoning: Poisoning, config: RunConfig, test: Dataset) -> dict:
+    """PSR: share of triggered victim-class test images sent to the target (brew: did the target image flip)."""
+    if poisoning.trigger is None:
+        image = test.subset([poisoning.brew_target])
+        predicted = int(predict_logits(model.apply, model.params, model.state, image).argmax(-1)[0])
+        return {"psr": float(predicted == poisoning.target), "clean_accuracy": accuracy(model, test)}
+    metrics = attack_metrics(model.apply, model.params, model.state, test, poisoning.trigger, poisoning.target,
+                             config.attack.source)  # fmt: skip
+    return {"psr": metrics["asr"], "clean_accuracy": metrics["clean_accuracy"],
+            "class_asr_variance": metrics["class_asr_variance"]}  # fmt: skip
+
+
+def victim_stage(
+    store: RunStore, config: RunConfig, splits: Splits, poisoning: Poisoning, poison_key: str, progress: bool
+) -> tuple[str, FunctionalModel, dict]:
+    """Train the victim on the poisoned set and measure the attack."""
+    inputs = {"victim": dataclasses.asdict(config.victim), "seed": config.seed, "poison": poison_key}
+
+    def compute(directory: Path) -> dict:
+        model = fit_model(config.victim, poisoning.dataset, config.seed, progress)
+        save_model(directory, model)
+        return poison_success(model, poisoning, config, splits.test)
+
+    key, record = store.run("victim", inputs, compute)
+    model = load_model(store.path("victim"), init_model(config.victim, poisoning.dataset, config.seed))
+    return key, model, record
+
+
+def pick_test_point(
+    model: FunctionalModel, poisoning: Poisoning, source: int | None, test: Dataset
+) -> tuple[int, np.ndarray]:
+    """The first triggered victim-class test image the victim assigns to the target (the reference's choice).
+
+    For Witches' Brew, the brew's target image itself.
+    """
+    if poisoning.trigger is None:
+        return int(poisoning.brew_target), test.images[poisoning.brew_target]
+    victims = np.flatnonzero(test.labels == source if source is not None else test.labels != poisoning.target)
+    triggered = np.clip(np.asarray(poisoning.trigger.apply(test.images[victims])), 0, 1).astype(np.float32)
+    hits = test.subset(victims).replace(images=triggered)
+    predicted = predict_logits(model.apply, model.params, model.state, hits).argmax(-1)
+    found = np.flatnonzero(predicted == poisoning.target)
+    if found.size == 0:
+        raise ValueError("no triggered test image is classified as the target: the backdoor did not take, so there "
+                         "is no poisoned test point to start detection from.")  # fmt: skip
+    return int(victims[found[0]]), triggered[found[0]]
+
+
+def write_json(path: Path, record: dict) -> None:
+    path.write_text(json.dumps(record, indent=2, default=float))
