@@ -73,9 +73,10 @@ def main(argv=None) -> dict:
                                  title=f"{args.dataset} {args.attack}: detectors"))}  # fmt: skip
     if "delta_influence" in detections:
         d = detections["delta_influence"]
-        plots["delta_by_transform"] = str(plot_delta_by_transform(
-            d.extra["delta"], d.extra["transforms"], mask, figures / f"delta_by_transform_{args.dataset}_{args.attack}.png",
-            title=f"ΔInfl per transformation ({args.dataset}, {args.attack})"))  # fmt: skip
+        figure = figures / f"delta_by_transform_{args.dataset}_{args.attack}.png"
+        title = f"ΔInfl per transformation ({args.dataset}, {args.attack})"
+        plots["delta_by_transform"] = str(plot_delta_by_transform(d.extra["delta"], d.extra["transforms"], mask,
+                                                                  figure, title=title))  # fmt: skip
     ratio = None
     if "delta_influence" in records and "ekfac" in records:
         ratio = records["delta_influence"]["seconds"] / records["ekfac"]["seconds"]

@@ -1,6 +1,7 @@
 """Flax NNX models and the boundary that turns them into pure functions."""
 
 from jaxpoison.models.cnn import CNN
+from jaxpoison.models.freq_cnn import FreqCNN
 from jaxpoison.models.functional import FunctionalModel, count_params, to_functional
 from jaxpoison.models.mlp import MLP
 from jaxpoison.models.registry import MODEL_NAMES, create_model
@@ -13,6 +14,7 @@ __all__ = [
     "MODEL_NAMES",
     "VGG16",
     "BasicBlock",
+    "FreqCNN",
     "FunctionalModel",
     "ResNet18",
     "count_params",

@@ -5,11 +5,12 @@ from __future__ import annotations
 from flax import nnx
 
 from jaxpoison.models.cnn import CNN
+from jaxpoison.models.freq_cnn import FreqCNN
 from jaxpoison.models.mlp import MLP
 from jaxpoison.models.resnet import ResNet18
 from jaxpoison.models.vgg import VGG16
 
-MODEL_NAMES = ("mlp", "logreg", "cnn", "resnet18", "vgg16")
+MODEL_NAMES = ("mlp", "logreg", "cnn", "resnet18", "vgg16", "freq_cnn")
 
 
 def create_model(name: str, image_shape: tuple[int, int, int], num_classes: int, seed: int = 0, **kwargs) -> nnx.Module:
@@ -17,7 +18,8 @@ def create_model(name: str, image_shape: tuple[int, int, int], num_classes: int,
 
     Args:
       name: ``"mlp"``, ``"logreg"`` (an MLP without hidden layers), ``"cnn"``,
-        ``"resnet18"`` or ``"vgg16"``.
+        ``"resnet18"``, ``"vgg16"`` or ``"freq_cnn"`` (the FreqDef detector network,
+        meant for DCT inputs).
       image_shape: ``(H, W, C)`` of one input image.
       num_classes: number of output logits.
       seed: initialisation seed.
@@ -40,4 +42,6 @@ def create_model(name: str, image_shape: tuple[int, int, int], num_classes: int,
         return ResNet18(num_classes, in_channels=c, rngs=rngs, **kwargs)
     if name == "vgg16":
         return VGG16(num_classes, in_channels=c, rngs=rngs, **kwargs)
+    if name == "freq_cnn":
+        return FreqCNN(image_shape, num_classes, rngs=rngs, **kwargs)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}.")
