@@ -16,21 +16,40 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxpoison.attacks import attack_metrics
 from jaxpoison.detection.metrics import detection_metrics
-from jaxpoison.experiments.config import RunConfig, to_dict
+from jaxpoison.experiments.config import RunConfig, config_hash, to_dict
 from jaxpoison.experiments.detectors import NEEDS_FACTORS, Detection, Victim, run_detector
+from jaxpoison.experiments.report import write_report
 from jaxpoison.experiments.store import RunStore
 from jaxpoison.experiments.victim import (
     Poisoning,
     Splits,
+    accuracy,
     clean_stage,
+    init_model,
     load_data,
     pick_test_point,
     poison_stage,
+    poison_success,
+    recipe_of,
     victim_stage,
 )
 from jaxpoison.influence import FactorConfig, Factors, fit_factors, load_factors, save_factors
 from jaxpoison.models import FunctionalModel
+from jaxpoison.unlearning import (
+    BadTeacherConfig,
+    DistillConfig,
+    ScrubConfig,
+    Selector,
+    SSDConfig,
+    UnlearnResult,
+    bad_teacher,
+    continued_training,
+    exact_unlearning,
+    scrub,
+    selective_synaptic_dampening,
+)
 
 
 class Prepared(NamedTuple):
@@ -118,6 +137,94 @@ def detect_stage(prepared: Prepared, method: str, *, progress: bool = True) -> t
     return record, detection
 
 
-def timed(fn, *args, **kwargs):
+# --------------------------------------------------------------------------- unlearning
+
+
+def make_selector(prepared: Prepared) -> Selector:
+    """Score a candidate on the validation split: (poison success on triggered validation images, accuracy).
+
+    Witches' Brew has no trigger to apply to validation images; its selector reports a
+    poison success of 0 and so selects by validation accuracy alone.
+    """
+    validation = prepared.splits.validation
+    if validation is None or len(validation) == 0:
+        return None
+    poisoning, source = prepared.poisoning, prepared.config.attack.source
+
+    def selector(model: FunctionalModel) -> tuple[float, float]:
+        if poisoning.trigger is None:
+            return 0.0, accuracy(model, validation)
+        metrics = attack_metrics(model.apply, model.params, model.state, validation, poisoning.trigger,
+                                 poisoning.target, source)  # fmt: skip
+        return metrics["asr"], metrics["clean_accuracy"]
+
+    return selector
+
+
+def run_unlearner(prepared: Prepared, method: str, flagged: np.ndarray, *, progress: bool = True) -> UnlearnResult:
+    """Apply unlearning ``method`` to the victim given ``flagged`` training indices."""
+    config, u = prepared.config, prepared.config.unlearning
+    victim, data = prepared.victim.model, prepared.poisoning.dataset
+    recipe = recipe_of(config.victim)
+    selector = make_selector(prepared)
+    distill = DistillConfig(steps=u.scrub_steps, learning_rate=u.scrub_lr)
+    if method == "eu":
+        return exact_unlearning(init_model(config.victim, data, config.seed), data, flagged, recipe,
+                                seed=config.seed, progress=progress)  # fmt: skip
+    if method == "cf":
+        return continued_training(victim, data, flagged, recipe, seed=config.seed, progress=progress)
+    if method == "cf_short":
+        return continued_training(victim, data, flagged, recipe.replace(epochs=u.cf_short_epochs, milestones=()),
+                                  seed=config.seed, progress=progress)  # fmt: skip
+    if method == "ssd":
+        return selective_synaptic_dampening(victim, data, flagged, SSDConfig(u.ssd_alphas, u.ssd_lambda_factors),
+                                            selector=selector)  # fmt: skip
+    if method == "scrub":
+        scrub_config = ScrubConfig(distill, u.scrub_max_steps, u.scrub_alpha, u.scrub_temperature)
+        return scrub(victim, data, flagged, scrub_config, selector=selector)
+    if method == "badt":
+        teacher = init_model(config.victim, data, config.seed + 1)
+        badt_config = BadTeacherConfig(DistillConfig(steps=u.badt_steps, learning_rate=u.badt_lr))
+        return bad_teacher(victim, teacher, data, flagged, badt_config, selector=selector)
+    raise ValueError(f"unknown unlearning method {method!r}.")
+
+
+def unlearn_stage(
+    prepared: Prepared, detector: str, method: str, flagged: np.ndarray, *, progress: bool = True
+) -> dict:
+    """Run (or reuse) unlearning ``method`` on ``detector``'s flags and evaluate PSR and clean accuracy."""
+    flagged = np.asarray(flagged, np.int64)
+    inputs = {"detector": detector, "method": method, "unlearning": to_dict(prepared.config.unlearning),
+              "victim": prepared.keys["test_point"], "flagged": config_hash(flagged.tolist())}  # fmt: skip
+
+    def compute(directory: Path) -> dict:
+        start = time.perf_counter()
+        result = run_unlearner(prepared, method, flagged, progress=progress)
+        seconds = time.perf_counter() - start
+        metrics = poison_success(result.model, prepared.poisoning, prepared.config, prepared.splits.test)
+        info = {k: v for k, v in result.info.items() if k != "losses"}
+        return {"detector": detector, "unlearner": method, **metrics, "seconds": seconds, "info": info}
+
+    _, record = prepared.store.run(f"unlearn:{detector}:{method}", inputs, compute)
+    return record
+
+
+# --------------------------------------------------------------------------- the whole run
+
+
+def run_pipeline(config: RunConfig, out: str | Path, *, force: bool = False, progress: bool = True) -> dict:
+    """Poison → train → detect → unlearn → evaluate; writes ``report.json``, ``report.md`` and plots in ``out``."""
     start = time.perf_counter()
-    return fn(*args, **kwargs), time.perf_counter() - start
+    prepared = prepare(config, out, force=force, progress=progress)
+    detections, detection_records = {}, {}
+    for method in config.detection.methods:
+        record, detection = detect_stage(prepared, method, progress=progress)
+        detections[method], detection_records[method] = detection, record
+    unlearn_records = []
+    detectors = config.unlearning.detectors or config.detection.methods
+    for detector in detectors:
+        for method in config.unlearning.methods:
+            unlearn_records.append(unlearn_stage(prepared, detector, method, detections[detector].flagged,
+                                                 progress=progress))  # fmt: skip
+    report = write_report(prepared, detection_records, detections, unlearn_records, time.perf_counter() - start)
+    return report

@@ -51,7 +51,7 @@ def plot_delta_by_transform(
     ax.set_xticks(positions, [f"{g}\n(n={int((names == g).sum())})" for g in groups], fontsize=8)
     ax.set_ylabel("ΔInfl (new − old)")
     ax.set_title(title)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

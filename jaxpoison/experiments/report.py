@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from jaxpoison.experiments.detectors import LABELS
 
@@ -35,3 +37,82 @@ def unlearning_table(records: Sequence[dict], max_psr: float) -> str:
         lines.append(f"| {LABELS.get(r['detector'], r['detector'])} | {r['unlearner']} | {_fmt(r['psr'])} | "
                      f"{_fmt(r['clean_accuracy'], 4)} | {ok} | {_fmt(r.get('seconds'), 1)} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def stage_timings(store) -> dict:
+    """Seconds per finished stage, and whether this invocation computed or reused it."""
+    status = dict(store.events)
+    out = {}
+    for marker in sorted((store.root / "stages").glob("*/stage.json")):
+        name = marker.parent.name.replace("__", ":")
+        record = json.loads(marker.read_text())["record"]
+        out[name] = {"seconds": record.get("stage_seconds"), "this_run": status.get(name, "not requested")}
+    return out
+
+
+def write_report(prepared, detection_records: dict, detections: dict, unlearn_records: list, seconds: float) -> dict:
+    """Write ``report.json``, ``report.md`` and the plots into the run directory; return the report."""
+    from jaxpoison.detection.metrics import mask_from_indices
+    from jaxpoison.experiments.config import to_dict
+    from jaxpoison.experiments.plots import plot_delta_by_transform, plot_roc
+    from jaxpoison.runinfo import environment
+
+    root = prepared.store.root
+    config = prepared.config
+    poisons = prepared.poisoning.poison_indices
+    mask = mask_from_indices(poisons, len(prepared.poisoning.dataset))
+    plots = {}
+    if detections:
+        plots["roc"] = str(plot_roc({LABELS.get(m, m): d.scores for m, d in detections.items()}, mask,
+                                    root / "plots" / "roc.png", title="Detectors: ROC"))  # fmt: skip
+    delta = detections.get("delta_influence")
+    if delta is not None and "delta" in delta.extra:
+        figure = root / "plots" / "delta_by_transform.png"
+        plots["delta_by_transform"] = str(plot_delta_by_transform(delta.extra["delta"], delta.extra["transforms"],
+                                                                  mask, figure))  # fmt: skip
+    report = {
+        "config": to_dict(config),
+        "seed": config.seed,
+        "environment": environment(),
+        "wall_seconds": seconds,
+        "stages": stage_timings(prepared.store),
+        "data": {
+            "train": len(prepared.poisoning.dataset),
+            "poisons": int(poisons.size),
+            "validation": 0 if prepared.splits.validation is None else len(prepared.splits.validation),
+            "test": len(prepared.splits.test),
+        },
+        "clean_model": prepared.clean_record,
+        "victim": prepared.victim_record,
+        "test_point": prepared.store.record("test_point"),
+        "detection": detection_records,
+        "unlearning": unlearn_records,
+        "plots": {k: str(Path(v).relative_to(root)) for k, v in plots.items()},
+    }
+    (root / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    victim, clean = prepared.victim_record, prepared.clean_record
+    lines = [
+        f"# jaxpoison run: {config.attack.name} on {config.data.name}",
+        "",
+        f"- training set {report['data']['train']} images, {report['data']['poisons']} poisons "
+        f"(target {prepared.poisoning.target}); validation {report['data']['validation']}; "
+        f"test {report['data']['test']}",
+        f"- unpoisoned model: clean accuracy {clean['clean_accuracy']:.4f}",
+        f"- victim: poison success rate {victim['psr']:.3f}, clean accuracy {victim['clean_accuracy']:.4f}",
+        f"- wall time {seconds:.0f} s",
+        "",
+        "## Detection",
+        "",
+        detection_table(detection_records),
+        "",
+        "## Unlearning",
+        "",
+        unlearning_table(unlearn_records, config.unlearning.max_psr) if unlearn_records else "(none requested)",
+        "",
+        "## Plots",
+        "",
+        *[f"- {k}: `{v}`" for k, v in report["plots"].items()],
+        "",
+    ]
+    (root / "report.md").write_text("\n".join(lines))
+    return report
