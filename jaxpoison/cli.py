@@ -74,19 +74,121 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _cmd_demo(args) -> int:
-    from jaxpoison.experiments import run_train_job
-    from jaxpoison.training import adam_recipe
+def _print_run(report: dict, out: Path) -> None:
+    print((out / "report.md").read_text())
+    print(f"Report: {out / 'report.md'} and {out / 'report.json'}; plots in {out / 'plots'}")
 
-    dataset = "fashion_mnist" if dataset_location("fashion_mnist") else "digits"
-    if dataset == "digits":
-        print("Fashion-MNIST not found; using scikit-learn digits. " + get_spec("fashion_mnist").how_to_get)
-    epochs = args.epochs or (3 if dataset == "fashion_mnist" else 15)
-    batch = 128 if dataset == "fashion_mnist" else 32
+
+def _cmd_run(args) -> int:
+    from jaxpoison.experiments import apply_overrides, get_preset, run_pipeline
+
+    config = apply_overrides(get_preset(args.preset), args.set)
     out = Path(args.out)
-    print(f"Training the CNN on {dataset} for {epochs} epochs -> {out}")
-    metrics = run_train_job(dataset, "cnn", out, adam_recipe(epochs=epochs, batch_size=batch), seed=args.seed)
-    _print_metrics(metrics, out)
+    report = run_pipeline(config, out, force=args.force, progress=not args.no_progress)
+    _print_run(report, out)
+    return 0
+
+
+def _load_run(run: Path, extra_detectors: tuple[str, ...] = ()):
+    """The configuration of an existing run directory, with ``extra_detectors`` added."""
+    import dataclasses
+    import json
+
+    from jaxpoison.experiments import RunConfig, from_dict
+
+    if not (run / "run.json").is_file():
+        raise ValueError(f"{run} is not a jaxpoison run directory (no run.json); create one with `jaxpoison run`.")
+    config = from_dict(RunConfig, json.loads((run / "run.json").read_text())["config"])
+    methods = tuple(dict.fromkeys((*config.detection.methods, *extra_detectors)))
+    return dataclasses.replace(config, detection=dataclasses.replace(config.detection, methods=methods))
+
+
+def _cmd_detect(args) -> int:
+    import json
+
+    from jaxpoison.experiments import detect_stage, prepare
+    from jaxpoison.experiments.detectors import LABELS
+    from jaxpoison.experiments.report import detection_table
+
+    methods = tuple(LABELS) if args.method == "all" else tuple(m for m in args.method.split(",") if m)
+    unknown = [m for m in methods if m not in LABELS]
+    if unknown:
+        raise ValueError(f"unknown detector(s) {unknown}; choose from {', '.join(LABELS)} or 'all'.")
+    run = Path(args.run)
+    config = _load_run(run, methods)
+    # Adding detectors extends this run; every stage that did not change is reused.
+    prepared = prepare(config, run, force=True, progress=not args.no_progress)
+    path = run / "detection.json"
+    records = json.loads(path.read_text()) if path.exists() else {}
+    detections = {}
+    for method in methods:
+        records[method], detections[method] = detect_stage(prepared, method, progress=not args.no_progress)
+    path.write_text(json.dumps(records, indent=2, default=float))
+    from jaxpoison.detection import mask_from_indices
+    from jaxpoison.experiments.plots import plot_delta_by_transform, plot_roc
+
+    mask = mask_from_indices(prepared.poisoning.poison_indices, len(prepared.poisoning.dataset))
+    plot_roc({LABELS[m]: d.scores for m, d in detections.items()}, mask, run / "plots" / "roc_detect.png")
+    if "delta_influence" in detections:
+        d = detections["delta_influence"]
+        plot_delta_by_transform(d.extra["delta"], d.extra["transforms"], mask, run / "plots" / "delta_by_transform.png")
+    print(detection_table({m: records[m] for m in methods}, int(prepared.poisoning.poison_indices.size)))
+    print(f"Wrote {path} and plots in {run / 'plots'}")
+    return 0
+
+
+def _read_indices(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise ValueError(f"flagged-index file {path} does not exist.")
+    if path.suffix == ".npy":
+        values = np.load(path, allow_pickle=False)
+    else:
+        values = np.loadtxt(path, dtype=np.float64, ndmin=1)
+    values = np.asarray(values).reshape(-1)
+    if values.size and not np.all(np.equal(np.mod(values, 1), 0)):
+        raise ValueError(f"{path} must hold integer training indices.")
+    return values.astype(np.int64)
+
+
+def _cmd_unlearn(args) -> int:
+    import json
+
+    from jaxpoison.experiments import prepare, unlearn_stage
+
+    run = Path(args.run)
+    config = _load_run(run)
+    prepared = prepare(config, run, force=True, progress=not args.no_progress)
+    if args.flagged:
+        flagged, detector = _read_indices(Path(args.flagged)), f"file:{Path(args.flagged).name}"
+    else:
+        stage = prepared.store.path(f"detect:{args.detector}")
+        if not (stage / "flagged.npy").exists():
+            raise ValueError(f"detector {args.detector!r} has not run in {run}; run `jaxpoison detect` first.")
+        flagged, detector = np.load(stage / "flagged.npy"), args.detector
+    n = len(prepared.poisoning.dataset)
+    bad = flagged[(flagged < 0) | (flagged >= n)]
+    if bad.size:
+        raise ValueError(f"{bad.size} flagged indices lie outside the training set [0, {n}) (e.g. {bad[:5].tolist()}).")
+    record = unlearn_stage(prepared, detector, args.method, flagged, progress=not args.no_progress)
+    print(json.dumps({k: record[k] for k in ("detector", "unlearner", "psr", "clean_accuracy", "seconds")}, indent=2))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    import dataclasses
+
+    from jaxpoison.experiments import get_preset, run_pipeline
+
+    if dataset_location("fashion_mnist"):
+        config = get_preset("fmnist-badnet-demo")
+    else:
+        print("Fashion-MNIST not found; using scikit-learn digits. " + get_spec("fashion_mnist").how_to_get)
+        config = get_preset("digits-badnet-tiny")
+    config = dataclasses.replace(config, seed=args.seed)
+    out = Path(args.out)
+    print(f"BadNet on {config.data.name} -> train the victim -> detect -> unlearn ({out})")
+    report = run_pipeline(config, out, force=args.force, progress=True)
+    _print_run(report, out)
     return 0
 
 
@@ -178,10 +280,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing poisoned dataset in --out")
     p.set_defaults(func=_cmd_poison)
 
-    p = sub.add_parser("demo", help="the README's main job (Fashion-MNIST, else digits)")
+    p = sub.add_parser("run", help="poison -> train -> detect -> unlearn -> report, resumable (DIR/report.md)")
+    p.add_argument("preset", help="a preset name (see jaxpoison.experiments.PRESETS)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set attack.rate=0.02 --set detection.delta.n_tol=2")  # fmt: skip
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--force", action="store_true", help="reuse a directory that holds another run's artifacts")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("detect", help="run detectors on a run directory; writes DIR/detection.json and plots")
+    p.add_argument("--method", required=True, help="a detector, a comma-separated list, or 'all'")
+    p.add_argument("--run", required=True, help="a directory made by `jaxpoison run`")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_detect)
+
+    p = sub.add_parser("unlearn", help="unlearn flagged points of a run's victim and report PSR / clean accuracy")
+    p.add_argument("--run", required=True, help="a directory made by `jaxpoison run`")
+    p.add_argument("--method", required=True, choices=("eu", "cf", "cf_short", "ssd", "scrub", "badt"))
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--detector", help="use the flags of a detector that ran in this directory")
+    which.add_argument("--flagged", help="a .npy or text file of training indices")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_unlearn)
+
+    p = sub.add_parser("demo", help="the README's main job: BadNet -> detect -> unlearn (Fashion-MNIST, else digits)")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="reuse a directory that holds another run's artifacts")
     p.set_defaults(func=_cmd_demo)
     return parser
 

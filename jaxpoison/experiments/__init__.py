@@ -1,5 +1,44 @@
-"""Jobs and pipelines that tie the library together (the top layer)."""
+"""Jobs and pipelines that tie the library together (the top layer): presets, the staged
+poison → train → detect → unlearn run, its report and plots, and the training job."""
 
+from jaxpoison.experiments.config import (
+    AttackConfig,
+    ConfigError,
+    DataConfig,
+    DetectionConfig,
+    RunConfig,
+    UnlearnConfig,
+    VictimConfig,
+    apply_overrides,
+    from_dict,
+    to_dict,
+)
+from jaxpoison.experiments.pipeline import Prepared, detect_stage, prepare, run_pipeline, unlearn_stage
+from jaxpoison.experiments.presets import PRESETS, get_preset
+from jaxpoison.experiments.store import RunDirectoryError, RunStore
 from jaxpoison.experiments.train_job import DEFAULT_RECIPE, default_recipe, run_train_job
 
-__all__ = ["DEFAULT_RECIPE", "default_recipe", "run_train_job"]
+__all__ = [
+    "DEFAULT_RECIPE",
+    "PRESETS",
+    "AttackConfig",
+    "ConfigError",
+    "DataConfig",
+    "DetectionConfig",
+    "Prepared",
+    "RunConfig",
+    "RunDirectoryError",
+    "RunStore",
+    "UnlearnConfig",
+    "VictimConfig",
+    "apply_overrides",
+    "default_recipe",
+    "detect_stage",
+    "from_dict",
+    "get_preset",
+    "prepare",
+    "run_pipeline",
+    "run_train_job",
+    "to_dict",
+    "unlearn_stage",
+]

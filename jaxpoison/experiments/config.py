@@ -110,7 +110,11 @@ class UnlearnConfig:
     """Attributes:
     methods: unlearners to run (see ``UNLEARNERS``); each runs on every detector's flags.
     detectors: which detectors' flags to unlearn (``None``: all that ran).
-    cf_short_epochs: epochs of the short fine-tune variant of CF.
+    cf_optimizer / cf_learning_rate / cf_weight_decay / cf_epochs: CF's recipe (``None``: the
+      victim's). The reference's CF restarts its SGD schedule at lr 0.1, and that large step is
+      what makes the network forget; Adam victims keep their backdoor under a restarted Adam
+      (digits: PSR 0.27) but lose it under SGD at 0.05 (PSR 0.00), so the CNN presets use SGD.
+    cf_short_epochs: epochs of the short fine-tune variant of CF (with CF's recipe).
     ssd_alphas / ssd_lambda_factors: the SSD grid (λ = factor · α).
     scrub_steps / scrub_max_steps / scrub_lr / scrub_alpha / scrub_temperature: SCRUB.
     badt_steps / badt_lr: bad-teacher distillation.
@@ -119,6 +123,10 @@ class UnlearnConfig:
 
     methods: tuple[str, ...] = ("eu", "cf")
     detectors: tuple[str, ...] | None = ("delta_influence",)
+    cf_optimizer: str | None = None
+    cf_learning_rate: float | None = None
+    cf_weight_decay: float | None = None
+    cf_epochs: int | None = None
     cf_short_epochs: int = 1
     ssd_alphas: tuple[float, ...] = (2.0, 10.0, 50.0)
     ssd_lambda_factors: tuple[float, ...] = (0.01, 0.1, 1.0)

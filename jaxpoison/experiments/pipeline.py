@@ -171,11 +171,14 @@ def run_unlearner(prepared: Prepared, method: str, flagged: np.ndarray, *, progr
     if method == "eu":
         return exact_unlearning(init_model(config.victim, data, config.seed), data, flagged, recipe,
                                 seed=config.seed, progress=progress)  # fmt: skip
-    if method == "cf":
-        return continued_training(victim, data, flagged, recipe, seed=config.seed, progress=progress)
-    if method == "cf_short":
-        return continued_training(victim, data, flagged, recipe.replace(epochs=u.cf_short_epochs, milestones=()),
-                                  seed=config.seed, progress=progress)  # fmt: skip
+    if method in ("cf", "cf_short"):
+        changes = {"optimizer": u.cf_optimizer, "learning_rate": u.cf_learning_rate,
+                   "weight_decay": u.cf_weight_decay, "epochs": u.cf_epochs}  # fmt: skip
+        cf_recipe = recipe.replace(**{k: v for k, v in changes.items() if v is not None})
+        cf_recipe = cf_recipe.replace(nesterov=cf_recipe.optimizer == "sgd")
+        if method == "cf_short":
+            cf_recipe = cf_recipe.replace(epochs=u.cf_short_epochs, milestones=())
+        return continued_training(victim, data, flagged, cf_recipe, seed=config.seed, progress=progress)
     if method == "ssd":
         return selective_synaptic_dampening(victim, data, flagged, SSDConfig(u.ssd_alphas, u.ssd_lambda_factors),
                                             selector=selector)  # fmt: skip

@@ -6,6 +6,8 @@ with ``--set key=value`` (dotted keys, e.g. ``--set detection.delta.n_tol=2``).
 
 from __future__ import annotations
 
+import dataclasses
+
 from jaxpoison.detection.delta_influence import DeltaConfig
 from jaxpoison.experiments.config import (
     AttackConfig,
@@ -21,13 +23,15 @@ ALL_DETECTORS = ("delta_influence", "delta_label_only", "delta_image_only", "ekf
                  "activation_clustering", "freqdef")  # fmt: skip
 DEMO_DETECTORS = ("delta_influence", "ekfac", "spectral", "activation_clustering")
 CNN_ADAM = VictimConfig(model="cnn", optimizer="adam", learning_rate=1e-3, epochs=5, batch_size=128)
+# CF for Adam-trained CNNs: a restarted high-learning-rate SGD run, like the reference's CF.
+SGD_CF = UnlearnConfig(methods=("eu", "cf"), cf_optimizer="sgd", cf_learning_rate=0.05, cf_weight_decay=5e-4)
 PAPER_RESNET = VictimConfig(model="resnet18", optimizer="sgd", learning_rate=0.1, epochs=40, batch_size=128,
                             weight_decay=5e-4, milestones=(14, 25, 35), crop_padding=4, flip=True)  # fmt: skip
 
 
 def _fmnist(attack: AttackConfig, **detection) -> RunConfig:
     return RunConfig(data=DataConfig("fashion_mnist"), attack=attack, victim=CNN_ADAM,
-                     detection=DetectionConfig(methods=DEMO_DETECTORS, **detection))  # fmt: skip
+                     detection=DetectionConfig(methods=DEMO_DETECTORS, **detection), unlearning=SGD_CF)  # fmt: skip
 
 
 PRESETS: dict[str, RunConfig] = {
@@ -39,11 +43,20 @@ PRESETS: dict[str, RunConfig] = {
         attack=AttackConfig("badnet", target=0, rate=0.03),
         victim=VictimConfig(model="cnn", epochs=10, batch_size=32),
         detection=DetectionConfig(methods=DEMO_DETECTORS, factor_batch_size=64, score_batch_size=128),
-        unlearning=UnlearnConfig(methods=("eu", "cf")),
+        unlearning=SGD_CF,
     ),
     # jaxpoison run fmnist-badnet --out runs/fmnist-badnet   (≈15 min on 2 CPU cores)
     # 600 BadNet poisons (1 %), CNN 5 epochs: PSR ≈ 0.95; Δ-Influence TPR ≈ 1; EU/CF: PSR ≤ 0.05.
     "fmnist-badnet": _fmnist(AttackConfig("badnet", target=0, rate=0.01)),
+    # jaxpoison run fmnist-badnet-demo --out runs/demo   (`make demo`; ≈5 min on 2 CPU cores)
+    # The README's main job: a 20,000-image Fashion-MNIST training set, 3 epochs, BadNet at 1 %.
+    "fmnist-badnet-demo": RunConfig(
+        data=DataConfig("fashion_mnist", train_size=20_000),
+        attack=AttackConfig("badnet", target=0, rate=0.01),
+        victim=dataclasses.replace(CNN_ADAM, epochs=3),
+        detection=DetectionConfig(methods=DEMO_DETECTORS),
+        unlearning=SGD_CF,
+    ),
     # jaxpoison run fmnist-blended --out runs/fmnist-blended   (blend ratio ε = 0.1)
     "fmnist-blended": _fmnist(AttackConfig("blended", target=0, rate=0.01, epsilon=0.1)),
     # jaxpoison run fmnist-smooth --out runs/fmnist-smooth   (low-frequency trigger fitted on the clean CNN)

@@ -84,4 +84,4 @@ class RunStore:
         tmp.write_text(json.dumps({"key": key, "inputs": key_inputs, "record": record}, indent=2, default=str))
         tmp.replace(marker)  # the stage counts as finished only once this lands
         self.events.append((name, "computed"))
-        return key, record
+        return key, json.loads(marker.read_text())["record"]  # as a later run will read it

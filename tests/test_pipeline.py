@@ -1,0 +1,139 @@
+"""The staged run: end to end on the tiny preset, resume, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from jaxpoison.cli import main
+from jaxpoison.experiments import (
+    ConfigError,
+    RunDirectoryError,
+    RunStore,
+    apply_overrides,
+    from_dict,
+    get_preset,
+    run_pipeline,
+    to_dict,
+)
+from jaxpoison.experiments import pipeline as pipeline_module
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tiny_run):
+    root = tiny_run.prepared.store.root
+    report = run_pipeline(tiny_run.prepared.config, root, progress=False)
+    return root, report
+
+
+def test_pipeline_end_to_end_on_the_tiny_preset(tiny_report):
+    root, report = tiny_report
+    assert report["victim"]["psr"] > 0.5
+    detection = report["detection"]["delta_influence"]
+    assert detection["tpr"] >= 0.9
+    rows = {(r["detector"], r["unlearner"]): r for r in report["unlearning"]}
+    assert set(rows) == {("delta_influence", "eu"), ("delta_influence", "cf")}
+    assert rows[("delta_influence", "eu")]["psr"] <= 0.05
+    for name in ("report.json", "report.md", "plots/roc.png", "plots/delta_by_transform.png"):
+        assert (root / name).is_file(), name
+    markdown = (root / "report.md").read_text()
+    assert "| Δ-Influence | eu |" in markdown and "## Detection" in markdown
+    saved = json.loads((root / "report.json").read_text())
+    assert saved["config"] == to_dict(get_preset("digits-badnet-tiny"))
+    assert set(saved["stages"]) >= {"clean", "poison", "victim", "test_point", "factors", "detect:delta_influence"}
+
+
+def test_rerun_reuses_every_stage_and_resumes_after_an_interruption(tiny_report, monkeypatch):
+    root, report = tiny_report
+    config = get_preset("digits-badnet-tiny")
+    calls = []
+    real = pipeline_module.run_unlearner
+
+    def counting(prepared, method, flagged, **kw):
+        calls.append(method)
+        return real(prepared, method, flagged, **kw)
+
+    monkeypatch.setattr(pipeline_module, "run_unlearner", counting)
+    again = run_pipeline(config, root, progress=False)
+    assert calls == []
+    assert all(v["this_run"] == "reused" for v in again["stages"].values())
+    assert again["unlearning"] == report["unlearning"]
+
+    # An interrupted stage leaves no stage.json: only it is redone.
+    (root / "stages" / "unlearn__delta_influence__cf" / "stage.json").unlink()
+    resumed = run_pipeline(config, root, progress=False)
+    assert calls == ["cf"]
+    computed = [k for k, v in resumed["stages"].items() if v["this_run"] == "computed"]
+    assert computed == ["unlearn:delta_influence:cf"]
+
+    # A crash inside a stage: the stage is left unfinished, the earlier ones stay.
+    def crash(*a, **kw):
+        raise RuntimeError("simulated interruption")
+
+    (root / "stages" / "unlearn__delta_influence__eu" / "stage.json").unlink()
+    monkeypatch.setattr(pipeline_module, "run_unlearner", crash)
+    with pytest.raises(RuntimeError, match="simulated"):
+        run_pipeline(config, root, progress=False)
+    assert not (root / "stages" / "unlearn__delta_influence__eu" / "stage.json").exists()
+    assert (root / "stages" / "victim" / "stage.json").exists()
+
+
+def test_overrides_and_their_errors():
+    config = apply_overrides(get_preset("digits-badnet-tiny"),
+                             ["attack.rate=0.05", "detection.delta.n_tol=2", "unlearning.methods=eu,ssd",
+                              "data.train_size=none", "victim.flip=true"])  # fmt: skip
+    assert config.attack.rate == 0.05 and config.detection.delta.n_tol == 2
+    assert config.unlearning.methods == ("eu", "ssd") and config.data.train_size is None and config.victim.flip
+    assert from_dict(type(config), to_dict(config)) == config
+    for bad, match in (("attack.nope=1", "unknown key"), ("nope.rate=1", "unknown section"),
+                       ("attack.rate=abc", "attack.rate"), ("attack.rate", "KEY=VALUE"),
+                       ("unlearning.methods=eu,magic", "unknown entries"), ("detection.delta.n_tol=60", "n_tol"),
+                       ("attack=1", "section")):  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            apply_overrides(get_preset("digits-badnet-tiny"), [bad])
+    with pytest.raises(ConfigError, match="unknown preset"):
+        get_preset("cifar-everything")
+
+
+def test_run_directory_guards(tmp_path):
+    config = to_dict(get_preset("digits-badnet-tiny"))
+    RunStore(tmp_path / "a", config)
+    other = to_dict(apply_overrides(get_preset("digits-badnet-tiny"), ["seed=1"]))
+    with pytest.raises(RunDirectoryError, match="another run"):
+        RunStore(tmp_path / "a", other)
+    RunStore(tmp_path / "a", other, force=True)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "thesis.tex").write_text("precious")
+    with pytest.raises(RunDirectoryError, match="not empty"):
+        RunStore(tmp_path / "b", config)
+    assert (tmp_path / "b" / "thesis.tex").read_text() == "precious"
+
+
+def test_cli_bad_input(tmp_path, capsys, tiny_report):
+    root, _ = tiny_report
+    assert main(["run", "no-such-preset", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+    assert main(["run", "digits-badnet-tiny", "--set", "attack.colour=red", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown key" in capsys.readouterr().err
+    flagged = tmp_path / "flagged.txt"
+    np.savetxt(flagged, [1, 2, 10**7], fmt="%d")
+    assert main(["unlearn", "--run", str(root), "--method", "eu", "--flagged", str(flagged), "--no-progress"]) == 2
+    assert "outside the training set" in capsys.readouterr().err
+    assert main(["detect", "--method", "magic", "--run", str(root)]) == 2
+    assert "unknown detector" in capsys.readouterr().err
+    assert main(["detect", "--method", "ekfac", "--run", str(tmp_path)]) == 2
+    assert "not a jaxpoison run directory" in capsys.readouterr().err
+
+
+def test_cli_detect_adds_a_detector_to_an_existing_run(tiny_report, tmp_path):
+    root, _ = tiny_report
+    copy = tmp_path / "run"
+    shutil.copytree(root, copy)
+    assert main(["detect", "--method", "spectral_reference", "--run", str(copy), "--no-progress"]) == 0
+    records = json.loads((copy / "detection.json").read_text())
+    assert records["spectral_reference"]["n_flagged"] >= 0 and (copy / "plots" / "roc_detect.png").is_file()
+    victim = json.loads((copy / "stages" / "victim" / "stage.json").read_text())
+    assert victim == json.loads((root / "stages" / "victim" / "stage.json").read_text())  # reused, not retrained
