@@ -109,3 +109,24 @@ def test_delta_influence_rejects_bad_input(tiny_run):
         delta_influence(victim.model, victim.train, np.zeros((4, 4, 1), np.float32), victim.target, None)
     with pytest.raises(ValueError, match="empty"):
         delta_influence(victim.model, victim.train.subset(np.arange(0)), victim.test_image, victim.target, None)
+
+
+def test_several_test_points_are_scored_together_and_aggregated(tiny_run):
+    victim, poisoning, test = tiny_run.victim, tiny_run.poisoning, tiny_run.splits.test
+    victims = np.flatnonzero(test.labels != victim.target)[:40]
+    triggered = np.clip(np.asarray(poisoning.trigger.apply(test.images[victims])), 0, 1)
+    logits = victim.model.apply(victim.model.params, victim.model.state,
+                                (triggered - victim.train.mean) / victim.train.std)  # fmt: skip
+    points = triggered[np.flatnonzero(np.asarray(logits).argmax(-1) == victim.target)[:2]]
+    assert len(points) == 2
+    config = DeltaConfig(n_b=10, n_tol=1)
+    union = delta_influence(victim.model, victim.train, points, victim.target, tiny_run.factors, config,
+                            tiny_run.score_config, progress=False)  # fmt: skip
+    both = config.replace(aggregate="intersection")
+    inter = delta_influence(victim.model, victim.train, points, victim.target, tiny_run.factors, both,
+                            tiny_run.score_config, progress=False)  # fmt: skip
+    assert union.delta.shape == (2, 10, len(victim.train)) and len(union.queries) == 2
+    per_point = [set(np.flatnonzero(c >= 10 - 1).tolist()) for c in union.counts]
+    assert set(union.flagged.tolist()) == per_point[0] | per_point[1]
+    assert set(inter.flagged.tolist()) == per_point[0] & per_point[1]
+    np.testing.assert_allclose(inter.delta, union.delta)  # same keys: the same queries either way

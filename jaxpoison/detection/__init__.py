@@ -20,6 +20,15 @@ from jaxpoison.detection.delta_influence import (
     vote,
 )
 from jaxpoison.detection.features import penultimate_features
+from jaxpoison.detection.freqdef import (
+    FreqDefConfig,
+    FreqDetector,
+    dct2,
+    freqdef_detect,
+    freqdef_scores,
+    synthetic_triggers,
+    train_freqdef,
+)
 from jaxpoison.detection.metrics import auroc, detection_metrics, mask_from_indices, roc_curve
 from jaxpoison.detection.spectral import SpectralResult, spectral_signatures, spectral_signatures_reference
 from jaxpoison.detection.threshold import (
@@ -44,6 +53,8 @@ __all__ = [
     "ClusterResult",
     "DeltaConfig",
     "DeltaResult",
+    "FreqDefConfig",
+    "FreqDetector",
     "Queries",
     "SpectralResult",
     "ThresholdResult",
@@ -51,10 +62,13 @@ __all__ = [
     "activation_clustering",
     "apply_transform",
     "auroc",
+    "dct2",
     "delta_influence",
     "detection_metrics",
     "ekfac_threshold",
     "flip_labels",
+    "freqdef_detect",
+    "freqdef_scores",
     "make_queries",
     "mask_from_indices",
     "penultimate_features",
@@ -63,7 +77,9 @@ __all__ = [
     "spectral_signatures",
     "spectral_signatures_reference",
     "suspicion",
+    "synthetic_triggers",
     "threshold_flags",
+    "train_freqdef",
     "trak_threshold",
     "transform_batch",
     "vote",
