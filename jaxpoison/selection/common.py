@@ -1,0 +1,205 @@
+"""What every selection method shares: the result type, the poison budget, poisoned
+candidates, jitted forward passes, and the proxy-model trainer of FUS, RD and IFS.
+
+Every selector answers the same question — which ``k = round(rate · N)`` training
+indices of the non-target pool should carry the trigger and the target label in a
+dirty-label, all-to-one backdoor — and returns a :class:`Selection`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxpoison.attacks.poison import candidate_pool
+from jaxpoison.data import Dataset, normalize
+from jaxpoison.models import FunctionalModel, create_model, to_functional
+from jaxpoison.sharding import data_mesh, replicate, shard_batch
+from jaxpoison.training import adam_recipe, iterate_padded, make_train_step
+
+
+class SelectionError(ValueError):
+    """A selection request cannot be satisfied; the message says what to change."""
+
+
+class Selection(NamedTuple):
+    """The chosen poisons and how they were chosen.
+
+    Attributes:
+      indices: ``int64 [k]``, sorted, unique training indices, all in the non-target pool.
+      scores: ``float64 [k]``, aligned with ``indices``: the method's score of each chosen
+        index (forgetting events for FUS, RD for RD, high-frequency energy for HFE,
+        influence for IFS); ``NaN`` where the method has no score for it (every index
+        of RS; indices FUS and RD drew at random after their last evaluation).
+      info: what happened: ``method``, ``k``, ``seconds``, per-round records and
+        method-specific details (documented by each selector).
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+    info: dict[str, Any]
+
+
+def poison_budget(dataset: Dataset, target: int, rate: float) -> tuple[np.ndarray, int]:
+    """``(pool, k)``: the non-target candidate indices and the number of poisons ``round(rate · N)``.
+
+    Raises:
+      SelectionError: ``target`` is not a class of the dataset, ``rate`` is not in (0, 1),
+        or it selects no poison or more poisons than the pool holds.
+    """
+    if isinstance(target, bool) or not isinstance(target, int | np.integer):
+        raise SelectionError(f"target must be an integer class index; got {target!r}.")
+    if not 0 <= int(target) < dataset.num_classes:
+        raise SelectionError(
+            f"target {target} is not a class of the {dataset.num_classes}-class dataset; "
+            f"choose one in [0, {dataset.num_classes})."
+        )
+    if not isinstance(rate, float | int | np.floating) or not 0.0 < float(rate) < 1.0:
+        raise SelectionError(f"rate must be a fraction in (0, 1) of the training set; got {rate!r}.")
+    pool = candidate_pool(dataset, int(target), None).astype(np.int64)
+    k = round(float(rate) * len(dataset))
+    if k < 1:
+        raise SelectionError(
+            f"rate {rate} selects {k} poisons from {len(dataset)} training examples; raise it to at least "
+            f"{0.5 / len(dataset):.2g}."
+        )
+    if k > pool.size:
+        raise SelectionError(
+            f"rate {rate} selects {k} poisons but only {pool.size} training examples are outside the target "
+            f"class {target}; lower the rate to at most {pool.size / len(dataset):.3g}."
+        )
+    return pool, k
+
+
+def finish(indices, scores, info: dict) -> Selection:
+    """Sort ``indices`` (carrying ``scores`` along) into a :class:`Selection`; checks uniqueness."""
+    indices = np.asarray(indices, np.int64)
+    scores = np.asarray(scores, np.float64)
+    order = np.argsort(indices, kind="stable")
+    indices, scores = indices[order], scores[order]
+    if np.unique(indices).size != indices.size:  # a bug, never a user error
+        raise AssertionError("selection produced duplicate indices.")
+    return Selection(indices, scores, info)
+
+
+def triggered(dataset: Dataset, indices, trigger, target: int, batch_size: int = 1024) -> Dataset:
+    """The poisoned versions of ``dataset[indices]``: triggered (clipped to [0, 1]) and labelled ``target``.
+
+    The trigger is applied in batches, so a whole pool can be passed.
+    """
+    indices = np.asarray(indices, np.int64)
+    parts = [np.asarray(trigger.apply(dataset.images[indices[i : i + batch_size]]), np.float32)
+             for i in range(0, indices.size, batch_size)]  # fmt: skip
+    images = np.clip(np.concatenate(parts), 0.0, 1.0) if parts else dataset.images[:0]
+    return dataset.subset(indices, split=f"{dataset.provenance.split}[triggered]").replace(
+        images=images, labels=np.full(indices.size, target, np.int32)
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("fn",))
+def _forward(fn, params, state, x, mean, std):
+    return fn(params, state, normalize(x, mean, std))
+
+
+def forward(fn: Callable, params, state, dataset: Dataset, batch_size: int = 512) -> np.ndarray:
+    """``fn(params, state, normalised images)`` over ``dataset`` in fixed-size padded batches.
+
+    ``fn`` is a model's ``apply`` (logits) or ``features``; it is jitted once per function
+    and batch shape.
+    """
+    batch_size = max(1, min(batch_size, len(dataset)))
+    out = [np.asarray(_forward(fn, params, state, dataset.images[idx], dataset.mean, dataset.std))[valid]
+           for idx, valid in iterate_padded(len(dataset), batch_size)]  # fmt: skip
+    return np.concatenate(out)
+
+
+_COMPILED: dict[tuple, tuple] = {}
+_COMPILED_MAX = 8
+
+
+class ProxyTrainer:
+    """Trains fresh copies of one architecture with Adam, compiling the train step once.
+
+    FUS and RD train a new proxy model every round on a poisoned set of the same size;
+    building the step once and re-initialising only the parameters avoids a recompile
+    per round. The loop is :func:`jaxpoison.training.train`'s (same permutation and key
+    derivation, last partial batch dropped, batches sharded over all devices) without
+    checkpoints, plus a hook that sees the parameters after every epoch — FUS needs
+    them to record its per-epoch correctness.
+    """
+
+    def __init__(self, model: str, model_kwargs: dict, dataset: Dataset, *, epochs: int, learning_rate: float,
+                 batch_size: int, num_examples: int | None = None):  # fmt: skip
+        """``dataset`` gives the image shape, classes and normalisation; ``num_examples`` the size of the
+        sets :meth:`fit` will train on (default ``len(dataset)``; FUS's append mode trains on ``N + k``)."""
+        self.name, self.kwargs = model, dict(model_kwargs)
+        self.shape, self.classes = dataset.image_shape, dataset.num_classes
+        self.n = len(dataset) if num_examples is None else int(num_examples)
+        if batch_size > self.n:
+            raise SelectionError(f"proxy batch_size {batch_size} exceeds the {self.n} training examples; lower it.")
+        self.mesh = data_mesh()
+        if batch_size % self.mesh.devices.size:
+            raise SelectionError(
+                f"proxy batch_size {batch_size} is not divisible by the {self.mesh.devices.size} devices."
+            )
+        self.recipe = adam_recipe(epochs, learning_rate, batch_size)
+        self.steps = self.n // batch_size
+        self.mean, self.std = dataset.mean, dataset.std
+        # The compiled step (and the template whose apply functions it closes over) is shared by
+        # trainers of the same model, data shape, recipe and normalisation: a second selection
+        # run (another seed, another method) does not compile again.
+        key = (model, tuple(sorted(self.kwargs.items())), self.shape, self.classes, self.recipe, self.n,
+               tuple(self.mean.tolist()), tuple(self.std.tolist()), self.mesh.devices.size)  # fmt: skip
+        try:
+            parts = _COMPILED.get(key)
+        except TypeError:  # unhashable model arguments: build without sharing
+            key, parts = None, None
+        if parts is None:
+            template = self.init(0)
+            optimizer = self.recipe.optimizer_for(self.steps)
+            parts = (template, optimizer, make_train_step(template, optimizer, self.recipe, self.mean, self.std))
+            if key is not None:
+                if len(_COMPILED) >= _COMPILED_MAX:
+                    _COMPILED.pop(next(iter(_COMPILED)))
+                _COMPILED[key] = parts
+        self.template, self.optimizer, self.step = parts
+
+    def init(self, seed: int) -> FunctionalModel:
+        try:
+            module = create_model(self.name, self.shape, self.classes, seed=seed, **self.kwargs)
+        except TypeError as err:
+            raise SelectionError(f"model {self.name!r} does not take the arguments {self.kwargs}: {err}") from None
+        return to_functional(module)
+
+    def fit(self, dataset: Dataset, seed: int, on_epoch: Callable | None = None, *, progress: bool = False,
+            desc: str = "proxy epochs") -> FunctionalModel:  # fmt: skip
+        """A model initialised from ``seed`` and trained on ``dataset``; ``on_epoch(epoch, params, state)``."""
+        if len(dataset) != self.n or not (np.array_equal(dataset.mean, self.mean)
+                                          and np.array_equal(dataset.std, self.std)):  # fmt: skip
+            raise AssertionError("ProxyTrainer.fit needs a dataset of the size and normalisation it was built for.")
+        fresh = self.init(seed)
+        params, state = replicate(self.mesh, (fresh.params, fresh.state))
+        opt_state = replicate(self.mesh, self.optimizer.init(params))
+        key = jax.random.key(seed)
+        bs = self.recipe.batch_size
+        for epoch in tqdm(range(self.recipe.epochs), desc=desc, disable=not progress, leave=False):
+            order = np.random.default_rng([seed, epoch]).permutation(self.n)
+            epoch_key = jax.random.fold_in(key, epoch)
+            for s in range(self.steps):
+                idx = order[s * bs : (s + 1) * bs]
+                x, y = shard_batch(self.mesh, dataset.images[idx], dataset.labels[idx])
+                params, state, opt_state, _, _ = self.step(params, state, opt_state, jax.random.fold_in(epoch_key, s),
+                                                           x, y)  # fmt: skip
+            if on_epoch is not None:
+                on_epoch(epoch, params, state)
+        return self.template._replace(params=params, state=state)
+
+
+def round_seed(seed: int, round_index: int, salt: int = 0) -> int:
+    """A derived 31-bit seed for round ``round_index`` (so rounds train differently initialised proxies)."""
+    return int(np.random.default_rng([seed, round_index, salt]).integers(2**31 - 1))
