@@ -1,0 +1,201 @@
+"""Which samples to poison: IFS against RS, FUS, RD and HFE under a blended backdoor.
+
+For every setting (blend ratio ε at a fixed rate, and rate r at a fixed low ε) and seed,
+each method selects ``round(r · N)`` non-target training images; they get the blended
+trigger and the target label (replace mode), a fresh CNN victim trains on the result, and
+the attack is measured on triggered test images of every non-target class. Recorded per
+method and setting: ``asr_mean``, ``asr_std``, ``class_asr_variance`` (mean over seeds),
+``clean_accuracy``, ``seconds`` (selection + victim). A figure plots ASR against ε and r
+(the IFS paper's Figures 5–6).
+
+Usage:
+  python benchmarks/ifs.py --dataset fashion_mnist --out runs/ifs.json
+  python benchmarks/ifs.py --dataset digits --out /tmp/ifs.json          # quick, same code path
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jaxpoison.attacks import PoisonConfig, attack_metrics, blended, poison_dataset
+from jaxpoison.data import load_splits
+from jaxpoison.models import create_model, to_functional
+from jaxpoison.runinfo import environment
+from jaxpoison.selection import (
+    FUSConfig,
+    IFSConfig,
+    RDConfig,
+    fus_selection,
+    hfe_selection,
+    ifs_selection,
+    random_selection,
+    rd_selection,
+)
+from jaxpoison.training import adam_recipe, train
+
+METHODS = ("rs", "fus", "rd", "hfe", "ifs")
+
+
+def select(method, data, trigger, target, rate, seed, budget):
+    epochs = budget["proxy_epochs"]
+    if method == "rs":
+        return random_selection(data, target, rate, seed=seed)
+    if method == "hfe":
+        return hfe_selection(data, trigger, target, rate)
+    if method == "fus":
+        return fus_selection(
+            data,
+            trigger,
+            target,
+            rate,
+            FUSConfig(rounds=budget["rounds"], epochs=max(2, epochs)),
+            seed=seed,
+            progress=False,
+        )
+    if method == "rd":
+        return rd_selection(
+            data,
+            trigger,
+            target,
+            rate,
+            RDConfig(rounds=budget["rounds"], score_epochs=epochs),
+            seed=seed,
+            progress=False,
+        )
+    return ifs_selection(
+        data, trigger, target, rate, IFSConfig(surrogate_epochs=budget["surrogate_epochs"]), seed=seed, progress=False
+    )
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="fashion_mnist", choices=("fashion_mnist", "digits"))
+    parser.add_argument("--train-size", type=int, default=None, help="first N training images (default: all)")
+    parser.add_argument("--epochs", type=int, default=None, help="victim epochs (default 5; digits 10)")
+    parser.add_argument("--epsilons", default="0.02,0.04,0.06,0.1")
+    parser.add_argument("--rates", default="0.005,0.01,0.02")
+    parser.add_argument("--fixed-rate", type=float, default=0.01)
+    parser.add_argument("--fixed-epsilon", type=float, default=0.04)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--rounds", type=int, default=3, help="FUS / RD rounds")
+    parser.add_argument("--proxy-epochs", type=int, default=2, help="FUS / RD proxy-model epochs")
+    parser.add_argument("--surrogate-epochs", type=int, default=3, help="IFS surrogate epochs")
+    parser.add_argument("--target", type=int, default=0)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+
+    train_set, test_set = load_splits(args.dataset)
+    if args.train_size:
+        train_set = train_set.subset(np.arange(min(args.train_size, len(train_set))))
+    small = args.dataset == "digits"
+    recipe = adam_recipe(epochs=args.epochs or (10 if small else 5), batch_size=32 if small else 128)
+    budget = {"rounds": args.rounds, "proxy_epochs": args.proxy_epochs, "surrogate_epochs": args.surrogate_epochs}
+    methods = [m for m in args.methods.split(",") if m]
+    settings = [("epsilon", float(e), args.fixed_rate) for e in args.epsilons.split(",")]
+    settings += [
+        ("rate", args.fixed_epsilon, float(r))
+        for r in args.rates.split(",")
+        if float(r) != args.fixed_rate or args.fixed_epsilon not in [s[1] for s in settings]
+    ]
+    results = []
+    for sweep, eps, rate in settings:
+        trigger = blended(train_set.image_shape, eps)
+        for method in methods:
+            runs = []
+            for seed in range(args.seeds):
+                start = time.perf_counter()
+                chosen = select(method, train_set, trigger, args.target, rate, seed, budget)
+                selected = time.perf_counter()
+                poisoned = poison_dataset(
+                    train_set, trigger, PoisonConfig(target=args.target, indices=chosen.indices, seed=seed)
+                )
+                model = to_functional(create_model("cnn", train_set.image_shape, train_set.num_classes, seed=seed))
+                result = train(model, poisoned.dataset, recipe, seed=seed, progress=False)
+                metrics = attack_metrics(model.apply, result.params, result.state, test_set, trigger, args.target)
+                runs.append(
+                    {
+                        **{k: metrics[k] for k in ("asr", "class_asr_variance", "clean_accuracy")},
+                        "selection_seconds": selected - start,
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
+            asr = np.array([r["asr"] for r in runs])
+            record = {
+                "sweep": sweep,
+                "epsilon": eps,
+                "rate": rate,
+                "method": method,
+                "poisons": int(chosen.indices.size),
+                "asr_mean": float(asr.mean()),
+                "asr_std": float(asr.std()),
+                "class_asr_variance": float(np.mean([r["class_asr_variance"] for r in runs])),
+                "clean_accuracy": float(np.mean([r["clean_accuracy"] for r in runs])),
+                "seconds": float(np.mean([r["seconds"] for r in runs])),
+                "runs": runs,
+            }
+            results.append(record)
+            print(
+                f"ε={eps:<5} r={rate:<6} {method:4s} ASR {asr.mean():.3f} ± {asr.std():.3f}  "
+                f"class var {record['class_asr_variance']:.4f}  clean {record['clean_accuracy']:.4f}  "
+                f"{record['seconds']:.0f}s",
+                flush=True,
+            )
+
+    figure = Path(args.out).with_suffix(".png")
+    plot(results, methods, figure)
+    out = {
+        "dataset": args.dataset,
+        "train_size": len(train_set),
+        "target": args.target,
+        "victim_epochs": recipe.epochs,
+        "budget": budget,
+        "seeds": args.seeds,
+        "results": results,
+        "figure": str(figure),
+        "environment": environment(),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    return out
+
+
+def plot(results, methods, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, sweep, key, label in (
+        (axes[0], "epsilon", "epsilon", "blend ratio ε"),
+        (axes[1], "rate", "rate", "poison rate r"),
+    ):
+        for method in methods:
+            rows = sorted((r for r in results if r["sweep"] == sweep and r["method"] == method), key=lambda r: r[key])
+            if rows:
+                ax.errorbar(
+                    [r[key] for r in rows],
+                    [r["asr_mean"] for r in rows],
+                    [r["asr_std"] for r in rows],
+                    marker="o",
+                    capsize=3,
+                    label=method.upper(),
+                )
+        ax.set_xlabel(label)
+        ax.set_ylabel("attack success rate")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
