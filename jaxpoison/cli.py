@@ -174,6 +174,54 @@ def _cmd_unlearn(args) -> int:
     return 0
 
 
+def _cmd_select(args) -> int:
+    import json
+
+    from jaxpoison.attacks import PatchTrigger, blended, square_patch
+    from jaxpoison.data import load_splits
+    from jaxpoison.selection import (
+        fus_selection,
+        hfe_selection,
+        ifs_selection,
+        random_selection,
+        rd_selection,
+    )
+
+    out = Path(args.out)
+    if (out / "manifest.json").exists() and not args.force:
+        raise ValueError(f"{out} already holds a selection; pass --force to overwrite it.")
+    train_set, _ = load_splits(args.dataset, **_dataset_options(args))
+    if not 0.0 <= args.epsilon <= 1.0:
+        raise ValueError(f"--epsilon is a blend ratio or patch opacity in [0, 1]; got {args.epsilon}.")
+    shape = train_set.image_shape
+    if args.attack == "blended":
+        trigger = blended(shape, args.epsilon)
+    else:  # a white (grayscale) or yellow (colour) corner square, blended in with opacity ε
+        colour = (1.0,) if shape[-1] == 1 else (1.0, 1.0, 0.0)
+        square = square_patch(shape, size=args.patch_size, color=colour)
+        trigger = PatchTrigger(square.mask * args.epsilon, square.pattern, name=f"patch{args.patch_size}")
+    common = {"seed": args.seed}
+    if args.method == "rs":
+        chosen = random_selection(train_set, args.target, args.rate, **common)
+    elif args.method == "hfe":
+        chosen = hfe_selection(train_set, trigger, args.target, args.rate)
+    elif args.method == "fus":
+        chosen = fus_selection(train_set, trigger, args.target, args.rate, progress=not args.no_progress, **common)
+    elif args.method == "rd":
+        chosen = rd_selection(train_set, trigger, args.target, args.rate, progress=not args.no_progress, **common)
+    else:
+        chosen = ifs_selection(train_set, trigger, args.target, args.rate, progress=not args.no_progress, **common)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "indices.npy", chosen.indices)
+    manifest = {"method": args.method, "dataset": args.dataset, "attack": args.attack, "epsilon": args.epsilon,
+                "rate": args.rate, "target": args.target, "seed": args.seed, "count": int(chosen.indices.size),
+                "trigger": trigger.describe(), "data_hash": train_set.content_hash,
+                "seconds": chosen.info.get("seconds")}  # fmt: skip
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float))
+    print(f"{chosen.indices.size} samples chosen by {args.method} -> {out / 'indices.npy'}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     import dataclasses
 
@@ -279,6 +327,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true", help="overwrite an existing poisoned dataset in --out")
     p.set_defaults(func=_cmd_poison)
+
+    p = sub.add_parser("select", help="choose which samples to poison (RS, FUS, RD, HFE, IFS); DIR/indices.npy")
+    p.add_argument("--method", required=True, choices=("rs", "fus", "rd", "hfe", "ifs"))
+    p.add_argument("--dataset", required=True, choices=dataset_names())
+    p.add_argument("--attack", required=True, choices=("blended", "patch"))
+    p.add_argument("--epsilon", type=float, required=True, help="blend ratio (blended) or patch opacity (patch)")
+    p.add_argument("--rate", type=float, required=True, help="poisons as a fraction of the training set")
+    p.add_argument("--target", type=int, default=0)
+    p.add_argument("--patch-size", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-path", default=None, help="file for --dataset npz")
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_select)
 
     p = sub.add_parser("run", help="poison -> train -> detect -> unlearn -> report, resumable (DIR/report.md)")
     p.add_argument("preset", help="a preset name (see jaxpoison.experiments.PRESETS)")

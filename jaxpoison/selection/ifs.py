@@ -107,6 +107,9 @@ class IFSConfig:
       curvature: ``"gauss_newton"`` (default; positive semi-definite, so LiSSA settles) or
         ``"hessian"`` (the paper's inverse Hessian; negative curvature of an under-trained
         surrogate can make its recursion blow up).
+      auto_scale: raise ``lissa.scale`` to twice a power-iteration estimate of the largest
+        curvature eigenvalue when that is larger (see :func:`safe_lissa_scale`), so the
+        recursion converges without hand-tuning.
       validation_size: triggered non-target images in the ASR loss. Default 500.
       influence_batch_size: candidates per batch of the scoring pass.
     """
@@ -119,6 +122,7 @@ class IFSConfig:
     model_kwargs: dict = dataclasses.field(default_factory=dict)
     lissa: LissaConfig = dataclasses.field(default_factory=_default_lissa)
     curvature: str = "gauss_newton"
+    auto_scale: bool = True
     validation_size: int = 500
     influence_batch_size: int = 256
 
@@ -271,24 +275,57 @@ def mean_loss_gradient(model: FunctionalModel, dataset: Dataset, batch_size: int
     return jax.tree.map(lambda a: a / len(dataset), total)
 
 
-@functools.partial(jax.jit, static_argnames=("apply", "config", "curvature"))
-def _lissa_solve(apply, params, state, v, x, y, mean, std, key, *, config, curvature):
-    x = normalize(x, mean, std)
+def _curvature_product(apply, params, state, x, y, curvature):
+    """``batch_hvp(u, idx)``: the Hessian or Gauss-Newton product of the mean CE on ``x[idx]``."""
 
     def bound(p, xb):
         return apply(p, state, xb)
 
     if curvature == "hessian":
         f = batch_loss(bound, cross_entropy, "mean")
+        return lambda u, idx: hvp(f, params, u, x[idx], y[idx])
+    return lambda u, idx: gnvp(bound, lambda z, t: cross_entropy(z, t).mean(), params, u, x[idx], y[idx])
 
-        def batch_hvp(u, idx):
-            return hvp(f, params, u, x[idx], y[idx])
-    else:
 
-        def batch_hvp(u, idx):
-            return gnvp(bound, lambda z, t: cross_entropy(z, t).mean(), params, u, x[idx], y[idx])
-
+@functools.partial(jax.jit, static_argnames=("apply", "config", "curvature"))
+def _lissa_solve(apply, params, state, v, x, y, mean, std, key, *, config, curvature):
+    batch_hvp = _curvature_product(apply, params, state, normalize(x, mean, std), y, curvature)
     return lissa(batch_hvp, v, x.shape[0], config, key)
+
+
+@functools.partial(jax.jit, static_argnames=("apply", "batch_size", "curvature", "iterations"))
+def _top_eigenvalue(apply, params, state, x, y, mean, std, key, *, batch_size, curvature, iterations):
+    """Power iteration on one random minibatch's curvature: its largest |eigenvalue|."""
+    batch_hvp = _curvature_product(apply, params, state, normalize(x, mean, std), y, curvature)
+    idx_key, vec_key = jax.random.split(key)
+    idx = jax.random.choice(idx_key, x.shape[0], (min(batch_size, x.shape[0]),), replace=False)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(vec_key, len(leaves))
+    noise = [jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves, strict=True)]
+    u = jax.tree.unflatten(treedef, noise)
+
+    def norm(t):
+        return jnp.sqrt(sum(jnp.vdot(a, a) for a in jax.tree.leaves(t)))
+
+    def step(u, _):
+        w = batch_hvp(jax.tree.map(lambda a: a / norm(u), u), idx)
+        return w, norm(w)
+
+    _, estimates = jax.lax.scan(step, u, None, length=iterations)
+    return estimates[-1]
+
+
+def safe_lissa_scale(model: FunctionalModel, train: Dataset, config: LissaConfig, key: jax.Array,
+                     curvature: str, iterations: int = 20) -> float:  # fmt: skip
+    """A LiSSA scale the recursion converges under: ``max(config.scale, 2 · (λ̂_max + damping))``.
+
+    ``λ̂_max`` is a power-iteration estimate on one minibatch; other minibatches can be
+    steeper, hence the factor 2.
+    """
+    top = float(_top_eigenvalue(model.apply, model.params, model.state, train.images, train.labels, train.mean,
+                                train.std, key, batch_size=config.batch_size, curvature=curvature,
+                                iterations=iterations))  # fmt: skip
+    return max(config.scale, 2.0 * (top + config.damping))
 
 
 def lissa_inverse_hvp(
@@ -427,13 +464,17 @@ def ifs_selection(
     rng = np.random.default_rng([seed, 0x1F5])
     val = _validation_set(dataset, validation, trigger, target, config.validation_size, rng)
     v = mean_loss_gradient(model, val, config.influence_batch_size)
-    s, lissa_info = lissa_inverse_hvp(model, poisoned.dataset, v, config.lissa, jax.random.key(seed),
+    lissa_config = config.lissa
+    if config.auto_scale:
+        scale = safe_lissa_scale(model, poisoned.dataset, lissa_config, jax.random.key(seed + 1), config.curvature)
+        lissa_config = dataclasses.replace(lissa_config, scale=scale)
+    s, lissa_info = lissa_inverse_hvp(model, poisoned.dataset, v, lissa_config, jax.random.key(seed),
                                       config.curvature)  # fmt: skip
     norms = np.asarray(lissa_info.norms)
     timings["lissa"] = time.perf_counter() - t0
     if not bool(lissa_info.finite):
         raise SelectionError(
-            f"LiSSA diverged (non-finite iterate): raise lissa.scale (now {config.lissa.scale}) above the largest "
+            f"LiSSA diverged (non-finite iterate): raise lissa.scale (now {lissa_config.scale}) above the largest "
             "Hessian eigenvalue, raise lissa.damping, or use curvature='gauss_newton'."
         )
     change = float(lissa_info.relative_change)
@@ -473,6 +514,7 @@ def ifs_selection(
         "validation_size": len(val),
         "lissa": {
             "finite": True,
+            "scale": lissa_config.scale,
             "relative_change": change,
             "first_norm": float(norms[:, 0].mean()),
             "final_norm": float(norms[:, -1].mean()),
