@@ -24,7 +24,7 @@ ALL_DETECTORS = ("delta_influence", "delta_label_only", "delta_image_only", "ekf
 DEMO_DETECTORS = ("delta_influence", "ekfac", "spectral", "activation_clustering")
 CNN_ADAM = VictimConfig(model="cnn", optimizer="adam", learning_rate=1e-3, epochs=5, batch_size=128)
 # CF for Adam-trained CNNs: a restarted high-learning-rate SGD run, like the reference's CF.
-SGD_CF = UnlearnConfig(methods=("eu", "cf"), cf_optimizer="sgd", cf_learning_rate=0.05, cf_weight_decay=5e-4)
+SGD_CF = UnlearnConfig(methods=("eu", "cf"), cf_optimizer="sgd", cf_learning_rate=0.1, cf_weight_decay=5e-4)
 PAPER_RESNET = VictimConfig(model="resnet18", optimizer="sgd", learning_rate=0.1, epochs=40, batch_size=128,
                             weight_decay=5e-4, milestones=(14, 25, 35), crop_padding=4, flip=True)  # fmt: skip
 
