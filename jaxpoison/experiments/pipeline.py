@@ -106,7 +106,9 @@ def prepare(config: RunConfig, out: str | Path, *, force: bool = False, progress
 def detect_stage(prepared: Prepared, method: str, *, progress: bool = True) -> tuple[dict, Detection]:
     """Run (or reuse) detector ``method``; returns its metrics record and its flags/scores."""
     config = prepared.config
-    inputs = {"method": method, "detection": to_dict(config.detection), "seed": config.seed,
+    # Which other detectors run does not change this one's result: leave the list out of its key.
+    settings = {k: v for k, v in to_dict(config.detection).items() if k != "methods"}
+    inputs = {"method": method, "detection": settings, "seed": config.seed,
               "victim": prepared.keys["test_point"],
               "factors": prepared.keys["factors"] if method in NEEDS_FACTORS else None}  # fmt: skip
     n = len(prepared.poisoning.dataset)
