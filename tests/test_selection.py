@@ -418,16 +418,20 @@ def test_ifs_warns_about_an_unsettled_lissa_and_refuses_a_diverged_one():
     data = tiny_data()
     trigger = blended(data.image_shape, 0.2)
 
-    def config(scale):
+    def config(scale, auto_scale=False, curvature="hessian"):
         return IFSConfig(eta=2, surrogate_epochs=1, model="mlp", model_kwargs={"hidden": (16,)}, batch_size=40,
                          lissa=LissaConfig(damping=0.0, scale=scale, depth=40, batch_size=40),
-                         validation_size=24)  # fmt: skip
+                         validation_size=24, auto_scale=auto_scale, curvature=curvature)  # fmt: skip
 
     with pytest.warns(RuntimeWarning, match="LiSSA has not settled"):  # scale below the top eigenvalue: growth
         sel = ifs_selection(data, trigger, 0, 0.1, config(0.5), progress=False)
     assert sel.info["lissa"]["relative_change"] > 0.1
     with pytest.raises(SelectionError, match=r"LiSSA diverged .*raise lissa.scale \(now 0.0001\)"):
         ifs_selection(data, trigger, 0, 0.1, config(1e-4), progress=False)
+    # The automatic scale rescues the same hopeless setting: the recursion stays finite.
+    rescued = ifs_selection(data, trigger, 0, 0.1, config(1e-4, auto_scale=True, curvature="gauss_newton"),
+                            progress=False)  # fmt: skip
+    assert rescued.info["lissa"]["finite"] and rescued.info["lissa"]["scale"] > 1e-4
 
 
 def test_triggered_candidates_are_clipped_and_relabelled():
