@@ -72,53 +72,12 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxpoison.data import Dataset
+from jaxpoison.data.dct import dct2, dct_matrix, idct2  # noqa: F401 (re-exported)
 from jaxpoison.models import FunctionalModel, create_model, to_functional
 from jaxpoison.training.evaluate import iterate_padded
 
 FAMILIES = ("white_block", "noise_block", "gaussian_noise", "shadow", "blend")
 """The synthetic trigger families, in the order of their indices in :func:`apply_family`."""
-
-_HIGHEST = jax.lax.Precision.HIGHEST
-
-
-# ----------------------------------------------------------------------------- DCT
-
-
-def dct_matrix(n: int) -> np.ndarray:
-    """The orthonormal DCT-II matrix ``D`` ``[n, n]`` (float32): ``dct(x) = D @ x``, ``x = D.T @ dct(x)``."""
-    if n < 1:
-        raise ValueError(f"DCT size must be ≥ 1; got {n}.")
-    k = np.arange(n)[:, None]
-    i = np.arange(n)[None, :]
-    d = np.sqrt(2.0 / n) * np.cos(np.pi * (2 * i + 1) * k / (2 * n))
-    d[0] /= np.sqrt(2.0)
-    return d.astype(np.float32)
-
-
-def dct2(images: jax.Array) -> jax.Array:
-    """Per-channel orthonormal 2-D DCT-II of ``[..., H, W, C]`` images (``D_H X D_Wᵀ`` per channel).
-
-    Equals ``scipy.fft.dctn(x, type=2, norm="ortho", axes=(0, 1))`` for one ``[H, W, C]``
-    image; coefficient ``[k, l]`` is vertical frequency ``k``, horizontal frequency ``l``.
-    """
-    images = jnp.asarray(images)
-    if images.ndim < 3:
-        raise ValueError(f"dct2 needs [..., H, W, C] images; got shape {images.shape}.")
-    dh = jnp.asarray(dct_matrix(images.shape[-3]))
-    dw = jnp.asarray(dct_matrix(images.shape[-2]))
-    y = jnp.einsum("kh,...hwc->...kwc", dh, images, precision=_HIGHEST)
-    return jnp.einsum("lw,...kwc->...klc", dw, y, precision=_HIGHEST)
-
-
-def idct2(coefficients: jax.Array) -> jax.Array:
-    """The inverse of :func:`dct2` (``D_Hᵀ Y D_W`` per channel)."""
-    coefficients = jnp.asarray(coefficients)
-    if coefficients.ndim < 3:
-        raise ValueError(f"idct2 needs [..., H, W, C] coefficients; got shape {coefficients.shape}.")
-    dh = jnp.asarray(dct_matrix(coefficients.shape[-3]))
-    dw = jnp.asarray(dct_matrix(coefficients.shape[-2]))
-    x = jnp.einsum("kh,...kwc->...hwc", dh, coefficients, precision=_HIGHEST)
-    return jnp.einsum("lw,...hlc->...hwc", dw, x, precision=_HIGHEST)
 
 
 # ------------------------------------------------------------- synthetic triggers

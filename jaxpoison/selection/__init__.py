@@ -24,9 +24,10 @@ Retraining a victim on a selection is left to the caller
 (``jaxpoison.attacks.poison_dataset`` with ``PoisonConfig(indices=...)``).
 """
 
+from jaxpoison.data.dct import dct_matrix
 from jaxpoison.selection.common import ProxyTrainer, Selection, SelectionError, poison_budget, triggered
 from jaxpoison.selection.forgetting import FUSConfig, count_forgetting_events, fus_selection
-from jaxpoison.selection.frequency import dct_matrix, hfe_scores, hfe_selection, high_frequency_mask
+from jaxpoison.selection.frequency import hfe_scores, hfe_selection, high_frequency_mask
 from jaxpoison.selection.ifs import (
     IFSConfig,
     candidate_influence,

@@ -28,17 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison.data import Dataset
+from jaxpoison.data.dct import dct2
 from jaxpoison.selection.common import Selection, SelectionError, finish, poison_budget, triggered
-
-
-def dct_matrix(n: int) -> np.ndarray:
-    """The orthonormal DCT-II matrix ``D [n, n]``: ``D[u, m] = α(u) cos(π (2m + 1) u / 2n)``,
-    ``α(0) = √(1/n)``, ``α(u) = √(2/n)``; ``D Dᵀ = I``."""
-    u = np.arange(n)[:, None]
-    m = np.arange(n)[None, :]
-    d = np.cos(np.pi * (2 * m + 1) * u / (2 * n)) * np.sqrt(2.0 / n)
-    d[0] /= np.sqrt(2.0)
-    return d
 
 
 def high_frequency_mask(height: int, width: int, radius: float | None = None) -> np.ndarray:
@@ -52,9 +43,8 @@ def high_frequency_mask(height: int, width: int, radius: float | None = None) ->
 
 
 @jax.jit
-def _hfe_batch(images, d_h, d_w, mask):
-    coeffs = jnp.einsum("uh,nhwc,vw->nuvc", d_h, images, d_w)
-    energy = jnp.sum(coeffs**2, axis=-1)  # summed over channels: [n, H, W]
+def _hfe_batch(images, mask):
+    energy = jnp.sum(dct2(images) ** 2, axis=-1)  # summed over channels: [n, H, W]
     total = energy.sum(axis=(1, 2))
     high = jnp.sum(jnp.where(mask, energy, 0.0), axis=(1, 2))
     return jnp.where(total > 0, high / jnp.where(total > 0, total, 1.0), 0.0)
@@ -71,9 +61,8 @@ def hfe_scores(images, radius: float | None = None, batch_size: int = 1024) -> n
     if images.ndim != 4:
         raise SelectionError(f"images must be [N, H, W, C] or [H, W, C]; got shape {images.shape}.")
     _, h, w, _ = images.shape
-    d_h, d_w = jnp.asarray(dct_matrix(h), jnp.float32), jnp.asarray(dct_matrix(w), jnp.float32)
     mask = jnp.asarray(high_frequency_mask(h, w, radius))
-    return _scores_in_batches(images, functools.partial(_hfe_batch, d_h=d_h, d_w=d_w, mask=mask), batch_size)
+    return _scores_in_batches(images, functools.partial(_hfe_batch, mask=mask), batch_size)
 
 
 def _scores_in_batches(images: np.ndarray, fn, batch_size: int) -> np.ndarray:
