@@ -27,7 +27,7 @@ import numpy as np
 from jaxpoison.detection import mask_from_indices
 from jaxpoison.experiments.config import apply_overrides
 from jaxpoison.experiments.pipeline import detect_stage, prepare
-from jaxpoison.experiments.plots import plot_delta_by_transform, plot_roc
+from jaxpoison.experiments.plots import detection_plots
 from jaxpoison.experiments.presets import ALL_DETECTORS, get_preset
 from jaxpoison.experiments.report import detection_table
 from jaxpoison.runinfo import environment
@@ -68,15 +68,9 @@ def main(argv=None) -> dict:
     n = len(prepared.poisoning.dataset)
     mask = mask_from_indices(poisons, n)
     figures = Path(args.figures or Path(args.out).parent)
-    plots = {"roc": str(plot_roc({m: d.scores for m, d in detections.items()}, mask,
-                                 figures / f"roc_{args.dataset}_{args.attack}.png",
-                                 title=f"{args.dataset} {args.attack}: detectors"))}  # fmt: skip
-    if "delta_influence" in detections:
-        d = detections["delta_influence"]
-        figure = figures / f"delta_by_transform_{args.dataset}_{args.attack}.png"
-        title = f"ΔInfl per transformation ({args.dataset}, {args.attack})"
-        plots["delta_by_transform"] = str(plot_delta_by_transform(d.extra["delta"], d.extra["transforms"], mask,
-                                                                  figure, title=title))  # fmt: skip
+    label = f" ({args.dataset}, {args.attack})"
+    plots = {k: str(v) for k, v in detection_plots(detections, mask, figures, suffix=f"_{args.dataset}_{args.attack}",
+                                                   title=label).items()}  # fmt: skip
     ratio = None
     if "delta_influence" in records and "ekfac" in records:
         ratio = records["delta_influence"]["seconds"] / records["ekfac"]["seconds"]

@@ -106,8 +106,10 @@ def _load_run(run: Path, extra_detectors: tuple[str, ...] = ()):
 def _cmd_detect(args) -> int:
     import json
 
+    from jaxpoison.detection import mask_from_indices
     from jaxpoison.experiments import detect_stage, prepare
     from jaxpoison.experiments.detectors import LABELS
+    from jaxpoison.experiments.plots import detection_plots
     from jaxpoison.experiments.report import detection_table
 
     methods = tuple(LABELS) if args.method == "all" else tuple(m for m in args.method.split(",") if m)
@@ -124,14 +126,8 @@ def _cmd_detect(args) -> int:
     for method in methods:
         records[method], detections[method] = detect_stage(prepared, method, progress=not args.no_progress)
     path.write_text(json.dumps(records, indent=2, default=float))
-    from jaxpoison.detection import mask_from_indices
-    from jaxpoison.experiments.plots import plot_delta_by_transform, plot_roc
-
     mask = mask_from_indices(prepared.poisoning.poison_indices, len(prepared.poisoning.dataset))
-    plot_roc({LABELS[m]: d.scores for m, d in detections.items()}, mask, run / "plots" / "roc_detect.png")
-    if "delta_influence" in detections:
-        d = detections["delta_influence"]
-        plot_delta_by_transform(d.extra["delta"], d.extra["transforms"], mask, run / "plots" / "delta_by_transform.png")
+    detection_plots(detections, mask, run / "plots", suffix="_detect")
     print(detection_table({m: records[m] for m in methods}, int(prepared.poisoning.poison_indices.size)))
     print(f"Wrote {path} and plots in {run / 'plots'}")
     return 0
@@ -165,10 +161,7 @@ def _cmd_unlearn(args) -> int:
         if not (stage / "flagged.npy").exists():
             raise ValueError(f"detector {args.detector!r} has not run in {run}; run `jaxpoison detect` first.")
         flagged, detector = np.load(stage / "flagged.npy"), args.detector
-    n = len(prepared.poisoning.dataset)
-    bad = flagged[(flagged < 0) | (flagged >= n)]
-    if bad.size:
-        raise ValueError(f"{bad.size} flagged indices lie outside the training set [0, {n}) (e.g. {bad[:5].tolist()}).")
+    # Out-of-range indices are refused by the unlearning methods themselves (split_forget_retain).
     record = unlearn_stage(prepared, detector, args.method, flagged, progress=not args.no_progress)
     print(json.dumps({k: record[k] for k in ("detector", "unlearner", "psr", "clean_accuracy", "seconds")}, indent=2))
     return 0

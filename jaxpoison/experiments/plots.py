@@ -81,3 +81,27 @@ def plot_roc(
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+def detection_plots(
+    detections: Mapping, poison_mask: np.ndarray, directory: str | Path, *, suffix: str = "", title: str = ""
+) -> dict[str, Path]:
+    """The ROC curves of every detection and, when Δ-Influence ran, its ΔInfl-per-transformation plot.
+
+    ``detections`` maps detector names to :class:`~jaxpoison.experiments.detectors.Detection`;
+    files are ``roc{suffix}.png`` and ``delta_by_transform{suffix}.png`` in ``directory``.
+    """
+    from jaxpoison.experiments.detectors import LABELS
+
+    directory = Path(directory)
+    plots = {}
+    if detections:
+        plots["roc"] = plot_roc({LABELS.get(m, m): d.scores for m, d in detections.items()}, poison_mask,
+                                directory / f"roc{suffix}.png", title=f"Detectors: ROC{title}")  # fmt: skip
+    delta = detections.get("delta_influence")
+    if delta is not None and "delta" in delta.extra:
+        plots["delta_by_transform"] = plot_delta_by_transform(
+            delta.extra["delta"], delta.extra["transforms"], poison_mask,
+            directory / f"delta_by_transform{suffix}.png", title=f"ΔInfl per transformation{title}",
+        )  # fmt: skip
+    return plots

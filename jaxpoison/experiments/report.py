@@ -6,7 +6,11 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from jaxpoison.detection.metrics import mask_from_indices
+from jaxpoison.experiments.config import to_dict
 from jaxpoison.experiments.detectors import LABELS
+from jaxpoison.experiments.plots import detection_plots
+from jaxpoison.runinfo import environment
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -52,24 +56,11 @@ def stage_timings(store) -> dict:
 
 def write_report(prepared, detection_records: dict, detections: dict, unlearn_records: list, seconds: float) -> dict:
     """Write ``report.json``, ``report.md`` and the plots into the run directory; return the report."""
-    from jaxpoison.detection.metrics import mask_from_indices
-    from jaxpoison.experiments.config import to_dict
-    from jaxpoison.experiments.plots import plot_delta_by_transform, plot_roc
-    from jaxpoison.runinfo import environment
-
     root = prepared.store.root
     config = prepared.config
     poisons = prepared.poisoning.poison_indices
     mask = mask_from_indices(poisons, len(prepared.poisoning.dataset))
-    plots = {}
-    if detections:
-        plots["roc"] = str(plot_roc({LABELS.get(m, m): d.scores for m, d in detections.items()}, mask,
-                                    root / "plots" / "roc.png", title="Detectors: ROC"))  # fmt: skip
-    delta = detections.get("delta_influence")
-    if delta is not None and "delta" in delta.extra:
-        figure = root / "plots" / "delta_by_transform.png"
-        plots["delta_by_transform"] = str(plot_delta_by_transform(delta.extra["delta"], delta.extra["transforms"],
-                                                                  mask, figure))  # fmt: skip
+    plots = detection_plots(detections, mask, root / "plots")
     report = {
         "config": to_dict(config),
         "seed": config.seed,

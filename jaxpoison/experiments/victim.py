@@ -9,7 +9,6 @@ models as Orbax checkpoints of ``(params, state)``.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -247,7 +246,3 @@ def pick_test_point(
         raise ValueError("no triggered test image is classified as the target: the backdoor did not take, so there "
                          "is no poisoned test point to start detection from.")  # fmt: skip
     return int(victims[found[0]]), triggered[found[0]]
-
-
-def write_json(path: Path, record: dict) -> None:
-    path.write_text(json.dumps(record, indent=2, default=float))

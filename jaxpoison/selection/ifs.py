@@ -296,9 +296,11 @@ def _lissa_solve(apply, params, state, v, x, y, mean, std, key, *, config, curva
 @functools.partial(jax.jit, static_argnames=("apply", "batch_size", "curvature", "iterations"))
 def _top_eigenvalue(apply, params, state, x, y, mean, std, key, *, batch_size, curvature, iterations):
     """Power iteration on one random minibatch's curvature: its largest |eigenvalue|."""
-    batch_hvp = _curvature_product(apply, params, state, normalize(x, mean, std), y, curvature)
     idx_key, vec_key = jax.random.split(key)
     idx = jax.random.choice(idx_key, x.shape[0], (min(batch_size, x.shape[0]),), replace=False)
+    # Only this one minibatch is ever used: normalise it alone, not the whole training set.
+    batch_hvp = _curvature_product(apply, params, state, normalize(x[idx], mean, std), y[idx], curvature)
+    idx = jnp.arange(idx.shape[0])
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(vec_key, len(leaves))
     noise = [jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves, strict=True)]

@@ -35,8 +35,8 @@ def split_forget_retain(dataset: Dataset, flagged) -> tuple[Dataset, Dataset, np
     n = len(dataset)
     if flagged.size and (flagged[0] < 0 or flagged[-1] >= n):
         bad = flagged[(flagged < 0) | (flagged >= n)]
-        raise ValueError(f"{bad.size} flagged indices lie outside [0, {n}) (e.g. {bad[:5].tolist()}); they must "
-                         "index the training set the detector ran on.")  # fmt: skip
+        raise ValueError(f"{bad.size} flagged indices lie outside the training set [0, {n}) (e.g. "
+                         f"{bad[:5].tolist()}); they must index the training set the detector ran on.")  # fmt: skip
     if flagged.size == n:
         raise ValueError("every training point is flagged; nothing would be left to retain.")
     keep = np.ones(n, bool)

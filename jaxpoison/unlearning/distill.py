@@ -49,10 +49,6 @@ def kl_to_teacher(student_logits: jax.Array, teacher_logits: jax.Array, temperat
     return jnp.sum(jnp.exp(log_t) * (log_t - log_s), axis=-1)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1)[:, 0]
-
-
 def minibatches(dataset: Dataset, batch_size: int) -> Iterator[tuple[jax.Array, jax.Array, jax.Array, np.ndarray]]:
     """Sequential fixed-shape minibatches ``(x normalised, y, valid, indices)``, cycling forever."""
     if len(dataset) == 0:

@@ -15,9 +15,10 @@ import dataclasses
 import jax.numpy as jnp
 
 from jaxpoison.data import Dataset
+from jaxpoison.influence.losses import cross_entropy
 from jaxpoison.models import FunctionalModel
 from jaxpoison.unlearning.common import Selector, UnlearnResult, select, split_forget_retain
-from jaxpoison.unlearning.distill import DistillConfig, cross_entropy, kl_to_teacher, make_step, minibatches, optimizer
+from jaxpoison.unlearning.distill import DistillConfig, kl_to_teacher, make_step, minibatches, optimizer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison.data import Dataset, normalize
+from jaxpoison.influence.losses import cross_entropy
 from jaxpoison.models import FunctionalModel
 from jaxpoison.training import iterate_padded
 from jaxpoison.unlearning.common import Selector, UnlearnResult, select, split_forget_retain
@@ -44,8 +45,7 @@ class SSDConfig:
 @functools.partial(jax.jit, static_argnames=("apply",))
 def _squared_grad(params, state, x, y, valid, mean, std, *, apply: Callable):
     def loss(p):
-        logits = apply(p, state, normalize(x, mean, std))
-        ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1)[:, 0]
+        ce = cross_entropy(apply(p, state, normalize(x, mean, std)), y)
         return jnp.sum(ce * valid) / jnp.maximum(valid.sum(), 1)
 
     return jax.tree.map(jnp.square, jax.grad(loss)(params))
