@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--epsilons", default="0.02,0.04,0.06,0.1")
     parser.add_argument("--rates", default="0.005,0.01,0.02")
     parser.add_argument("--fixed-rate", type=float, default=0.01)
-    parser.add_argument("--fixed-epsilon", type=float, default=0.04)
+    parser.add_argument("--fixed-epsilon", type=float, default=0.04, help="ε of the rate sweep")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--rounds", type=int, default=3, help="FUS / RD rounds")
@@ -103,10 +103,26 @@ def main(argv=None) -> dict:
         for r in args.rates.split(",")
         if float(r) != args.fixed_rate or args.fixed_epsilon not in [s[1] for s in settings]
     ]
-    results = []
+    out = {
+        "dataset": args.dataset,
+        "train_size": len(train_set),
+        "target": args.target,
+        "victim_epochs": recipe.epochs,
+        "budget": budget,
+        "seeds": args.seeds,
+        "results": [],
+        "figure": str(Path(args.out).with_suffix(".png")),
+        "environment": environment(),
+    }
+    results = out["results"]
+    done = _finished(Path(args.out), out)
     for sweep, eps, rate in settings:
         trigger = blended(train_set.image_shape, eps)
         for method in methods:
+            key = (sweep, eps, rate, method)
+            if key in done:  # resume: a long CPU sweep must survive an interrupted session
+                results.append(done[key])
+                continue
             runs = []
             for seed in range(args.seeds):
                 start = time.perf_counter()
@@ -146,26 +162,33 @@ def main(argv=None) -> dict:
                 f"{record['seconds']:.0f}s",
                 flush=True,
             )
+            _write(Path(args.out), out)
 
-    figure = Path(args.out).with_suffix(".png")
-    plot(results, methods, figure)
-    out = {
-        "dataset": args.dataset,
-        "train_size": len(train_set),
-        "target": args.target,
-        "victim_epochs": recipe.epochs,
-        "budget": budget,
-        "seeds": args.seeds,
-        "results": results,
-        "figure": str(figure),
-        "environment": environment(),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    plot(results, methods, args.fixed_epsilon, Path(out["figure"]))
+    _write(Path(args.out), out)
     return out
 
 
-def plot(results, methods, path: Path) -> None:
+def _write(path: Path, out: dict) -> None:
+    """Write the JSON after every (setting, method) so partial sweeps are kept."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=2))
+    tmp.replace(path)
+
+
+def _finished(path: Path, out: dict) -> dict:
+    """Records of an earlier run of the same sweep in ``path``, keyed by setting and method."""
+    if not path.exists():
+        return {}
+    previous = json.loads(path.read_text())
+    same = ("dataset", "train_size", "target", "victim_epochs", "budget", "seeds")
+    if any(previous.get(k) != out[k] for k in same):
+        raise SystemExit(f"{path} holds a different sweep ({', '.join(same)} differ); pass another --out")
+    return {(r["sweep"], r["epsilon"], r["rate"], r["method"]): r for r in previous["results"]}
+
+
+def plot(results, methods, fixed_epsilon: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,7 +200,14 @@ def plot(results, methods, path: Path) -> None:
         (axes[1], "rate", "rate", "poison rate r"),
     ):
         for method in methods:
-            rows = sorted((r for r in results if r["sweep"] == sweep and r["method"] == method), key=lambda r: r[key])
+            # the rate panel also takes the ε-sweep point that sits at the fixed ε
+            rows = [
+                r
+                for r in results
+                if r["method"] == method
+                and (r["sweep"] == sweep or (sweep == "rate" and r["epsilon"] == fixed_epsilon))
+            ]
+            rows = sorted(rows, key=lambda r: r[key])
             if rows:
                 ax.errorbar(
                     [r[key] for r in rows],

@@ -338,7 +338,8 @@ def test_influence_ranks_agree_with_leave_one_out_retraining():
 
     def objective(params, x, y):
         return batch_loss(apply, cross_entropy, "mean")(params, x, y) + 0.5 * l2 * sum(
-            jnp.sum(p**2) for p in jax.tree.leaves(params))
+            jnp.sum(p**2) for p in jax.tree.leaves(params)
+        )
 
     @jax.jit
     def newton_step(params, x, y):
@@ -421,3 +422,28 @@ def test_parameters_that_do_not_fit_the_model_are_refused():
         fit_factors(mixed, tiny_data(n=4), progress=False)
     with pytest.raises(ValueError, match="do not fit the model"):
         pairwise_scores(mixed, tiny_data(n=4), np.zeros((1, 8, 8, 1)), np.zeros(1, int), None, progress=False)
+
+
+def test_cross_entropy_keeps_its_gradient_for_confident_points():
+    # Margin 20: float32 softmax rounds p_y to 1, which zeroes the label's gradient in
+    # the softmax − onehot form. The margin form must match the float64 gradient.
+    import optax
+
+    logits = np.array([[20.0, 0.0, -1.0], [0.3, -0.2, 0.1], [-3.0, 25.0, 2.0]])
+    labels = np.array([0, 2, 1])
+    exact = jax.vmap(jax.grad(lambda z, t: optax.softmax_cross_entropy_with_integer_labels(z, t)))(
+        jnp.asarray(logits, jnp.float64), jnp.asarray(labels)
+    )
+    ours = jax.vmap(jax.grad(cross_entropy))(jnp.asarray(logits, jnp.float32), jnp.asarray(labels))
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(exact), rtol=1e-4, atol=0)
+    naive = jax.vmap(jax.grad(lambda z, t: optax.softmax_cross_entropy_with_integer_labels(z, t)))(
+        jnp.asarray(logits, jnp.float32), jnp.asarray(labels)
+    )
+    assert float(naive[0, 0]) == 0.0  # the defect this form avoids
+    # batched call and value agree with the textbook formula
+    values = cross_entropy(jnp.asarray(logits, jnp.float64), jnp.asarray(labels))
+    # log(Σ_j e^{z_j}) − z_y = log1p(Σ_{j≠y} e^{z_j − z_y}), free of cancellation
+    gaps = logits - logits[np.arange(3), labels][:, None]
+    gaps[np.arange(3), labels] = -np.inf
+    reference = np.log1p(np.exp(gaps).sum(1))
+    np.testing.assert_allclose(np.asarray(values), reference, rtol=1e-12)

@@ -24,6 +24,7 @@ from jaxpoison.influence import Factors, ScoreConfig, TrakConfig
 from jaxpoison.models import FunctionalModel
 
 NEEDS_FACTORS = ("delta_influence", "delta_label_only", "delta_image_only", "ekfac")
+INFLUENCE_BASED = (*NEEDS_FACTORS, "trak")  # results depend on the influence numerics
 DELTA_MODES = {"delta_influence": "both", "delta_label_only": "label", "delta_image_only": "image"}
 LABELS = {"delta_influence": "Δ-Influence", "delta_label_only": "Δ-Influence (labels only)",
           "delta_image_only": "Δ-Influence (images only)", "ekfac": "EK-FAC threshold", "trak": "TRAK threshold",

@@ -19,7 +19,7 @@ import numpy as np
 from jaxpoison.attacks import attack_metrics
 from jaxpoison.detection.metrics import detection_metrics
 from jaxpoison.experiments.config import RunConfig, config_hash, to_dict
-from jaxpoison.experiments.detectors import NEEDS_FACTORS, Detection, Victim, run_detector
+from jaxpoison.experiments.detectors import INFLUENCE_BASED, NEEDS_FACTORS, Detection, Victim, run_detector
 from jaxpoison.experiments.report import write_report
 from jaxpoison.experiments.store import RunStore
 from jaxpoison.experiments.victim import (
@@ -35,7 +35,7 @@ from jaxpoison.experiments.victim import (
     recipe_of,
     victim_stage,
 )
-from jaxpoison.influence import FactorConfig, Factors, fit_factors, load_factors, save_factors
+from jaxpoison.influence import NUMERICS_VERSION, FactorConfig, Factors, fit_factors, load_factors, save_factors
 from jaxpoison.models import FunctionalModel
 from jaxpoison.unlearning import (
     BadTeacherConfig,
@@ -95,7 +95,8 @@ def prepare(config: RunConfig, out: str | Path, *, force: bool = False, progress
             save_factors(directory / "factors", fitted)
             return {"fisher": factor_config.fisher}
 
-        factor_key, _ = store.run("factors", {"victim": victim_key, "factors": dataclasses.asdict(factor_config)}, fit)
+        factor_key, _ = store.run("factors", {"victim": victim_key, "factors": dataclasses.asdict(factor_config),
+                                              "numerics": NUMERICS_VERSION}, fit)  # fmt: skip
         factors = load_factors(store.path("factors") / "factors", model)
     keys = {"clean": clean_key, "poison": poison_key, "victim": victim_key, "test_point": point_key,
             "factors": factor_key}  # fmt: skip
@@ -110,7 +111,8 @@ def detect_stage(prepared: Prepared, method: str, *, progress: bool = True) -> t
     settings = {k: v for k, v in to_dict(config.detection).items() if k != "methods"}
     inputs = {"method": method, "detection": settings, "seed": config.seed,
               "victim": prepared.keys["test_point"],
-              "factors": prepared.keys["factors"] if method in NEEDS_FACTORS else None}  # fmt: skip
+              "factors": prepared.keys["factors"] if method in NEEDS_FACTORS else None,
+              "numerics": NUMERICS_VERSION if method in INFLUENCE_BASED else None}  # fmt: skip
     n = len(prepared.poisoning.dataset)
 
     def compute(directory: Path) -> dict:

@@ -27,7 +27,14 @@ from jaxpoison.influence.kfac import (
     precondition,
     save_factors,
 )
-from jaxpoison.influence.losses import MEASUREMENTS, batch_loss, cross_entropy, get_measurement, margin_measurement
+from jaxpoison.influence.losses import (
+    MEASUREMENTS,
+    NUMERICS_VERSION,
+    batch_loss,
+    cross_entropy,
+    get_measurement,
+    margin_measurement,
+)
 from jaxpoison.influence.scores import (
     SIGN_CONVENTION,
     ScoreConfig,
@@ -52,6 +59,7 @@ from jaxpoison.influence.trak import TrakConfig, trak_features, trak_scores
 
 __all__ = [
     "MEASUREMENTS",
+    "NUMERICS_VERSION",
     "SIGN_CONVENTION",
     "CGInfo",
     "FactorConfig",

@@ -19,14 +19,34 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
+
+# Bump when a change alters influence scores numerically; cached run stages keyed on it
+# (factors, influence-based detectors) are then recomputed instead of silently reused.
+# 2: cross-entropy in margin form (exact gradients for confidently fitted points).
+NUMERICS_VERSION = 2
 
 LogitLoss = Callable[[jax.Array, jax.Array], jax.Array]  # (logits [C], label []) -> scalar
 
 
+def _label_margin(logits: jax.Array, label: jax.Array) -> jax.Array:
+    """``logit_y - logsumexp(logits without y)`` for logits ``[..., C]`` and labels ``[...]``."""
+    label = jnp.asarray(label)
+    is_label = jax.nn.one_hot(label, logits.shape[-1], dtype=bool)
+    own = jnp.take_along_axis(logits, label[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return own - jax.nn.logsumexp(jnp.where(is_label, -jnp.inf, logits), axis=-1)
+
+
 def cross_entropy(logits: jax.Array, label: jax.Array) -> jax.Array:
-    """Cross-entropy of one example."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, label)
+    """Cross-entropy of one example (or a batch: logits ``[..., C]``, labels ``[...]``).
+
+    Written as ``softplus(-margin)``, which equals ``logsumexp(logits) - logit_y`` but keeps
+    its gradient exact for confidently fitted points. The usual ``softmax - onehot`` form
+    rounds ``p_y`` to 1 in float32 once the margin passes ~16, so the label's gradient
+    component becomes exactly 0 while the others stay ~e^-margin: the gradient points the
+    wrong way. Backdoor poisons are fitted that confidently (half of a Fashion-MNIST
+    BadNet victim's poisons), and influence only uses the gradient's direction.
+    """
+    return jax.nn.softplus(-_label_margin(logits, label))
 
 
 def margin_measurement(logits: jax.Array, label: jax.Array) -> jax.Array:
@@ -36,8 +56,7 @@ def margin_measurement(logits: jax.Array, label: jax.Array) -> jax.Array:
     cross-entropy, does not saturate when the query is already confidently
     classified.
     """
-    others = jnp.where(jax.nn.one_hot(label, logits.shape[-1], dtype=bool), -jnp.inf, logits)
-    return -(logits[label] - jax.nn.logsumexp(others))
+    return -_label_margin(logits, label)
 
 
 MEASUREMENTS: dict[str, LogitLoss] = {"cross_entropy": cross_entropy, "margin": margin_measurement}
