@@ -61,7 +61,7 @@ print(f"{poisons.size} poisons among {len(run.poisoning.dataset)} training image
 fig, axes = plt.subplots(1, 2, figsize=(4, 2))
 axes[0].imshow(run.poisoning.dataset.images[poisons[0]].squeeze(), cmap="gray")
 axes[0].set_title("a poison")
-axes[1].imshow(run.victim.test_image.squeeze(), cmap="gray")
+axes[1].imshow(run.victim.test_images[0].squeeze(), cmap="gray")
 axes[1].set_title(f"test point → {run.victim.target}")
 for ax in axes:
     ax.axis("off")
@@ -75,7 +75,7 @@ plt.show()
 # modification `k`.
 
 # %%
-result = delta_influence(run.victim.model, run.victim.train, run.victim.test_image, run.victim.target,
+result = delta_influence(run.victim.model, run.victim.train, run.victim.test_images, run.victim.target,
                          run.factors, DeltaConfig(n_b=50, tau=0.0, n_tol=1),
                          ScoreConfig(damping=config.detection.damping), progress=False)  # fmt: skip
 metrics = detection_metrics(result.flagged, poisons, len(run.victim.train), result.scores)

@@ -81,7 +81,7 @@ def test_delta_influence_finds_badnet_poisons(tiny_run):
     """On digits with a 2×2 BadNet patch, Δ-Influence flags ≥ 90 % of poisons at ≥ 5× the base rate."""
     victim, factors, poisons = tiny_run.victim, tiny_run.factors, tiny_run.poisoning.poison_indices
     config = DeltaConfig()
-    result = delta_influence(victim.model, victim.train, victim.test_image, victim.target, factors, config,
+    result = delta_influence(victim.model, victim.train, victim.test_images, victim.target, factors, config,
                              tiny_run.score_config, progress=False)  # fmt: skip
     n = len(victim.train)
     metrics = detection_metrics(result.flagged, poisons, n, result.scores)
@@ -108,7 +108,7 @@ def test_delta_influence_rejects_bad_input(tiny_run):
     with pytest.raises(ValueError, match="training image shape"):
         delta_influence(victim.model, victim.train, np.zeros((4, 4, 1), np.float32), victim.target, None)
     with pytest.raises(ValueError, match="empty"):
-        delta_influence(victim.model, victim.train.subset(np.arange(0)), victim.test_image, victim.target, None)
+        delta_influence(victim.model, victim.train.subset(np.arange(0)), victim.test_images, victim.target, None)
 
 
 def test_several_test_points_are_scored_together_and_aggregated(tiny_run):
@@ -119,7 +119,7 @@ def test_several_test_points_are_scored_together_and_aggregated(tiny_run):
                                 (triggered - victim.train.mean) / victim.train.std)  # fmt: skip
     points = triggered[np.flatnonzero(np.asarray(logits).argmax(-1) == victim.target)[:2]]
     assert len(points) == 2
-    config = DeltaConfig(n_b=10, n_tol=1)
+    config = DeltaConfig(n_b=10, n_tol=1, aggregate="union")
     union = delta_influence(victim.model, victim.train, points, victim.target, tiny_run.factors, config,
                             tiny_run.score_config, progress=False)  # fmt: skip
     both = config.replace(aggregate="intersection")
@@ -130,3 +130,22 @@ def test_several_test_points_are_scored_together_and_aggregated(tiny_run):
     assert set(union.flagged.tolist()) == per_point[0] | per_point[1]
     assert set(inter.flagged.tolist()) == per_point[0] & per_point[1]
     np.testing.assert_allclose(inter.delta, union.delta)  # same keys: the same queries either way
+
+
+def test_threshold_baselines_intersect_several_test_points(tiny_run):
+    from jaxpoison.detection.threshold import ekfac_threshold
+    from jaxpoison.experiments.victim import pick_test_points
+
+    victim = tiny_run.victim
+    _, points = pick_test_points(victim.model, tiny_run.poisoning, None, tiny_run.splits.test, 2)
+    assert points.shape == (2, *victim.train.image_shape)
+    each = [ekfac_threshold(victim.model, victim.train, p, victim.target, tiny_run.factors, tiny_run.score_config,
+                            None, progress=False) for p in points]  # fmt: skip
+    both = ekfac_threshold(victim.model, victim.train, points, victim.target, tiny_run.factors, tiny_run.score_config,
+                           None, progress=False)  # fmt: skip
+    assert set(both.flagged.tolist()) == set(each[0].flagged.tolist()) & set(each[1].flagged.tolist())
+    assert both.thresholds == pytest.approx(each[0].thresholds + each[1].thresholds, rel=1e-5)
+    # ROC score: a point is above every cut exactly when its smallest margin is positive
+    np.testing.assert_array_equal(np.flatnonzero(both.scores > 0), both.flagged)
+    with pytest.raises(ValueError, match=r"lower detection\.test_points"):
+        pick_test_points(victim.model, tiny_run.poisoning, None, tiny_run.splits.test, 10_000)

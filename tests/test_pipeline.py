@@ -91,11 +91,13 @@ def test_overrides_and_their_errors():
     for bad, match in (("attack.nope=1", "unknown key"), ("nope.rate=1", "unknown section"),
                        ("attack.rate=abc", "attack.rate"), ("attack.rate", "KEY=VALUE"),
                        ("unlearning.methods=eu,magic", "unknown entries"), ("detection.delta.n_tol=60", "n_tol"),
-                       ("attack=1", "section")):  # fmt: skip
+                       ("attack=1", "section"), ("detection.test_points=0", "at least 1")):  # fmt: skip
         with pytest.raises(ConfigError, match=match):
             apply_overrides(get_preset("digits-badnet-tiny"), [bad])
     with pytest.raises(ConfigError, match="unknown preset"):
         get_preset("cifar-everything")
+    with pytest.raises(ConfigError, match="one target test image"):
+        apply_overrides(get_preset("fmnist-brew"), ["detection.test_points=3"])
 
 
 def test_run_directory_guards(tmp_path):

@@ -6,6 +6,11 @@ above a threshold. The Δ-Influence reference flagged EK-FAC scores ``> 10``; sc
 live on a model- and dataset-dependent scale, so ``threshold=None`` instead uses a
 robust outlier rule — ``median + k · MAD`` of the score vector — which needs no tuning
 per model and is what the TRAK baseline uses by default (TRAK scores are on another scale).
+
+With several identified test points the baselines are "boosted" as in the Δ-Influence
+paper's Tables 4–5: each point gets its own cut and a training point is flagged only when
+it exceeds the cut of every point (intersection); its ROC score is the smallest of its
+per-point margins over the cut.
 """
 
 from __future__ import annotations
@@ -24,11 +29,11 @@ REFERENCE_EKFAC_THRESHOLD = 10.0
 
 
 class ThresholdResult(NamedTuple):
-    """``flagged`` sorted indices, ``scores [N]`` (higher = more suspicious), the threshold used, seconds."""
+    """``flagged`` sorted indices, ``scores [N]`` (higher = more suspicious), the cut of each test point, seconds."""
 
     flagged: np.ndarray
     scores: np.ndarray
-    threshold: float
+    thresholds: tuple[float, ...]
     seconds: float
 
 
@@ -51,19 +56,34 @@ def threshold_flags(scores: np.ndarray, threshold: float | None, k: float = 5.0)
     return np.flatnonzero(scores > cut), cut
 
 
-def _query(test_image: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
-    image = np.asarray(test_image, np.float32)
-    if image.ndim == 4:
-        if image.shape[0] != 1:
-            raise ValueError("threshold baselines take one test point; run them per point for several.")
-        image = image[0]
-    return image[None], np.array([target], np.int32)
+def _queries(test_images: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
+    images = np.asarray(test_images, np.float32)
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"test_images must be one image [H, W, C] or several [k, H, W, C]; got {images.shape}.")
+    return images, np.full(len(images), target, np.int32)
+
+
+def _boosted(values: np.ndarray, threshold: float | None, start: float) -> ThresholdResult:
+    """Intersect the per-point flags of score rows ``values [k, N]``; score = min margin over the cut."""
+    cuts, masks = [], []
+    for row in np.asarray(values):
+        flagged, cut = threshold_flags(row, threshold)
+        mask = np.zeros(row.shape[0], bool)
+        mask[flagged] = True
+        cuts.append(cut)
+        masks.append(mask)
+    values = np.asarray(values, np.float64)
+    scores = values[0] if len(values) == 1 else np.min(values - np.array(cuts)[:, None], axis=0)
+    flagged = np.flatnonzero(np.all(masks, axis=0))
+    return ThresholdResult(flagged, scores, tuple(cuts), time.perf_counter() - start)
 
 
 def ekfac_threshold(
     model: FunctionalModel,
     train: Dataset,
-    test_image: np.ndarray,
+    test_images: np.ndarray,
     target: int,
     factors: Factors | None,
     score_config: ScoreConfig = ScoreConfig(),
@@ -72,19 +92,20 @@ def ekfac_threshold(
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = True,
 ) -> ThresholdResult:
-    """Flag training points whose EK-FAC influence on ``(test_image, target)`` exceeds ``threshold``."""
+    """Flag training points whose EK-FAC influence on ``(test_images, target)`` exceeds ``threshold``.
+
+    ``test_images`` is one image or ``[k, ...]`` identified points (flags intersected, see module doc).
+    """
     start = time.perf_counter()
-    images, labels = _query(test_image, target)
+    images, labels = _queries(test_images, target)
     scores = pairwise_scores(model, train, images, labels, factors, score_config, mesh=mesh, progress=progress)
-    values = np.asarray(scores.values[0])
-    flagged, cut = threshold_flags(values, threshold)
-    return ThresholdResult(flagged, values, cut, time.perf_counter() - start)
+    return _boosted(scores.values, threshold, start)
 
 
 def trak_threshold(
     model: FunctionalModel,
     train: Dataset,
-    test_image: np.ndarray,
+    test_images: np.ndarray,
     target: int,
     config: TrakConfig = TrakConfig(),
     threshold: float | None = None,
@@ -92,9 +113,11 @@ def trak_threshold(
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = True,
 ) -> ThresholdResult:
-    """Flag training points whose TRAK score on ``(test_image, target)`` exceeds ``threshold``."""
+    """Flag training points whose TRAK score on ``(test_images, target)`` exceeds ``threshold``.
+
+    ``test_images`` is one image or ``[k, ...]`` identified points (flags intersected, see module doc).
+    """
     start = time.perf_counter()
-    images, labels = _query(test_image, target)
-    values = np.asarray(trak_scores(model, train, images, labels, config, mesh=mesh, progress=progress).values[0])
-    flagged, cut = threshold_flags(values, threshold)
-    return ThresholdResult(flagged, values, cut, time.perf_counter() - start)
+    images, labels = _queries(test_images, target)
+    values = trak_scores(model, train, images, labels, config, mesh=mesh, progress=progress).values
+    return _boosted(values, threshold, start)

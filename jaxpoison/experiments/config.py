@@ -83,6 +83,10 @@ class VictimConfig:
 class DetectionConfig:
     """Attributes:
     methods: detectors to run (see ``DETECTORS``).
+    test_points: identified poisoned test points to start from (the first ones the victim
+      assigns to the target). With more than one, Δ-Influence and the EK-FAC/TRAK thresholds
+      keep only points flagged from every test point (the paper's Tables 4–5); the paper's
+      headline setting is one.
     delta: Δ-Influence settings.
     fisher: ``"true"`` (sampled labels, kronfluence's default) or ``"empirical"`` Fisher for EK-FAC.
     factor_batch_size / score_batch_size: batch sizes of the factor fit and scoring passes.
@@ -93,6 +97,7 @@ class DetectionConfig:
     """
 
     methods: tuple[str, ...] = ("delta_influence", "ekfac", "spectral", "activation_clustering")
+    test_points: int = 1
     delta: DeltaConfig = DeltaConfig()
     fisher: str = "true"
     factor_batch_size: int = 128
@@ -175,6 +180,10 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"data.validation_fraction must lie in [0, 0.5); got {config.data.validation_fraction}.")
     if config.detection.fisher not in ("true", "empirical"):
         raise ConfigError(f"detection.fisher must be 'true' or 'empirical'; got {config.detection.fisher!r}.")
+    if config.detection.test_points < 1:
+        raise ConfigError(f"detection.test_points must be at least 1; got {config.detection.test_points}.")
+    if config.attack.name == "brew" and config.detection.test_points != 1:
+        raise ConfigError("Witches' Brew poisons one target test image: set detection.test_points=1.")
 
 
 # --------------------------------------------------------------------------- (de)serialisation

@@ -42,15 +42,16 @@ class Detection(NamedTuple):
 
 
 class Victim(NamedTuple):
-    """What a detector may look at: the model, its (poisoned) training set, one poisoned test point.
+    """What a detector may look at: the model, its (poisoned) training set, identified poisoned test points.
 
+    ``test_images`` is ``[k, H, W, C]`` (k ≥ 1) triggered images the model assigns to ``target``;
     ``clean_train`` is clean data FreqDef may train on (a defender's own clean set);
     ``poison_rate`` is the defender's assumed poison share (spectral signatures need it).
     """
 
     model: FunctionalModel
     train: Dataset
-    test_image: np.ndarray
+    test_images: np.ndarray
     target: int
     clean_train: Dataset
     poison_rate: float
@@ -78,7 +79,7 @@ def run_detector(
     start = time.perf_counter()
     extra: dict[str, Any] = {}
     if method in DELTA_MODES:
-        result = delta_influence(victim.model, victim.train, victim.test_image, victim.target, factors,
+        result = delta_influence(victim.model, victim.train, victim.test_images, victim.target, factors,
                                  config.delta.replace(modify=DELTA_MODES[method], seed=seed), score_config,
                                  progress=progress)  # fmt: skip
         flagged, scores = result.flagged, result.scores
@@ -86,14 +87,14 @@ def run_detector(
         extra = {"delta": result.delta[0], "old": result.old[0], "transforms": list(query.transforms),
                  "labels": query.labels.tolist(), "phases": result.seconds}  # fmt: skip
     elif method == "ekfac":
-        result = ekfac_threshold(victim.model, victim.train, victim.test_image, victim.target, factors, score_config,
+        result = ekfac_threshold(victim.model, victim.train, victim.test_images, victim.target, factors, score_config,
                                  config.ekfac_threshold, progress=progress)  # fmt: skip
-        flagged, scores, extra = result.flagged, result.scores, {"threshold": result.threshold}
+        flagged, scores, extra = result.flagged, result.scores, {"thresholds": list(result.thresholds)}
     elif method == "trak":
         trak = TrakConfig(projection_dim=config.trak_projection_dim, batch_size=config.score_batch_size, seed=seed)
-        result = trak_threshold(victim.model, victim.train, victim.test_image, victim.target, trak,
+        result = trak_threshold(victim.model, victim.train, victim.test_images, victim.target, trak,
                                 progress=progress)  # fmt: skip
-        flagged, scores, extra = result.flagged, result.scores, {"threshold": result.threshold}
+        flagged, scores, extra = result.flagged, result.scores, {"thresholds": list(result.thresholds)}
     elif method in ("spectral", "spectral_reference", "activation_clustering"):
         if features is None:
             features = penultimate_features(victim.model, victim.train, progress=progress)

@@ -29,7 +29,7 @@ from jaxpoison.experiments.victim import (
     clean_stage,
     init_model,
     load_data,
-    pick_test_point,
+    pick_test_points,
     poison_stage,
     poison_success,
     recipe_of,
@@ -76,13 +76,14 @@ def prepare(config: RunConfig, out: str | Path, *, force: bool = False, progress
     victim_key, model, victim_record = victim_stage(store, config, splits, poisoning, poison_key, progress)
 
     def pick(directory: Path) -> dict:
-        index, image = pick_test_point(model, poisoning, config.attack.source, splits.test)
-        np.save(directory / "image.npy", image)
-        return {"test_index": index, "target": poisoning.target}
+        indices, images = pick_test_points(model, poisoning, config.attack.source, splits.test,
+                                           config.detection.test_points)  # fmt: skip
+        np.save(directory / "images.npy", images)
+        return {"test_indices": indices.tolist(), "target": poisoning.target}
 
-    point_key, point = store.run("test_point", {"victim": victim_key}, pick)
-    image = np.load(store.path("test_point") / "image.npy")
-    victim = Victim(model, poisoning.dataset, image, int(point["target"]), splits.train, config.attack.rate)
+    point_key, point = store.run("test_point", {"victim": victim_key, "count": config.detection.test_points}, pick)
+    images = np.load(store.path("test_point") / "images.npy")
+    victim = Victim(model, poisoning.dataset, images, int(point["target"]), splits.train, config.attack.rate)
 
     factors, factor_key = None, None
     if any(m in NEEDS_FACTORS for m in config.detection.methods):

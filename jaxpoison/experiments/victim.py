@@ -228,15 +228,18 @@ def victim_stage(
     return key, model, record
 
 
-def pick_test_point(
-    model: FunctionalModel, poisoning: Poisoning, source: int | None, test: Dataset
-) -> tuple[int, np.ndarray]:
-    """The first triggered victim-class test image the victim assigns to the target (the reference's choice).
+def pick_test_points(
+    model: FunctionalModel, poisoning: Poisoning, source: int | None, test: Dataset, count: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` triggered victim-class test images the victim assigns to the target.
 
-    For Witches' Brew, the brew's target image itself.
+    The first one is the reference's choice. Returns ``(test indices [k], images [k, H, W, C])``;
+    for Witches' Brew, the brew's target image itself (``count`` must be 1).
     """
     if poisoning.trigger is None:
-        return int(poisoning.brew_target), test.images[poisoning.brew_target]
+        if count != 1:
+            raise ValueError("Witches' Brew has a single target test image; ask for one test point.")
+        return np.array([poisoning.brew_target]), test.images[poisoning.brew_target][None]
     victims = np.flatnonzero(test.labels == source if source is not None else test.labels != poisoning.target)
     triggered = np.clip(np.asarray(poisoning.trigger.apply(test.images[victims])), 0, 1).astype(np.float32)
     hits = test.subset(victims).replace(images=triggered)
@@ -245,4 +248,7 @@ def pick_test_point(
     if found.size == 0:
         raise ValueError("no triggered test image is classified as the target: the backdoor did not take, so there "
                          "is no poisoned test point to start detection from.")  # fmt: skip
-    return int(victims[found[0]]), triggered[found[0]]
+    if found.size < count:
+        raise ValueError(f"only {found.size} triggered test images are classified as the target; lower "
+                         f"detection.test_points from {count} to at most {found.size}.")  # fmt: skip
+    return victims[found[:count]], triggered[found[:count]]
