@@ -1,11 +1,13 @@
 """Poison detection on one victim: Δ-Influence, its ablations and the baselines, side by side.
 
 Poisons the training set (BadNet, blended or smooth trigger; 1 % all-to-one toward class 0),
-trains the CNN victim, picks the first triggered test image it assigns to the target, fits
-EK-FAC factors once, then runs every detector and records ``tpr``, ``precision``,
-``auroc``, ``n_flagged`` and ``seconds`` (factor fit excluded; it is shared and reported
-once as ``factor_seconds``). ``delta_over_ekfac_seconds`` is Δ-Influence's time (51
-queries in one pass) over the plain EK-FAC threshold's (one query, one pass).
+trains the CNN victim, picks the first ``detection.test_points`` triggered test images it
+assigns to the target (the preset's number; ``--set detection.test_points=1`` for the
+paper's single-point setting), fits EK-FAC factors once, then runs every detector and
+records ``tpr``, ``precision``, ``auroc``, ``n_flagged`` and ``seconds`` (factor fit
+excluded; it is shared and reported once as ``factor_seconds``). ``delta_over_ekfac_seconds``
+is Δ-Influence's time (k·51 queries in one pass) over the EK-FAC threshold's (k queries,
+one pass).
 
 The run directory keeps every stage (victim, factors, each detector), so a second run with
 the same settings only re-does what changed.

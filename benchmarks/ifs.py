@@ -26,50 +26,19 @@ from jaxpoison.attacks import PoisonConfig, attack_metrics, blended, poison_data
 from jaxpoison.data import load_splits
 from jaxpoison.models import create_model, to_functional
 from jaxpoison.runinfo import environment
-from jaxpoison.selection import (
-    FUSConfig,
-    IFSConfig,
-    RDConfig,
-    fus_selection,
-    hfe_selection,
-    ifs_selection,
-    random_selection,
-    rd_selection,
-)
+from jaxpoison.selection import SELECTORS, FUSConfig, IFSConfig, RDConfig, select_poisons
 from jaxpoison.training import adam_recipe, train
 
-METHODS = ("rs", "fus", "rd", "hfe", "ifs")
+METHODS = SELECTORS
 
 
 def select(method, data, trigger, target, rate, seed, budget):
-    epochs = budget["proxy_epochs"]
-    if method == "rs":
-        return random_selection(data, target, rate, seed=seed)
-    if method == "hfe":
-        return hfe_selection(data, trigger, target, rate)
-    if method == "fus":
-        return fus_selection(
-            data,
-            trigger,
-            target,
-            rate,
-            FUSConfig(rounds=budget["rounds"], epochs=max(2, epochs)),
-            seed=seed,
-            progress=False,
-        )
-    if method == "rd":
-        return rd_selection(
-            data,
-            trigger,
-            target,
-            rate,
-            RDConfig(rounds=budget["rounds"], score_epochs=epochs),
-            seed=seed,
-            progress=False,
-        )
-    return ifs_selection(
-        data, trigger, target, rate, IFSConfig(surrogate_epochs=budget["surrogate_epochs"]), seed=seed, progress=False
-    )
+    configs = {
+        "fus": FUSConfig(rounds=budget["rounds"], epochs=max(2, budget["proxy_epochs"])),
+        "rd": RDConfig(rounds=budget["rounds"], score_epochs=budget["proxy_epochs"]),
+        "ifs": IFSConfig(surrogate_epochs=budget["surrogate_epochs"]),
+    }
+    return select_poisons(method, data, trigger, target, rate, configs.get(method), seed=seed, progress=False)
 
 
 def main(argv=None) -> dict:

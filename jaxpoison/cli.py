@@ -172,13 +172,7 @@ def _cmd_select(args) -> int:
 
     from jaxpoison.attacks import PatchTrigger, blended, square_patch
     from jaxpoison.data import load_splits
-    from jaxpoison.selection import (
-        fus_selection,
-        hfe_selection,
-        ifs_selection,
-        random_selection,
-        rd_selection,
-    )
+    from jaxpoison.selection import select_poisons
 
     out = Path(args.out)
     if (out / "manifest.json").exists() and not args.force:
@@ -193,17 +187,8 @@ def _cmd_select(args) -> int:
         colour = (1.0,) if shape[-1] == 1 else (1.0, 1.0, 0.0)
         square = square_patch(shape, size=args.patch_size, color=colour)
         trigger = PatchTrigger(square.mask * args.epsilon, square.pattern, name=f"patch{args.patch_size}")
-    common = {"seed": args.seed}
-    if args.method == "rs":
-        chosen = random_selection(train_set, args.target, args.rate, **common)
-    elif args.method == "hfe":
-        chosen = hfe_selection(train_set, trigger, args.target, args.rate)
-    elif args.method == "fus":
-        chosen = fus_selection(train_set, trigger, args.target, args.rate, progress=not args.no_progress, **common)
-    elif args.method == "rd":
-        chosen = rd_selection(train_set, trigger, args.target, args.rate, progress=not args.no_progress, **common)
-    else:
-        chosen = ifs_selection(train_set, trigger, args.target, args.rate, progress=not args.no_progress, **common)
+    chosen = select_poisons(args.method, train_set, trigger, args.target, args.rate, seed=args.seed,
+                            progress=not args.no_progress)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "indices.npy", chosen.indices)
     manifest = {"method": args.method, "dataset": args.dataset, "attack": args.attack, "epsilon": args.epsilon,

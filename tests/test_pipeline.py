@@ -139,3 +139,21 @@ def test_cli_detect_adds_a_detector_to_an_existing_run(tiny_report, tmp_path):
     assert records["spectral_reference"]["n_flagged"] >= 0 and (copy / "plots" / "roc_detect.png").is_file()
     victim = json.loads((copy / "stages" / "victim" / "stage.json").read_text())
     assert victim == json.loads((root / "stages" / "victim" / "stage.json").read_text())  # reused, not retrained
+
+
+def test_selection_chooses_the_pipelines_poisons(tmp_path, tiny_run):
+    from jaxpoison.experiments.pipeline import prepare
+    from jaxpoison.selection import hfe_selection
+
+    config = apply_overrides(get_preset("digits-badnet-tiny"), ["selection=hfe", "detection.methods=spectral", "unlearning.detectors=spectral"])
+    prepared = prepare(config, tmp_path / "hfe", progress=False)
+    poisoning = prepared.poisoning
+    expected = hfe_selection(prepared.splits.train, poisoning.trigger, poisoning.target, config.attack.rate)
+    np.testing.assert_array_equal(poisoning.poison_indices, expected.indices)
+    assert prepared.store.record("poison")["selection"] == "hfe"
+    # a selection method keys the poison stage apart; the default RS keeps the plain random draw
+    assert tiny_run.prepared.keys["poison"] != prepared.keys["poison"]
+    assert to_dict(get_preset("digits-badnet-tiny"))["selection"] == "rs"
+    for bad, match in (("selection=magic", "selection must be one of"), ("attack.source=3", "all-to-one")):
+        with pytest.raises(ConfigError, match=match):
+            apply_overrides(config, [bad])

@@ -16,6 +16,7 @@ import typing
 from typing import Any
 
 from jaxpoison.detection.delta_influence import DeltaConfig
+from jaxpoison.selection.registry import SELECTORS
 
 ATTACKS = ("badnet", "blended", "smooth", "brew")
 DETECTORS = ("delta_influence", "delta_label_only", "delta_image_only", "ekfac", "trak", "spectral",
@@ -156,6 +157,9 @@ class RunConfig:
     detection: DetectionConfig = DetectionConfig()
     unlearning: UnlearnConfig = UnlearnConfig()
     seed: int = 0
+    # which training samples get the trigger: "rs" (uniform at random) or a selection method
+    # of jaxpoison.selection ("fus", "rd", "hfe", "ifs"), e.g. `--set selection=ifs`
+    selection: str = "rs"
 
     def __post_init__(self):
         validate(self)
@@ -180,6 +184,11 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"data.validation_fraction must lie in [0, 0.5); got {config.data.validation_fraction}.")
     if config.detection.fisher not in ("true", "empirical"):
         raise ConfigError(f"detection.fisher must be 'true' or 'empirical'; got {config.detection.fisher!r}.")
+    if config.selection not in SELECTORS:
+        raise ConfigError(f"selection must be one of {SELECTORS}; got {config.selection!r}.")
+    if config.selection != "rs" and (config.attack.name == "brew" or config.attack.source is not None):
+        raise ConfigError("selection methods choose poisons for all-to-one trigger attacks; use selection=rs with "
+                          "Witches' Brew or a source-specific attack.")  # fmt: skip
     if config.detection.test_points < 1:
         raise ConfigError(f"detection.test_points must be at least 1; got {config.detection.test_points}.")
     if config.attack.name == "brew" and config.detection.test_points != 1:

@@ -33,6 +33,7 @@ from jaxpoison.data import Dataset, load_splits, normalize, split_train_validati
 from jaxpoison.experiments.config import AttackConfig, DataConfig, RunConfig, VictimConfig
 from jaxpoison.experiments.store import RunStore
 from jaxpoison.models import FunctionalModel, create_model, to_functional
+from jaxpoison.selection import select_poisons
 from jaxpoison.training import TrainRecipe, evaluate, predict_logits, train
 
 
@@ -154,6 +155,8 @@ def poison_stage(
     attack = config.attack
     inputs = {"attack": dataclasses.asdict(attack), "seed": config.seed, "train_hash": splits.train.content_hash,
               "clean": clean_key if attack.name in ("smooth", "brew") else None}  # fmt: skip
+    if config.selection != "rs":  # RS is poison_dataset's own random draw: same key, same poisons
+        inputs["selection"] = config.selection
     train_set = splits.train
 
     def compute(directory: Path) -> dict:
@@ -176,8 +179,13 @@ def poison_stage(
             dataset, target, trigger = apply_brew(train_set, poisons, brew), intended, None
         else:
             trigger = make_trigger(attack, train_set, clean, config.seed, progress)
-            poison_config = PoisonConfig(target=attack.target, source=attack.source, rate=attack.rate,
-                                         seed=config.seed)  # fmt: skip
+            if config.selection == "rs":
+                poison_config = PoisonConfig(target=attack.target, source=attack.source, rate=attack.rate,
+                                             seed=config.seed)  # fmt: skip
+            else:
+                chosen = select_poisons(config.selection, train_set, trigger, attack.target, attack.rate,
+                                        seed=config.seed, progress=progress)  # fmt: skip
+                poison_config = PoisonConfig(target=attack.target, indices=chosen.indices, seed=config.seed)
             poisoned = poison_dataset(train_set, trigger, poison_config)
             dataset, poisons, target = poisoned.dataset, poisoned.poison_indices, attack.target
             save_trigger(directory / "trigger", trigger)
@@ -185,6 +193,7 @@ def poison_stage(
                             labels=dataset.labels)  # fmt: skip
         described = None if trigger is None else trigger.describe()
         return {"poison_count": int(poisons.size), "target": target, "brew_target": brew_target,
+                "selection": config.selection if trigger is not None else None,
                 "poisoned_hash": dataset.content_hash, "trigger": described}  # fmt: skip
 
     key, record = store.run("poison", inputs, compute)

@@ -41,9 +41,11 @@ from jaxpoison.selection.ifs import (
     mean_loss_gradient,
 )
 from jaxpoison.selection.random import random_selection
+from jaxpoison.selection.registry import SELECTORS, select_poisons
 from jaxpoison.selection.representation import RDConfig, rd_scores, rd_selection, representation_distance
 
 __all__ = [
+    "SELECTORS",
     "FUSConfig",
     "IFSConfig",
     "ProxyTrainer",
@@ -70,5 +72,6 @@ __all__ = [
     "rd_scores",
     "rd_selection",
     "representation_distance",
+    "select_poisons",
     "triggered",
 ]

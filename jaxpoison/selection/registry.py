@@ -1,0 +1,47 @@
+"""One entry point for every selection method, by name.
+
+The CLI (``jaxpoison select``), the run pipeline (``--set selection=ifs``) and
+``benchmarks/ifs.py`` all pick a method by name; they share this dispatcher so the
+methods are called the same way everywhere.
+"""
+
+from __future__ import annotations
+
+from jaxpoison.data import Dataset
+from jaxpoison.selection.common import Selection, SelectionError
+from jaxpoison.selection.forgetting import FUSConfig, fus_selection
+from jaxpoison.selection.frequency import hfe_selection
+from jaxpoison.selection.ifs import IFSConfig, ifs_selection
+from jaxpoison.selection.random import random_selection
+from jaxpoison.selection.representation import RDConfig, rd_selection
+
+SELECTORS = ("rs", "fus", "rd", "hfe", "ifs")
+_CONFIGS = {"fus": FUSConfig, "rd": RDConfig, "ifs": IFSConfig}
+
+
+def select_poisons(
+    method: str,
+    dataset: Dataset,
+    trigger,
+    target: int,
+    rate: float,
+    config: FUSConfig | RDConfig | IFSConfig | None = None,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+) -> Selection:
+    """Run selection ``method`` (one of :data:`SELECTORS`) with its ``config`` (``None``: defaults).
+
+    RS and HFE take no config (RS ignores the trigger; HFE is deterministic).
+    """
+    if method not in SELECTORS:
+        raise SelectionError(f"unknown selection method {method!r}; choose one of {', '.join(SELECTORS)}.")
+    if config is not None and not isinstance(config, _CONFIGS.get(method, ())):
+        expected = _CONFIGS[method].__name__ if method in _CONFIGS else "no config"
+        raise SelectionError(f"{method} takes {expected}; got {type(config).__name__}.")
+    if method == "rs":
+        return random_selection(dataset, target, rate, seed=seed)
+    if method == "hfe":
+        return hfe_selection(dataset, trigger, target, rate)
+    run = {"fus": fus_selection, "rd": rd_selection, "ifs": ifs_selection}[method]
+    return run(dataset, trigger, target, rate, config, seed=seed, progress=progress)
