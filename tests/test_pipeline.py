@@ -145,7 +145,10 @@ def test_selection_chooses_the_pipelines_poisons(tmp_path, tiny_run):
     from jaxpoison.experiments.pipeline import prepare
     from jaxpoison.selection import hfe_selection
 
-    config = apply_overrides(get_preset("digits-badnet-tiny"), ["selection=hfe", "detection.methods=spectral", "unlearning.detectors=spectral"])
+    config = apply_overrides(
+        get_preset("digits-badnet-tiny"),
+        ["selection=hfe", "detection.methods=spectral", "unlearning.detectors=spectral"],
+    )
     prepared = prepare(config, tmp_path / "hfe", progress=False)
     poisoning = prepared.poisoning
     expected = hfe_selection(prepared.splits.train, poisoning.trigger, poisoning.target, config.attack.rate)

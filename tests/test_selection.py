@@ -20,7 +20,7 @@ from jaxpoison.attacks import (
     poison_dataset,
     square_patch,
 )
-from jaxpoison.data import Dataset, Provenance, normalize
+from jaxpoison.data import Dataset, Provenance, load_dataset, normalize
 from jaxpoison.influence import (
     LissaConfig,
     batch_loss,
@@ -440,3 +440,16 @@ def test_triggered_candidates_are_clipped_and_relabelled():
     out = triggered(data, [5, 1], trigger, target=3)
     np.testing.assert_array_equal(out.labels, [3, 3])
     np.testing.assert_allclose(out.images, np.clip(np.asarray(trigger.apply(data.images[[5, 1]])), 0, 1))
+
+
+def test_select_poisons_dispatches_by_name_and_refuses_bad_requests():
+    from jaxpoison.selection import SELECTORS, FUSConfig, random_selection, select_poisons
+
+    data = load_dataset("digits")
+    assert SELECTORS == ("rs", "fus", "rd", "hfe", "ifs")
+    by_name = select_poisons("rs", data, None, 0, 0.05, seed=3)
+    np.testing.assert_array_equal(by_name.indices, random_selection(data, 0, 0.05, seed=3).indices)
+    with pytest.raises(SelectionError, match="unknown selection method 'xyz'"):
+        select_poisons("xyz", data, None, 0, 0.05)
+    with pytest.raises(SelectionError, match="ifs takes IFSConfig; got FUSConfig"):
+        select_poisons("ifs", data, None, 0, 0.05, FUSConfig())
