@@ -447,3 +447,25 @@ def test_cross_entropy_keeps_its_gradient_for_confident_points():
     gaps[np.arange(3), labels] = -np.inf
     reference = np.log1p(np.exp(gaps).sum(1))
     np.testing.assert_allclose(np.asarray(values), reference, rtol=1e-12)
+
+
+def test_lissa_python_and_scan_drivers_agree():
+    # Same minibatch draws, same recursion: the two drivers differ only in how steps are run.
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(40, 5))
+    x, y = jnp.asarray(a), jnp.asarray(a @ rng.normal(size=5))
+
+    def batch_hvp(u, idx):  # Hessian of the mean squared error on the minibatch
+        xb = x[idx]
+        return xb.T @ (xb @ u) / xb.shape[0] * 2.0
+
+    v = jnp.asarray(rng.normal(size=5))
+    results = {}
+    for loop in ("scan", "python"):
+        config = LissaConfig(damping=0.1, scale=20.0, depth=60, repeats=2, batch_size=8, loop=loop)
+        results[loop] = lissa(batch_hvp, v, 40, config, jax.random.key(3))
+    np.testing.assert_allclose(np.asarray(results["python"][0]), np.asarray(results["scan"][0]), rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(results["python"][1].norms), np.asarray(results["scan"][1].norms),
+                               rtol=1e-10)  # fmt: skip
+    with pytest.raises(ValueError, match="loop"):
+        LissaConfig(loop="while")

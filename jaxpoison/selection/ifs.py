@@ -65,7 +65,7 @@ from tqdm.auto import tqdm
 
 from jaxpoison.attacks.poison import PoisonConfig, poison_dataset
 from jaxpoison.data import Dataset, normalize
-from jaxpoison.influence import LissaConfig, LissaInfo, batch_loss, cross_entropy, gnvp, hvp, lissa
+from jaxpoison.influence import LissaConfig, LissaInfo, batch_loss, cross_entropy, gnvp, hvp, lissa, tree_dot
 from jaxpoison.models import FunctionalModel
 from jaxpoison.selection.common import (
     ProxyTrainer,
@@ -287,34 +287,40 @@ def _curvature_product(apply, params, state, x, y, curvature):
     return lambda u, idx: gnvp(bound, lambda z, t: cross_entropy(z, t).mean(), params, u, x[idx], y[idx])
 
 
-@functools.partial(jax.jit, static_argnames=("apply", "config", "curvature"))
 def _lissa_solve(apply, params, state, v, x, y, mean, std, key, *, config, curvature):
-    batch_hvp = _curvature_product(apply, params, state, normalize(x, mean, std), y, curvature)
+    # Not jitted as a whole: `lissa` compiles its own step (or scan), see its loop option.
+    x = normalize(jnp.asarray(x), mean, std)
+    batch_hvp = _curvature_product(apply, params, state, x, jnp.asarray(y), curvature)
     return lissa(batch_hvp, v, x.shape[0], config, key)
 
 
-@functools.partial(jax.jit, static_argnames=("apply", "batch_size", "curvature", "iterations"))
+@functools.partial(jax.jit, static_argnames=("apply", "curvature"))
+def _power_step(apply, params, state, xb, yb, u, *, curvature):
+    """One power-iteration step on a fixed minibatch: ``w = C(u/‖u‖)`` and ``‖w‖``."""
+    batch_hvp = _curvature_product(apply, params, state, xb, yb, curvature)
+    unit = jax.tree.map(lambda a: a / jnp.sqrt(tree_dot(u, u)), u)
+    w = batch_hvp(unit, jnp.arange(xb.shape[0]))
+    return w, jnp.sqrt(tree_dot(w, w))
+
+
 def _top_eigenvalue(apply, params, state, x, y, mean, std, key, *, batch_size, curvature, iterations):
-    """Power iteration on one random minibatch's curvature: its largest |eigenvalue|."""
+    """Power iteration on one random minibatch's curvature: its largest |eigenvalue|.
+
+    Driven from Python, one compiled step per iteration (XLA:CPU is slow on convolutions
+    inside a scan; see ``jaxpoison.influence.solvers.lissa``).
+    """
     idx_key, vec_key = jax.random.split(key)
-    idx = jax.random.choice(idx_key, x.shape[0], (min(batch_size, x.shape[0]),), replace=False)
+    idx = np.asarray(jax.random.choice(idx_key, x.shape[0], (min(batch_size, x.shape[0]),), replace=False))
     # Only this one minibatch is ever used: normalise it alone, not the whole training set.
-    batch_hvp = _curvature_product(apply, params, state, normalize(x[idx], mean, std), y[idx], curvature)
-    idx = jnp.arange(idx.shape[0])
+    xb, yb = normalize(jnp.asarray(x[idx]), mean, std), jnp.asarray(y[idx])
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(vec_key, len(leaves))
-    noise = [jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves, strict=True)]
-    u = jax.tree.unflatten(treedef, noise)
-
-    def norm(t):
-        return jnp.sqrt(sum(jnp.vdot(a, a) for a in jax.tree.leaves(t)))
-
-    def step(u, _):
-        w = batch_hvp(jax.tree.map(lambda a: a / norm(u), u), idx)
-        return w, norm(w)
-
-    _, estimates = jax.lax.scan(step, u, None, length=iterations)
-    return estimates[-1]
+    u = jax.tree.unflatten(treedef, [jax.random.normal(k, leaf.shape, leaf.dtype)
+                                     for k, leaf in zip(keys, leaves, strict=True)])  # fmt: skip
+    estimate = jnp.zeros(())
+    for _ in range(iterations):
+        u, estimate = _power_step(apply, params, state, xb, yb, u, curvature=curvature)
+    return estimate
 
 
 def safe_lissa_scale(model: FunctionalModel, train: Dataset, config: LissaConfig, key: jax.Array,
