@@ -81,6 +81,31 @@ def test_rerun_reuses_every_stage_and_resumes_after_an_interruption(tiny_report,
     assert (root / "stages" / "victim" / "stage.json").exists()
 
 
+def test_changing_one_unlearners_settings_reruns_only_that_unlearner(tiny_report, tmp_path, monkeypatch):
+    root, _ = tiny_report
+    copy = tmp_path / "run"
+    shutil.copytree(root, copy)
+    config = get_preset("digits-badnet-tiny")
+    run_pipeline(config, copy, progress=False)  # finish whatever another test left interrupted
+    slower_cf = apply_overrides(config, ["unlearning.cf_learning_rate=0.02", "unlearning.ssd_alphas=5"])
+    calls = []
+    real = pipeline_module.run_unlearner
+
+    def counting(prepared, method, flagged, **kw):
+        calls.append(method)
+        return real(prepared, method, flagged, **kw)
+
+    monkeypatch.setattr(pipeline_module, "run_unlearner", counting)
+    run_pipeline(slower_cf, copy, force=True, progress=False)
+    assert calls == ["cf"]  # EU's retrain does not depend on CF's (or SSD's) settings
+    u = slower_cf.unlearning
+    assert pipeline_module.unlearner_settings(u, "eu") == {}
+    assert pipeline_module.unlearner_settings(u, "cf")["cf_learning_rate"] == 0.02
+    assert "ssd_alphas" not in pipeline_module.unlearner_settings(u, "cf")
+    with pytest.raises(ValueError, match="unknown unlearning method"):
+        pipeline_module.unlearner_settings(u, "forget")
+
+
 def test_overrides_and_their_errors():
     config = apply_overrides(get_preset("digits-badnet-tiny"),
                              ["attack.rate=0.05", "detection.delta.n_tol=2", "unlearning.methods=eu,ssd",

@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxpoison.attacks import attack_metrics
 from jaxpoison.detection.metrics import detection_metrics
-from jaxpoison.experiments.config import RunConfig, config_hash, to_dict
+from jaxpoison.experiments.config import RunConfig, UnlearnConfig, config_hash, to_dict
 from jaxpoison.experiments.detectors import INFLUENCE_BASED, NEEDS_FACTORS, Detection, Victim, run_detector
 from jaxpoison.experiments.report import write_report
 from jaxpoison.experiments.store import RunStore
@@ -197,12 +197,29 @@ def run_unlearner(prepared: Prepared, method: str, flagged: np.ndarray, *, progr
     raise ValueError(f"unknown unlearning method {method!r}.")
 
 
+# The UnlearnConfig fields each unlearner reads (EU reads none: it retrains with the victim's recipe).
+_SETTINGS_PREFIX = {"eu": None, "cf": "cf_", "cf_short": "cf_", "ssd": "ssd_", "scrub": "scrub_", "badt": "badt_"}
+
+
+def unlearner_settings(unlearning: UnlearnConfig, method: str) -> dict:
+    """The part of ``unlearning`` that ``method``'s result depends on — its stage key.
+
+    Leaving out the method list and the other methods' settings means that changing, say,
+    CF's learning rate reruns CF only, not a finished exact-unlearning retrain.
+    """
+    if method not in _SETTINGS_PREFIX:
+        raise ValueError(f"unknown unlearning method {method!r}; choose from {sorted(_SETTINGS_PREFIX)}.")
+    prefix = _SETTINGS_PREFIX[method]
+    return {k: v for k, v in to_dict(unlearning).items() if prefix and k.startswith(prefix)}
+
+
 def unlearn_stage(
     prepared: Prepared, detector: str, method: str, flagged: np.ndarray, *, progress: bool = True
 ) -> dict:
     """Run (or reuse) unlearning ``method`` on ``detector``'s flags and evaluate PSR and clean accuracy."""
     flagged = np.asarray(flagged, np.int64)
-    inputs = {"detector": detector, "method": method, "unlearning": to_dict(prepared.config.unlearning),
+    settings = unlearner_settings(prepared.config.unlearning, method)
+    inputs = {"detector": detector, "method": method, "unlearning": settings,
               "victim": prepared.keys["test_point"], "flagged": config_hash(flagged.tolist())}  # fmt: skip
 
     def compute(directory: Path) -> dict:
