@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpoison.models import count_params, create_model, to_functional
+from jaxpoison.models import count_params, create_model, output_layer, replace_layer, to_functional
 
 
 @pytest.mark.parametrize(
@@ -74,3 +74,33 @@ def test_max_pool_2x2_equals_reduce_window_pooling(shape):
 
     x = jax.random.normal(jax.random.key(0), shape)
     np.testing.assert_array_equal(max_pool_2x2(x), nnx.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+@pytest.mark.parametrize(
+    "name,shape,layer",
+    [("mlp", (8, 8, 1), "head"), ("cnn", (28, 28, 1), "fc2"), ("resnet18", (32, 32, 3), "fc"),
+     ("vgg16", (32, 32, 3), "fc")],
+)  # fmt: skip
+def test_output_layer_is_the_one_applied_to_the_features(name, shape, layer):
+    kw = {"width": 8} if name == "resnet18" else {}
+    model = to_functional(create_model(name, shape, 10, seed=0, **kw))
+    assert output_layer(model, shape) == layer
+    other = to_functional(create_model(name, shape, 10, seed=1, **kw))
+    mixed = replace_layer(model, layer, other)
+    assert jax.tree.structure(mixed.params) == jax.tree.structure(model.params)
+    for group in model.params:
+        source = other if group == layer else model
+        for a, b in zip(jax.tree.leaves(mixed.params[group]), jax.tree.leaves(source.params[group]), strict=True):
+            np.testing.assert_array_equal(a, b)
+    # Features do not touch the output layer; logits do.
+    x = jnp.ones((2, *shape))
+    features = model.features(model.params, model.state, x)
+    np.testing.assert_array_equal(mixed.features(mixed.params, mixed.state, x), features)
+    assert not np.allclose(mixed.apply(mixed.params, mixed.state, x), model.apply(model.params, model.state, x))
+
+
+def test_replace_layer_refuses_another_architecture():
+    cnn = to_functional(create_model("cnn", (8, 8, 1), 10))
+    mlp = to_functional(create_model("mlp", (8, 8, 1), 10))
+    with pytest.raises(ValueError, match="same architecture"):
+        replace_layer(cnn, "fc2", mlp)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from jaxpoison.experiments.pipeline import make_selector, run_unlearner
-from jaxpoison.experiments.victim import poison_success
-from jaxpoison.models import create_model, to_functional
-from jaxpoison.unlearning import dampen, importance, select, split_forget_retain
+from jaxpoison.experiments.victim import init_model, poison_success, recipe_of
+from jaxpoison.models import create_model, output_layer, to_functional
+from jaxpoison.unlearning import continued_training, dampen, importance, select, split_forget_retain
 from jaxpoison.unlearning.distill import kl_to_teacher
 from tests.conftest import make_dataset
 
@@ -85,6 +85,28 @@ def test_retraining_on_the_true_retain_set_removes_the_backdoor(tiny_run, method
     metrics = poison_success(result.model, prepared.poisoning, prepared.config, prepared.splits.test)
     assert metrics["psr"] <= 0.05, metrics
     assert metrics["clean_accuracy"] >= tiny_run.clean_record["clean_accuracy"] - 0.05, metrics
+
+
+def test_cf_with_a_reset_head_starts_from_a_fresh_output_layer_and_removes_the_backdoor(tiny_run):
+    prepared = tiny_run.prepared
+    victim, data = prepared.victim.model, prepared.poisoning.dataset
+    fresh = init_model(prepared.config.victim, data, 123)
+    recipe = recipe_of(prepared.config.victim).replace(optimizer="sgd", learning_rate=0.05, nesterov=True)
+    result = continued_training(victim, data, prepared.poisoning.poison_indices, recipe, fresh_head=fresh,
+                                progress=False)  # fmt: skip
+    assert result.info["reset_head"]
+    metrics = poison_success(result.model, prepared.poisoning, prepared.config, prepared.splits.test)
+    assert metrics["psr"] <= 0.05, metrics
+    assert metrics["clean_accuracy"] >= tiny_run.clean_record["clean_accuracy"] - 0.05, metrics
+    # One step of training from the reset head: the output layer moved away from the fresh one,
+    # not from the victim's (which it never saw).
+    one_step = recipe.replace(epochs=1)
+    tiny = data.subset(np.arange(32))
+    stepped = continued_training(victim, tiny, [], one_step.replace(batch_size=32), fresh_head=fresh, progress=False)
+    head = output_layer(victim, data.image_shape)
+    for new, start, old in zip(jax.tree.leaves(stepped.model.params[head]), jax.tree.leaves(fresh.params[head]),
+                               jax.tree.leaves(victim.params[head]), strict=True):  # fmt: skip
+        assert float(jnp.abs(new - start).max()) < float(jnp.abs(new - old).max())
 
 
 @pytest.mark.parametrize("method", ["ssd", "scrub", "badt"])

@@ -183,7 +183,9 @@ def run_unlearner(prepared: Prepared, method: str, flagged: np.ndarray, *, progr
         cf_recipe = cf_recipe.replace(nesterov=cf_recipe.optimizer == "sgd")
         if method == "cf_short":
             cf_recipe = cf_recipe.replace(epochs=u.cf_short_epochs, milestones=())
-        return continued_training(victim, data, flagged, cf_recipe, seed=config.seed, progress=progress)
+        fresh = init_model(config.victim, data, config.seed + 1) if u.cf_reset_head else None
+        return continued_training(victim, data, flagged, cf_recipe, fresh_head=fresh, seed=config.seed,
+                                  progress=progress)  # fmt: skip
     if method == "ssd":
         return selective_synaptic_dampening(victim, data, flagged, SSDConfig(u.ssd_alphas, u.ssd_lambda_factors),
                                             selector=selector)  # fmt: skip

@@ -2,7 +2,7 @@
 
 from jaxpoison.models.cnn import CNN
 from jaxpoison.models.freq_cnn import FreqCNN
-from jaxpoison.models.functional import FunctionalModel, count_params, to_functional
+from jaxpoison.models.functional import FunctionalModel, count_params, output_layer, replace_layer, to_functional
 from jaxpoison.models.mlp import MLP
 from jaxpoison.models.registry import MODEL_NAMES, create_model
 from jaxpoison.models.resnet import BasicBlock, ResNet18
@@ -19,5 +19,7 @@ __all__ = [
     "ResNet18",
     "count_params",
     "create_model",
+    "output_layer",
+    "replace_layer",
     "to_functional",
 ]

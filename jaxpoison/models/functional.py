@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 PyTree = Any
@@ -75,3 +76,33 @@ def to_functional(model: nnx.Module) -> FunctionalModel:
 def count_params(params: PyTree) -> int:
     """Number of scalars in a parameter pytree."""
     return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def output_layer(model: FunctionalModel, image_shape: tuple[int, ...]) -> str:
+    """Name of the top-level parameter group that maps the penultimate features to the logits.
+
+    Found by shape — the group holding a ``[feature_dim, num_classes]`` kernel — so it works
+    for every architecture that exposes ``features`` (all of :mod:`jaxpoison.models`).
+
+    Raises:
+      ValueError: no group, or more than one, has that shape.
+    """
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    width = jax.eval_shape(model.features, model.params, model.state, x).shape[-1]
+    classes = jax.eval_shape(model.apply, model.params, model.state, x).shape[-1]
+    names = [name for name in model.params
+             if any(leaf.shape == (width, classes) for leaf in jax.tree.leaves(model.params[name]))]  # fmt: skip
+    if len(names) != 1:
+        raise ValueError(f"expected one parameter group with a ({width}, {classes}) output kernel; found {names}.")
+    return names[0]
+
+
+def replace_layer(model: FunctionalModel, name: str, source: FunctionalModel) -> FunctionalModel:
+    """``model`` with its top-level parameter group ``name`` taken from ``source`` (same architecture)."""
+    if jax.tree.structure(model.params) != jax.tree.structure(source.params):
+        raise ValueError("replace_layer needs two models of the same architecture.")
+
+    def pick(path, own, other):
+        return other if path[0].key == name else own
+
+    return model._replace(params=jax.tree_util.tree_map_with_path(pick, model.params, source.params))

@@ -4,13 +4,16 @@
   — the gold standard, at the price of a full training run.
 * **CF** continues training the *victim* on the retained set: with the full recipe (the
   Δ-Influence reference's CF) or a short fine-tune (``epochs`` fewer), relying on the
-  network forgetting what the flagged points taught it.
+  network forgetting what the flagged points taught it. Optionally the victim's output layer
+  is first re-initialised ("CF with a reset head"): the trigger→target mapping then has to be
+  re-learnt from the retained set, where a few missed poisons cannot teach it again in a short
+  run, while the feature extractor keeps what the clean data taught it.
 """
 
 from __future__ import annotations
 
 from jaxpoison.data import Dataset
-from jaxpoison.models import FunctionalModel
+from jaxpoison.models import FunctionalModel, output_layer, replace_layer
 from jaxpoison.training import TrainRecipe, train
 from jaxpoison.unlearning.common import UnlearnResult, split_forget_retain
 
@@ -26,10 +29,27 @@ def exact_unlearning(
 
 
 def continued_training(
-    victim: FunctionalModel, dataset: Dataset, flagged, recipe: TrainRecipe, *, seed: int = 0, progress: bool = True
+    victim: FunctionalModel,
+    dataset: Dataset,
+    flagged,
+    recipe: TrainRecipe,
+    *,
+    fresh_head: FunctionalModel | None = None,
+    seed: int = 0,
+    progress: bool = True,
 ) -> UnlearnResult:
-    """CF: keep training the victim on ``dataset`` without the ``flagged`` points."""
+    """CF: keep training the victim on ``dataset`` without the ``flagged`` points.
+
+    Args:
+      fresh_head: a freshly initialised model of the victim's architecture; when given, its
+        output layer replaces the victim's before training (CF with a reset head).
+    """
     _, retain, forget = split_forget_retain(dataset, flagged)
-    result = train(victim, retain, recipe, seed=seed, progress=progress)
+    start = victim
+    if fresh_head is not None:
+        start = replace_layer(victim, output_layer(victim, dataset.image_shape), fresh_head)
+    result = train(start, retain, recipe, seed=seed, progress=progress)
     model = victim._replace(params=result.params, state=result.state)
-    return UnlearnResult(model, {"method": "cf", "forgotten": int(forget.size), "epochs": recipe.epochs})
+    info = {"method": "cf", "forgotten": int(forget.size), "epochs": recipe.epochs,
+            "reset_head": fresh_head is not None}  # fmt: skip
+    return UnlearnResult(model, info)
