@@ -185,3 +185,22 @@ def test_selection_chooses_the_pipelines_poisons(tmp_path, tiny_run):
     for bad, match in (("selection=magic", "selection must be one of"), ("attack.source=3", "all-to-one")):
         with pytest.raises(ConfigError, match=match):
             apply_overrides(config, [bad])
+
+
+def test_unlearning_table_names_cf_with_a_reset_head():
+    from jaxpoison.experiments.report import unlearning_table
+
+    rows = [
+        {"detector": "delta_influence", "unlearner": "cf", "psr": 0.093, "clean_accuracy": 0.92,
+         "info": {"reset_head": False}},
+        {"detector": "delta_influence", "unlearner": "cf", "psr": 0.019, "clean_accuracy": 0.9087,
+         "info": {"reset_head": True}},
+    ]  # fmt: skip
+    lines = unlearning_table(rows, max_psr=0.05).splitlines()
+    assert "| cf | 0.093 |" in lines[2] and "✗" in lines[2]
+    assert "| cf (reset head) | 0.019 |" in lines[3] and "✓" in lines[3]
+
+
+def test_fashion_mnist_presets_continue_with_a_reset_head_and_the_demo_does_not():
+    assert get_preset("fmnist-badnet").unlearning.cf_reset_head
+    assert not get_preset("fmnist-badnet-demo").unlearning.cf_reset_head

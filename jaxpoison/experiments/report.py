@@ -38,7 +38,8 @@ def unlearning_table(records: Sequence[dict], max_psr: float) -> str:
              "|---|---|---:|---:|:---:|---:|"]  # fmt: skip
     for r in records:
         ok = "✓" if r["psr"] <= max_psr else "✗"
-        lines.append(f"| {LABELS.get(r['detector'], r['detector'])} | {r['unlearner']} | {_fmt(r['psr'])} | "
+        unlearner = r["unlearner"] + (" (reset head)" if r.get("info", {}).get("reset_head") else "")
+        lines.append(f"| {LABELS.get(r['detector'], r['detector'])} | {unlearner} | {_fmt(r['psr'])} | "
                      f"{_fmt(r['clean_accuracy'], 4)} | {ok} | {_fmt(r.get('seconds'), 1)} |")  # fmt: skip
     return "\n".join(lines)
 
