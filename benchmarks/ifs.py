@@ -133,9 +133,33 @@ def main(argv=None) -> dict:
             )
             _write(Path(args.out), out)
 
+    out["paired_vs_rs"] = paired_vs_rs(results)
+    for row in out["paired_vs_rs"]:
+        print(f"ε={row['epsilon']:<5} r={row['rate']:<6} {row['method']:4s} − RS: ASR {row['asr_diff_mean']:+.3f} "
+              f"± {row['asr_diff_std']:.3f} (higher in {row['wins']} of {row['seeds']} seeds)")
     plot(results, methods, args.fixed_epsilon, Path(out["figure"]))
     _write(Path(args.out), out)
     return out
+
+
+def paired_vs_rs(results: list[dict]) -> list[dict]:
+    """Each method's ASR minus RS's, seed by seed, in every setting where both ran.
+
+    A seed fixes the victim's initialisation and batch order for every method, so only the
+    poisons differ within a pair; the spread of the victim across seeds (often larger than the
+    gap between methods) cancels out of the difference.
+    """
+    by_setting = {(r["sweep"], r["epsilon"], r["rate"], r["method"]): r for r in results}
+    rows = []
+    for (sweep, eps, rate, method), record in by_setting.items():
+        baseline = by_setting.get((sweep, eps, rate, "rs"))
+        if method == "rs" or baseline is None:
+            continue
+        diff = np.array([a["asr"] - b["asr"] for a, b in zip(record["runs"], baseline["runs"], strict=True)])
+        rows.append({"sweep": sweep, "epsilon": eps, "rate": rate, "method": method, "seeds": int(diff.size),
+                     "asr_diff_mean": float(diff.mean()), "asr_diff_std": float(diff.std()),
+                     "wins": int(np.sum(diff > 0))})  # fmt: skip
+    return rows
 
 
 def _write(path: Path, out: dict) -> None:
