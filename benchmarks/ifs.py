@@ -11,6 +11,9 @@ method and setting: ``asr_mean``, ``asr_std``, ``class_asr_variance`` (mean over
 Usage:
   python benchmarks/ifs.py --dataset fashion_mnist --out runs/ifs.json
   python benchmarks/ifs.py --dataset digits --out /tmp/ifs.json          # quick, same code path
+
+The JSON is written after every (setting, method); running the same command again resumes it,
+and a larger ``--seeds`` adds the missing seeds to every finished cell.
 """
 
 from __future__ import annotations
@@ -89,11 +92,10 @@ def main(argv=None) -> dict:
         trigger = blended(train_set.image_shape, eps)
         for method in methods:
             key = (sweep, eps, rate, method)
-            if key in done:  # resume: a long CPU sweep must survive an interrupted session
-                results.append(done[key])
-                continue
-            runs = []
-            for seed in range(args.seeds):
+            # resume: a long CPU sweep must survive an interrupted session, and grow by seeds
+            runs = list(done[key]["runs"][: args.seeds]) if key in done else []
+            poisons = done[key]["poisons"] if key in done else None
+            for seed in range(len(runs), args.seeds):
                 start = time.perf_counter()
                 chosen = select(method, train_set, trigger, args.target, rate, seed, budget)
                 selected = time.perf_counter()
@@ -103,30 +105,19 @@ def main(argv=None) -> dict:
                 model = to_functional(create_model("cnn", train_set.image_shape, train_set.num_classes, seed=seed))
                 result = train(model, poisoned.dataset, recipe, seed=seed, progress=False)
                 metrics = attack_metrics(model.apply, result.params, result.state, test_set, trigger, args.target)
+                poisons = int(chosen.indices.size)
                 runs.append(
                     {
+                        "seed": seed,
                         **{k: metrics[k] for k in ("asr", "class_asr_variance", "clean_accuracy")},
                         "selection_seconds": selected - start,
                         "seconds": time.perf_counter() - start,
                     }
                 )
-            asr = np.array([r["asr"] for r in runs])
-            record = {
-                "sweep": sweep,
-                "epsilon": eps,
-                "rate": rate,
-                "method": method,
-                "poisons": int(chosen.indices.size),
-                "asr_mean": float(asr.mean()),
-                "asr_std": float(asr.std()),
-                "class_asr_variance": float(np.mean([r["class_asr_variance"] for r in runs])),
-                "clean_accuracy": float(np.mean([r["clean_accuracy"] for r in runs])),
-                "seconds": float(np.mean([r["seconds"] for r in runs])),
-                "runs": runs,
-            }
+            record = summarize(sweep, eps, rate, method, poisons, runs)
             results.append(record)
             print(
-                f"ε={eps:<5} r={rate:<6} {method:4s} ASR {asr.mean():.3f} ± {asr.std():.3f}  "
+                f"ε={eps:<5} r={rate:<6} {method:4s} ASR {record['asr_mean']:.3f} ± {record['asr_std']:.3f}  "
                 f"class var {record['class_asr_variance']:.4f}  clean {record['clean_accuracy']:.4f}  "
                 f"{record['seconds']:.0f}s",
                 flush=True,
@@ -155,11 +146,30 @@ def paired_vs_rs(results: list[dict]) -> list[dict]:
         baseline = by_setting.get((sweep, eps, rate, "rs"))
         if method == "rs" or baseline is None:
             continue
-        diff = np.array([a["asr"] - b["asr"] for a, b in zip(record["runs"], baseline["runs"], strict=True)])
+        n = min(len(record["runs"]), len(baseline["runs"]))  # runs are stored in seed order 0, 1, ...
+        diff = np.array([a["asr"] - b["asr"] for a, b in zip(record["runs"][:n], baseline["runs"][:n], strict=True)])
         rows.append({"sweep": sweep, "epsilon": eps, "rate": rate, "method": method, "seeds": int(diff.size),
                      "asr_diff_mean": float(diff.mean()), "asr_diff_std": float(diff.std()),
                      "wins": int(np.sum(diff > 0))})  # fmt: skip
     return rows
+
+
+def summarize(sweep: str, eps: float, rate: float, method: str, poisons: int, runs: list[dict]) -> dict:
+    """One (setting, method) record: the per-seed runs and their means."""
+    asr = np.array([r["asr"] for r in runs])
+    return {
+        "sweep": sweep,
+        "epsilon": eps,
+        "rate": rate,
+        "method": method,
+        "poisons": poisons,
+        "asr_mean": float(asr.mean()),
+        "asr_std": float(asr.std()),
+        "class_asr_variance": float(np.mean([r["class_asr_variance"] for r in runs])),
+        "clean_accuracy": float(np.mean([r["clean_accuracy"] for r in runs])),
+        "seconds": float(np.mean([r["seconds"] for r in runs])),
+        "runs": runs,
+    }
 
 
 def _write(path: Path, out: dict) -> None:
@@ -175,7 +185,7 @@ def _finished(path: Path, out: dict) -> dict:
     if not path.exists():
         return {}
     previous = json.loads(path.read_text())
-    same = ("dataset", "train_size", "target", "victim_epochs", "budget", "seeds")
+    same = ("dataset", "train_size", "target", "victim_epochs", "budget")  # more seeds extend a sweep
     if any(previous.get(k) != out[k] for k in same):
         raise SystemExit(f"{path} holds a different sweep ({', '.join(same)} differ); pass another --out")
     return {(r["sweep"], r["epsilon"], r["rate"], r["method"]): r for r in previous["results"]}
