@@ -86,8 +86,10 @@ def main(argv=None) -> dict:
         "figure": str(Path(args.out).with_suffix(".png")),
         "environment": environment(),
     }
-    results = out["results"]
     done = _finished(Path(args.out), out)
+    # cells of methods or settings this invocation does not run are kept as they are
+    out["results"] = results = list(done.values())
+    position = {key: i for i, key in enumerate(done)}
     for sweep, eps, rate in settings:
         trigger = blended(train_set.image_shape, eps)
         for method in methods:
@@ -115,7 +117,11 @@ def main(argv=None) -> dict:
                     }
                 )
             record = summarize(sweep, eps, rate, method, poisons, runs)
-            results.append(record)
+            if key in position:
+                results[position[key]] = record
+            else:
+                position[key] = len(results)
+                results.append(record)
             print(
                 f"ε={eps:<5} r={rate:<6} {method:4s} ASR {record['asr_mean']:.3f} ± {record['asr_std']:.3f}  "
                 f"class var {record['class_asr_variance']:.4f}  clean {record['clean_accuracy']:.4f}  "
@@ -128,7 +134,8 @@ def main(argv=None) -> dict:
     for row in out["paired_vs_rs"]:
         print(f"ε={row['epsilon']:<5} r={row['rate']:<6} {row['method']:4s} − RS: ASR {row['asr_diff_mean']:+.3f} "
               f"± {row['asr_diff_std']:.3f} (higher in {row['wins']} of {row['seeds']} seeds)")
-    plot(results, methods, args.fixed_epsilon, Path(out["figure"]))
+    present = [m for m in METHODS if any(r["method"] == m for r in results)]
+    plot(results, present, args.fixed_epsilon, Path(out["figure"]))
     _write(Path(args.out), out)
     return out
 
