@@ -199,38 +199,38 @@ def _finished(path: Path, out: dict) -> dict:
 
 
 def plot(results, methods, fixed_epsilon: float, path: Path) -> None:
+    """ASR against ε and r (top), and each method's ASR minus RS's on the same seeds (bottom)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, sweep, key, label in (
-        (axes[0], "epsilon", "epsilon", "blend ratio ε"),
-        (axes[1], "rate", "rate", "poison rate r"),
-    ):
-        for method in methods:
+    paired = paired_vs_rs(results)
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharex="col")
+    for col, (sweep, label) in enumerate((("epsilon", "blend ratio ε"), ("rate", "poison rate r"))):
+
+        def in_panel(r, sweep=sweep):
             # the rate panel also takes the ε-sweep point that sits at the fixed ε
-            rows = [
-                r
-                for r in results
-                if r["method"] == method
-                and (r["sweep"] == sweep or (sweep == "rate" and r["epsilon"] == fixed_epsilon))
-            ]
-            rows = sorted(rows, key=lambda r: r[key])
-            if rows:
-                ax.errorbar(
-                    [r[key] for r in rows],
-                    [r["asr_mean"] for r in rows],
-                    [r["asr_std"] for r in rows],
-                    marker="o",
-                    capsize=3,
-                    label=method.upper(),
-                )
-        ax.set_xlabel(label)
-        ax.set_ylabel("attack success rate")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
+            return r["sweep"] == sweep or (sweep == "rate" and r["epsilon"] == fixed_epsilon)
+
+        panels = (
+            (results, "asr_mean", "asr_std", "attack success rate"),
+            (paired, "asr_diff_mean", "asr_diff_std", "ASR − RS (same seed)"),
+        )
+        for row, (records, mean, spread, ylabel) in enumerate(panels):
+            ax = axes[row, col]
+            for method in methods:
+                rows = sorted((r for r in records if r["method"] == method and in_panel(r)), key=lambda r: r[sweep])
+                if rows:
+                    ax.errorbar([r[sweep] for r in rows], [r[mean] for r in rows], [r[spread] for r in rows],
+                                marker="o", capsize=3, label=method.upper(),
+                                color=f"C{METHODS.index(method)}")  # one colour per method in every panel; fmt: skip
+            if row == 1:
+                ax.axhline(0.0, color="black", lw=0.8)
+                ax.set_xlabel(label)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
