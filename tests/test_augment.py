@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison.data import augment_batch, normalize, random_crop, random_flip
+from jaxpoison.data.augment import augment
 
 
 def _image():
@@ -55,3 +56,14 @@ def test_augment_batch_deterministic_per_key_and_jittable():
 def test_normalize():
     x = jnp.ones((2, 3, 3, 2)) * jnp.array([0.5, 1.0])
     np.testing.assert_allclose(normalize(x, [0.5, 0.5], [0.25, 0.5]), jnp.ones_like(x) * jnp.array([0.0, 1.0]))
+
+
+def test_vertical_flip_appears_only_when_asked():
+    image = _image()
+    hv = {np.asarray(image)[::-1, ::-1].tobytes(), np.asarray(image)[::-1].tobytes()}
+    with_v = [np.asarray(augment(jax.random.key(s), image, 0, True, True)) for s in range(30)]
+    without = [np.asarray(augment(jax.random.key(s), image, 0, True, False)) for s in range(30)]
+    assert any(o.tobytes() in hv for o in with_v)  # some draws are upside down
+    assert not any(o.tobytes() in hv for o in without)
+    # Without vflip the key stream is the one of before: a horizontal flip only.
+    np.testing.assert_array_equal(without[0], np.asarray(random_flip(jax.random.split(jax.random.key(0))[1], image)))

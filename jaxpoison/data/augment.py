@@ -35,14 +35,22 @@ def random_flip(key: jax.Array, image: jax.Array) -> jax.Array:
     return jnp.where(jax.random.bernoulli(key), image[:, ::-1, :], image)
 
 
-def augment(key: jax.Array, image: jax.Array, padding: int = 4, flip: bool = True) -> jax.Array:
-    """Random crop with ``padding`` then (optionally) a random horizontal flip."""
-    crop_key, flip_key = jax.random.split(key)
+def random_vflip(key: jax.Array, image: jax.Array) -> jax.Array:
+    """Flip upside-down with probability 1/2 (the Δ-Influence reference's CIFAR augmentation)."""
+    return jnp.where(jax.random.bernoulli(key), image[::-1, :, :], image)
+
+
+def augment(key: jax.Array, image: jax.Array, padding: int = 4, flip: bool = True, vflip: bool = False) -> jax.Array:
+    """Random crop with ``padding``, then (optionally) random horizontal and vertical flips."""
+    crop_key, flip_key, vflip_key = jax.random.split(key, 3) if vflip else (*jax.random.split(key), None)
     image = random_crop(crop_key, image, padding)
-    return random_flip(flip_key, image) if flip else image
+    image = random_flip(flip_key, image) if flip else image
+    return random_vflip(vflip_key, image) if vflip else image
 
 
-def augment_batch(key: jax.Array, images: jax.Array, padding: int = 4, flip: bool = True) -> jax.Array:
+def augment_batch(
+    key: jax.Array, images: jax.Array, padding: int = 4, flip: bool = True, vflip: bool = False
+) -> jax.Array:
     """:func:`augment` applied to each image of ``[N, H, W, C]`` with its own key."""
     keys = jax.random.split(key, images.shape[0])
-    return jax.vmap(lambda k, x: augment(k, x, padding, flip))(keys, images)
+    return jax.vmap(lambda k, x: augment(k, x, padding, flip, vflip))(keys, images)

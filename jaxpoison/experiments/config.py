@@ -51,7 +51,9 @@ class AttackConfig:
       (Witches' Brew, clean label, one target test image).
     target: the attack's target class.
     source: victim class (``None``: all-to-one).
-    rate: poisons as a fraction of the training set.
+    rate: poisons as a fraction of the training set (after the validation split).
+    count: the exact number of poisons (``None``: ``rate`` decides). The paper presets state
+      counts, so that holding out a validation split never shrinks the attack.
     epsilon: blend ratio (``blended``) or ℓ∞ budget (``brew``; ``None`` = 16/255).
     brew_steps / brew_restarts: Witches' Brew optimisation budget.
     """
@@ -60,6 +62,7 @@ class AttackConfig:
     target: int = 0
     source: int | None = None
     rate: float = 0.01
+    count: int | None = None
     epsilon: float | None = None
     brew_steps: int = 100
     brew_restarts: int = 2
@@ -67,7 +70,9 @@ class AttackConfig:
 
 @dataclasses.dataclass(frozen=True)
 class VictimConfig:
-    """Attributes: model name and its Adam (small models) or reference SGD recipe."""
+    """Attributes: model name and its Adam (small models) or reference SGD recipe; augmentation
+    by random crop (``crop_padding``, a shift of up to that many pixels), horizontal ``flip``
+    and vertical ``vflip``."""
 
     model: str = "cnn"
     optimizer: str = "adam"
@@ -78,6 +83,7 @@ class VictimConfig:
     milestones: tuple[int, ...] = ()
     crop_padding: int = 0
     flip: bool = False
+    vflip: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +191,8 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"unlearning.detectors {missing} are not in detection.methods; add them or drop them.")
     if not 0 < config.attack.rate < 1:
         raise ConfigError(f"attack.rate must lie in (0, 1); got {config.attack.rate}.")
+    if config.attack.count is not None and config.attack.count < 1:
+        raise ConfigError(f"attack.count must be at least 1 (or None to use attack.rate); got {config.attack.count}.")
     if not 0 <= config.data.validation_fraction < 0.5:
         raise ConfigError(f"data.validation_fraction must lie in [0, 0.5); got {config.data.validation_fraction}.")
     if config.detection.fisher not in ("true", "empirical"):

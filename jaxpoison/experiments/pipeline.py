@@ -83,7 +83,8 @@ def prepare(config: RunConfig, out: str | Path, *, force: bool = False, progress
 
     point_key, point = store.run("test_point", {"victim": victim_key, "count": config.detection.test_points}, pick)
     images = np.load(store.path("test_point") / "images.npy")
-    victim = Victim(model, poisoning.dataset, images, int(point["target"]), splits.train, config.attack.rate)
+    rate = poisoning.poison_indices.size / len(poisoning.dataset)  # the realised share, also under attack.count
+    victim = Victim(model, poisoning.dataset, images, int(point["target"]), splits.train, rate)
 
     factors, factor_key = None, None
     if any(m in NEEDS_FACTORS for m in config.detection.methods):

@@ -80,7 +80,7 @@ def recipe_of(config: VictimConfig) -> TrainRecipe:
     return TrainRecipe(optimizer=config.optimizer, learning_rate=config.learning_rate, epochs=config.epochs,
                        batch_size=config.batch_size, weight_decay=config.weight_decay,
                        milestones=tuple(config.milestones), crop_padding=config.crop_padding,
-                       flip=config.flip, nesterov=config.optimizer == "sgd")  # fmt: skip
+                       flip=config.flip, vflip=config.vflip, nesterov=config.optimizer == "sgd")  # fmt: skip
 
 
 def init_model(config: VictimConfig, dataset: Dataset, seed: int) -> FunctionalModel:
@@ -132,6 +132,11 @@ def clean_stage(store: RunStore, config: RunConfig, splits: Splits, progress: bo
     return key, load_model(store.path("clean"), init_model(config.victim, splits.train, config.seed))
 
 
+def poison_budget(attack: AttackConfig, train_size: int) -> int:
+    """How many training images the attack poisons: ``attack.count``, else ``attack.rate`` of them."""
+    return attack.count if attack.count is not None else max(1, round(attack.rate * train_size))
+
+
 def make_trigger(attack: AttackConfig, train_set: Dataset, clean: FunctionalModel, seed: int, progress: bool):
     shape = train_set.image_shape
     if attack.name == "badnet":
@@ -167,7 +172,7 @@ def poison_stage(
             true_class = int(splits.test.labels[brew_target])
             intended = int(rng.choice([c for c in range(train_set.num_classes) if c != true_class]))
             pool = np.flatnonzero(train_set.labels == intended)
-            budget = max(1, round(attack.rate * len(train_set)))
+            budget = poison_budget(attack, len(train_set))
             if budget > pool.size:
                 raise ValueError(f"attack.rate asks for {budget} brew poisons but class {intended} has {pool.size}.")
             poisons = np.sort(rng.choice(pool, budget, replace=False))
@@ -180,10 +185,12 @@ def poison_stage(
         else:
             trigger = make_trigger(attack, train_set, clean, config.seed, progress)
             if config.selection == "rs":
-                poison_config = PoisonConfig(target=attack.target, source=attack.source, rate=attack.rate,
-                                             seed=config.seed)  # fmt: skip
+                how_many = {"rate": attack.rate} if attack.count is None else {"count": attack.count}
+                poison_config = PoisonConfig(target=attack.target, source=attack.source, seed=config.seed,
+                                             **how_many)  # fmt: skip
             else:
-                chosen = select_poisons(config.selection, train_set, trigger, attack.target, attack.rate,
+                rate = poison_budget(attack, len(train_set)) / len(train_set)
+                chosen = select_poisons(config.selection, train_set, trigger, attack.target, rate,
                                         seed=config.seed, progress=progress)  # fmt: skip
                 poison_config = PoisonConfig(target=attack.target, indices=chosen.indices, seed=config.seed)
             poisoned = poison_dataset(train_set, trigger, poison_config)

@@ -33,6 +33,7 @@ class TrainRecipe:
       gamma: the learning-rate factor at each milestone.
       crop_padding: random-crop padding in pixels (0 disables the crop).
       flip: random horizontal flips.
+      vflip: random vertical flips (the Δ-Influence reference trains its CIFAR victims with both).
     """
 
     optimizer: str = "adam"
@@ -46,6 +47,7 @@ class TrainRecipe:
     gamma: float = 0.1
     crop_padding: int = 0
     flip: bool = False
+    vflip: bool = False
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adam"):

@@ -63,7 +63,7 @@ def make_train_step(
     """
     mean = jnp.asarray(mean)
     std = jnp.asarray(std)
-    augmenting = recipe.crop_padding > 0 or recipe.flip
+    augmenting = recipe.crop_padding > 0 or recipe.flip or recipe.vflip
 
     def loss_fn(params, state, x, y):
         logits, new_state = model.train_apply(params, state, x)
@@ -72,7 +72,7 @@ def make_train_step(
 
     def step(params, state, opt_state, key, x, y):
         if augmenting:
-            x = augment_batch(key, x, recipe.crop_padding, recipe.flip)
+            x = augment_batch(key, x, recipe.crop_padding, recipe.flip, recipe.vflip)
         x = normalize(x, mean, std)
         (loss, (state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, x, y)
         updates, opt_state = optimizer.update(grads, opt_state, params)
