@@ -67,6 +67,38 @@ def test_queries_for_each_modification():
     np.testing.assert_array_equal(again.labels, both.labels)
 
 
+def _largest_change(queries, image):
+    return np.abs(queries.images - image[None]).max(axis=(1, 2, 3))
+
+
+@pytest.mark.parametrize("space", ["pixel", "normalized"])
+def test_image_only_queries_on_grayscale_all_differ_from_the_original(space):
+    """An unchanged image-only query has ΔInfl ≈ 0, which never counts as a collapse at τ = 0."""
+    image = np.random.default_rng(1).random((8, 8, 1), dtype=np.float32)
+    config = DeltaConfig(modify="image", space=space)
+    assert "rotation" in config.transforms
+    for seed in range(3):
+        queries = make_queries(jax.random.key(seed), image, 3, 10, config, np.array([0.5]), np.array([0.25]))
+        assert queries.images.shape == (50, 8, 8, 1) and np.all(queries.labels == 3)
+        assert "color_switch" not in queries.transforms
+        assert _largest_change(queries, image).min() > 1e-3, queries.transforms
+
+
+def test_queries_redraw_transformations_that_leave_the_image_unchanged():
+    # A mirror-symmetric image: every flip is an identity, so those rows must be redrawn (deterministically).
+    half = np.random.default_rng(2).random((8, 4, 1), dtype=np.float32)
+    image = np.concatenate([half, half[:, ::-1]], axis=1)
+    mean, std = np.array([0.5]), np.array([0.25])
+    config = DeltaConfig(n_b=20, modify="image", transforms=("flip", "invert"))
+    queries = make_queries(jax.random.key(0), image, 3, 10, config, mean, std)
+    assert queries.transforms == ("invert",) * 20
+    np.testing.assert_allclose(queries.images, np.repeat(1 - image[None], 20, 0), atol=1e-6)
+    again = make_queries(jax.random.key(0), image, 3, 10, config, mean, std)
+    np.testing.assert_array_equal(again.images, queries.images)
+    with pytest.raises(ValueError, match="unchanged"):
+        make_queries(jax.random.key(0), image, 3, 10, config.replace(transforms=("flip",)), mean, std)
+
+
 def test_robust_threshold_ignores_a_few_outliers():
     scores = np.concatenate([np.random.default_rng(0).normal(0, 1, 1000), np.full(20, 100.0)])
     cut = robust_threshold(scores, k=5.0)

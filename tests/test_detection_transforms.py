@@ -20,7 +20,7 @@ from jaxpoison.detection.transforms import (
     transform_batch,
 )
 
-RANDOM = ("color_jitter", "random_affine", "elastic", "blur")
+RANDOM = ("color_jitter", "random_affine", "elastic", "blur", "rotation")
 DETERMINISTIC = ("flip", "invert", "color_switch")
 # Factors that make each transformation the identity.
 NO_JITTER = dict(brightness=(1, 1), contrast=(1, 1), saturation=(1, 1), hue=(0, 0))
@@ -95,17 +95,9 @@ def _numpy_blur(image, size, sigma):
 def test_blur_matches_numpy_reference_and_keeps_constants():
     image = _image(3)
     np.testing.assert_allclose(gaussian_blur(image, 5, 1.5, taps=9), _numpy_blur(image, 5, 1.5), atol=1e-6)
+    np.testing.assert_allclose(gaussian_blur(image, 5, 1.5), _numpy_blur(image, 5, 1.5), atol=1e-6)
+    np.testing.assert_allclose(gaussian_blur(image, (3, 7), 2.0), _numpy_blur_2d(image, 3, 7, 2.0), atol=1e-6)
     np.testing.assert_allclose(_apply("blur", jnp.full((8, 8, 3), 0.3)), 0.3, atol=1e-6)
-    # With σ fixed, each key's output is the reference blur for one of the drawn kernel sizes.
-    params = _params(blur_sigma=(1.5, 1.5))
-    outs = jax.vmap(lambda k: apply_transform("blur", k, image, params))(jax.random.split(jax.random.key(0), 24))
-    refs = {size: _numpy_blur(image, size, 1.5) for size in (5, 7, 9)}
-    drawn = []
-    for out in np.asarray(outs):
-        matches = [size for size, ref in refs.items() if np.allclose(out, ref, atol=1e-6)]
-        assert len(matches) == 1
-        drawn.append(matches[0])
-    assert set(drawn) == {5, 7, 9}
 
 
 def test_random_affine_special_cases():
@@ -222,7 +214,7 @@ def test_input_validation():
     with pytest.raises(ValueError, match="low <= high"):
         TransformParams(scale=(2, 1))
     with pytest.raises(ValueError, match="odd"):
-        TransformParams(blur_kernel_sizes=(4,))
+        TransformParams(blur_kernel_size=(4, 9))
     assert TransformParams(hue=[-0.1, 0.1]) == DEFAULT_PARAMS  # lists normalise, so params stay hashable
 
 
@@ -243,3 +235,98 @@ def test_flip_labels():
     for target in (-1, 10):
         with pytest.raises(ValueError, match="target"):
             flip_labels(jax.random.key(0), 4, 10, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's eight transformations, grayscale queries, and torchvision's fixed 5 × 9 blur.
+
+PAPER_NAMES = {"flip", "rotation", "color_jitter", "elastic", "blur", "invert", "color_switch", "random_affine"}
+
+
+def test_transform_names_are_the_papers_eight():
+    assert set(TRANSFORM_NAMES) == PAPER_NAMES and len(TRANSFORM_NAMES) == 8
+
+
+def test_rotation_turns_a_known_pattern_by_quarter_and_half_turns():
+    image = np.asarray(_image(1, size=9))
+    # A fixed magnitude leaves only the random sign: +90° is counter-clockwise (np.rot90), -90° clockwise.
+    quarter = _params(rotation_degrees=(90, 90))
+    outs = np.asarray(jax.vmap(lambda k: apply_transform("rotation", k, image, quarter))(
+        jax.random.split(jax.random.key(0), 16)))  # fmt: skip
+    turns = []
+    for out in outs:
+        matches = [k for k in (1, -1) if np.allclose(out, np.rot90(image, k), atol=1e-5)]
+        assert len(matches) == 1
+        turns.append(matches[0])
+    assert set(turns) == {1, -1}
+    # Point mapping: the pixel three rows above the centre moves three columns left of it under +90°.
+    dot = np.zeros((9, 9, 1), np.float32)
+    dot[1, 4] = 1.0
+    turned = [np.asarray(apply_transform("rotation", k, dot, quarter)) for k in jax.random.split(jax.random.key(0), 4)]
+    assert {tuple(np.argwhere(t[..., 0] > 0.5)[0]) for t in turned} == {(4, 1), (4, 7)}
+    np.testing.assert_allclose(_apply("rotation", image, _params(rotation_degrees=(180, 180))), image[::-1, ::-1],
+                               atol=1e-5)  # fmt: skip
+
+
+def test_rotation_always_changes_its_input():
+    image = _image(1, size=16)
+    outs = jax.vmap(lambda k: apply_transform("rotation", k, image))(jax.random.split(jax.random.key(3), 32))
+    change = np.abs(np.asarray(outs) - np.asarray(image)).max(axis=(1, 2, 3))
+    assert change.min() > 0.1, change
+    with pytest.raises(ValueError, match="rotation_degrees"):
+        TransformParams(rotation_degrees=(-10, 30))
+
+
+def test_grayscale_batch_never_returns_the_original():
+    """On C = 1 no drawn transformation is an identity: colour switch is never drawn, every row differs."""
+    image = _image(1)
+    for seed in range(4):
+        images, choice = transform_batch(jax.random.key(seed), image, TRANSFORM_NAMES, 50)
+        assert "color_switch" not in {TRANSFORM_NAMES[c] for c in np.asarray(choice)}
+        change = np.abs(np.asarray(images) - np.asarray(image)).max(axis=(1, 2, 3))
+        assert change.min() > 1e-3, change
+    # RGB images still draw colour switch, which changes them.
+    _, choice = transform_batch(jax.random.key(0), _image(3), TRANSFORM_NAMES, 50)
+    assert "color_switch" in {TRANSFORM_NAMES[c] for c in np.asarray(choice)}
+    with pytest.raises(ValueError, match="grayscale"):
+        transform_batch(jax.random.key(0), image, ("color_switch",), 4)
+
+
+def _numpy_blur_2d(image, kx, ky, sigma):
+    """float64 torchvision GaussianBlur: a [ky, kx] outer-product kernel, reflect padding, direct 2-D correlation."""
+    image = np.asarray(image, np.float64)
+
+    def taps(k):
+        g = np.exp(-0.5 * (np.arange(-(k // 2), k // 2 + 1) / sigma) ** 2)
+        return g / g.sum()
+
+    kernel = np.outer(taps(ky), taps(kx))  # rows (height) x columns (width)
+    ry, rx = ky // 2, kx // 2
+    padded = np.pad(image, ((ry, ry), (rx, rx), (0, 0)), mode="reflect")
+    h, w, _ = image.shape
+    out = np.zeros_like(image)
+    for a in range(ky):
+        for b in range(kx):
+            out += kernel[a, b] * padded[a : a + h, b : b + w]
+    return out
+
+
+def test_blur_is_torchvisions_fixed_5_wide_9_tall_kernel():
+    image = _image(3, size=12)
+    for sigma in (8.0, 9.3, 10.0):
+        out = _apply("blur", image, _params(blur_sigma=(sigma, sigma)))
+        np.testing.assert_allclose(out, _numpy_blur_2d(image, 5, 9, sigma), atol=1e-6)
+    # An impulse returns the kernel itself: 9 rows by 5 columns for every key, with one σ in [8, 10] on both axes.
+    impulse = np.zeros((21, 21, 1), np.float32)
+    impulse[10, 10] = 1.0
+    sigmas = []
+    for key in jax.random.split(jax.random.key(0), 12):
+        kernel = np.asarray(apply_transform("blur", key, impulse))[..., 0]
+        rows, cols = np.nonzero(kernel > 0)
+        assert (rows.min(), rows.max(), cols.min(), cols.max()) == (6, 14, 8, 12)
+        # Neighbour ratios exp(-1 / 2σ²) along each axis give the σ used.
+        sigma_y = (-0.5 / np.log(kernel[11, 10] / kernel[10, 10])) ** 0.5
+        sigma_x = (-0.5 / np.log(kernel[10, 11] / kernel[10, 10])) ** 0.5
+        assert 7.9 < sigma_y < 10.1 and abs(sigma_x - sigma_y) < 0.1 * sigma_y
+        sigmas.append(sigma_y)
+    assert np.ptp(sigmas) > 0.5  # σ is drawn per call, not fixed

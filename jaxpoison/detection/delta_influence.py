@@ -10,7 +10,12 @@ support for it *collapses*, while the influence of clean points moves both ways.
 1. ``old = score(train, [x, target])`` — one score per training point;
 2. ``n_b`` modified queries ``(T_k(x), y_k)``: a random transformation ``T_k`` and a
    random label ``y_k ≠ target`` (``modify="both"``, the reference "MM");
-   ablations keep the image (``"label"``, "ML") or the label (``"image"``, "MI");
+   ablations keep the image (``"label"``, "ML") or the label (``"image"``, "MI").
+   ``T_k`` is drawn from the paper's eight transformations: flip, rotation, colour jitter,
+   elastic, blur, inversion, colour switch and affine (see
+   :mod:`jaxpoison.detection.transforms`). A transformed image never equals ``x``: an
+   unchanged image-only query has ``ΔInfl = 0``, which is never ``< τ = 0``, so a single one
+   would stop every point from reaching the vote at ``n_tol = 0``;
 3. ``new = score(train, queries)`` — ``[n_b, N]``, and ``ΔInfl = new − old``;
 4. a training point is flagged when ``ΔInfl < τ`` in at least ``n_b − n_tol`` rows.
 
@@ -41,6 +46,13 @@ from jaxpoison.models import FunctionalModel
 MODIFICATIONS = ("both", "label", "image")
 AGGREGATIONS = ("union", "intersection")
 
+# A transformed query closer than this to the original (max over pixels, in [0, 1] units) counts
+# as unchanged: far above the float rounding of the normalised round trip, far below 1/255.
+UNCHANGED_ATOL = 1e-5
+# Redraws of unchanged queries before giving up; each redraw repeats a row with probability at
+# most (share of names that leave the image unchanged), so a few suffice unless all of them do.
+MAX_REDRAWS = 16
+
 
 @dataclasses.dataclass(frozen=True)
 class DeltaConfig:
@@ -50,7 +62,10 @@ class DeltaConfig:
     n_tol: collapses may be missing in up to ``n_tol`` of the ``n_b`` rows.
     modify: ``"both"`` (transform and relabel), ``"label"`` (relabel only) or
       ``"image"`` (transform only, label kept at the target).
-    transforms: the transformation names drawn from uniformly.
+    transforms: the transformation names drawn from uniformly: by default the paper's eight
+      (:data:`~jaxpoison.detection.transforms.TRANSFORM_NAMES`); the reference code's seven are
+      :data:`~jaxpoison.detection.transforms.REFERENCE_TRANSFORM_NAMES`. On grayscale data the
+      names that are identities on one channel (colour switch) are not drawn.
     label_rule: ``"uniform"`` (labels ≠ target, repeats allowed; the reference on
       CIFAR-10) or ``"distinct"`` (``n_b`` different labels; the reference on CIFAR-100).
     space: ``"pixel"`` transforms images in [0, 1]; ``"normalized"`` transforms the
@@ -125,19 +140,57 @@ class DeltaResult(NamedTuple):
     config: DeltaConfig
 
 
+def transformed_queries(key: jax.Array, image: np.ndarray, config: DeltaConfig, mean, std) -> tuple[np.ndarray, tuple]:
+    """The ``n_b`` transformed copies of one pixel-space image, none equal to it: ``(images, names)``.
+
+    A transformation can leave a particular image unchanged: a flip of a mirror-symmetric image, a
+    geometric one on a constant image. Such rows are redrawn, all together, from
+    ``transform_batch(jax.random.fold_in(key, attempt), ...)`` for ``attempt = 1, 2, …``, so the
+    result stays deterministic given ``key``. After :data:`MAX_REDRAWS` redraws a ``ValueError``
+    says which transformations could not change the image.
+    """
+    image = np.asarray(image, np.float32)
+
+    def draw(draw_key):
+        images, choice = transform_batch(draw_key, jnp.asarray(image), config.transforms, config.n_b,
+                                         space=config.space, mean=jnp.asarray(mean), std=jnp.asarray(std))  # fmt: skip
+        return np.array(images), np.array(choice)
+
+    def unchanged_rows(images):
+        return np.abs(images - image[None]).max(axis=(1, 2, 3)) <= UNCHANGED_ATOL
+
+    images, choice = draw(key)
+    unchanged = unchanged_rows(images)
+    attempt = 0
+    while unchanged.any() and attempt < MAX_REDRAWS:
+        attempt += 1
+        fresh, fresh_choice = draw(jax.random.fold_in(key, attempt))
+        images[unchanged], choice[unchanged] = fresh[unchanged], fresh_choice[unchanged]
+        unchanged = unchanged_rows(images)
+    if unchanged.any():
+        stuck = sorted({config.transforms[int(c)] for c in choice[unchanged]})
+        raise ValueError(
+            f"{int(unchanged.sum())} of the {config.n_b} transformed queries stayed unchanged (within "
+            f"{UNCHANGED_ATOL}) after {MAX_REDRAWS} redraws: {stuck} cannot change this test image (is it constant "
+            "or mirror-symmetric?). An unchanged image-only query has ΔInfl = 0 and never collapses; pick "
+            "DeltaConfig.transforms that change it."
+        )
+    return images, tuple(config.transforms[int(c)] for c in choice)
+
+
 def make_queries(
     key: jax.Array, image: np.ndarray, target: int, num_classes: int, config: DeltaConfig, mean, std
 ) -> Queries:
-    """Build the ``n_b`` modified queries of one (pixel-space) test image."""
+    """Build the ``n_b`` modified queries of one (pixel-space) test image.
+
+    Transformed images come from :func:`transformed_queries`, so none equals ``image``.
+    """
     image_key, label_key = jax.random.split(key)
     if config.modify == "label":
         images = np.repeat(np.asarray(image, np.float32)[None], config.n_b, axis=0)
         names: tuple[str | None, ...] = (None,) * config.n_b
     else:
-        images, choice = transform_batch(image_key, jnp.asarray(image), config.transforms, config.n_b,
-                                         space=config.space, mean=jnp.asarray(mean), std=jnp.asarray(std))  # fmt: skip
-        images = np.asarray(images)
-        names = tuple(config.transforms[int(c)] for c in np.asarray(choice))
+        images, names = transformed_queries(image_key, image, config, mean, std)
     if config.modify == "image":
         labels = np.full(config.n_b, target, np.int32)
     else:

@@ -16,8 +16,10 @@ picks a *different* transformation for each query with ``jax.lax.switch``. Under
 switch becomes a select, so every branch runs for every query. That costs little for
 CIFAR-sized images, and one compilation serves every mix of transformations.
 
-The names are those of :data:`TRANSFORM_NAMES`. They follow the torchvision transforms used by
-the reference implementation; :class:`TransformParams` holds their ranges.
+The names are those of :data:`TRANSFORM_NAMES`, the eight the paper lists (its Appendix B.2). The
+reference implementation used seven of them, :data:`REFERENCE_TRANSFORM_NAMES`; it has no separate
+rotation. Each follows the torchvision transform the reference called, and :class:`TransformParams`
+holds their ranges.
 
 - ``flip``: horizontal flip.
 - ``color_jitter``: brightness, contrast, saturation and hue factors, applied in that fixed order
@@ -27,14 +29,25 @@ the reference implementation; :class:`TransformParams` holds their ranges.
   sampling, zero fill.
 - ``elastic``: a smoothed random displacement field with bilinear sampling and zero fill, scaled
   as in torchvision's ElasticTransform.
-- ``blur``: Gaussian blur with a random kernel size and sigma, reflect padding.
+- ``blur``: torchvision's ``GaussianBlur((5, 9), (8, 10))``: one fixed kernel, 5 taps wide and 9
+  tall, with σ ~ U[8, 10] drawn per call for both axes; reflect padding.
 - ``invert``: ``1 - x``.
 - ``color_switch``: swap the first two channels (R and G).
+- ``rotation``: rotation about the centre by a random angle whose magnitude lies in [30°, 180°],
+  either sign; bilinear sampling, zero fill. The paper names it without settings, and the
+  reference had only the affine's rotation, so the range is jaxpoison's choice.
 
-**Grayscale images (C = 1).** ``color_jitter`` applies only brightness and contrast; saturation
-and hue are no-ops, as in torchvision. ``color_switch`` is the identity. All other
-transformations act on the single channel as usual. The random draws are the same for both
-channel counts, so one key gives the same geometry for an RGB image and its grayscale version.
+**Grayscale images (C = 1).** ``color_switch`` is the identity, so :func:`transform_batch` never
+draws it for a grayscale image (:data:`IDENTITY_ON_GRAYSCALE`): such a query would equal the
+original, its influence change would be 0, and it could never count as a collapse.
+``color_jitter`` applies only brightness and contrast (saturation and hue are no-ops, as in
+torchvision); those two still change the image, so it stays. All other transformations act on the
+single channel as usual. Some transformations leave particular images unchanged: a flip of a
+mirror-symmetric image, a geometric transformation of a blank one. That is a property of the image,
+not of the transformation, so it is not handled here; Δ-Influence's query construction redraws
+such queries. Each transformation uses its key the same way for both channel counts, so one key
+gives the same geometry for an RGB image and its grayscale version (:func:`transform_batch` may
+still pick different transformations, as it draws from fewer names on one channel).
 
 **Pixel space or normalised space.** By default (``space="pixel"``) the transformations act on
 pixel values in [0, 1], and :func:`transform_batch` returns values in [0, 1]. The reference
@@ -42,7 +55,8 @@ implementation applied them to the normalised tensor ``(x - mean) / std`` instea
 ``space="normalized"``, :func:`transform_batch` reproduces that: it normalises, transforms, and
 maps back with ``x * std + mean``. Nothing is clipped except where a transformation clamps by
 itself, so ``color_jitter`` clamps to [0, 1] *in normalised units*, ``invert`` reflects about 0.5
-normalised, and the zero fill of ``random_affine`` and ``elastic`` comes back as the channel mean.
+normalised, and the zero fill of ``random_affine``, ``elastic`` and ``rotation`` comes back as the
+channel mean.
 This mode is for reproducing the reference's numbers, not for new work.
 """
 
@@ -60,7 +74,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.ndimage import map_coordinates
 
-TRANSFORM_NAMES = ("flip", "color_jitter", "random_affine", "elastic", "blur", "invert", "color_switch")
+# The reference's seven in their historical order, then the paper's eighth: appending keeps each
+# name's position, which is what transform_batch's choice indices refer to.
+TRANSFORM_NAMES = ("flip", "color_jitter", "random_affine", "elastic", "blur", "invert", "color_switch", "rotation")
+REFERENCE_TRANSFORM_NAMES = TRANSFORM_NAMES[:7]
+IDENTITY_ON_GRAYSCALE = frozenset({"color_switch"})
+"""Transformations that return every single-channel image unchanged; never drawn for C = 1."""
 SPACES = ("pixel", "normalized")
 
 # ITU-R 601 luma weights, as in torchvision's rgb_to_grayscale.
@@ -108,10 +127,12 @@ class TransformParams:
     """torchvision's ``alpha``; the displacement in pixels is ``alpha / 2`` times the smoothed noise."""
     elastic_sigma: float = 5.0
     """Standard deviation, in pixels, of the Gaussian that smooths the displacement noise (0: no smoothing)."""
-    blur_kernel_sizes: tuple[int, ...] = (5, 7, 9)
-    """Odd kernel sizes that ``blur`` chooses from uniformly."""
+    blur_kernel_size: tuple[int, int] = (5, 9)
+    """Fixed blur kernel ``(width, height)`` in taps, torchvision's ``(kx, ky)`` order; odd ints."""
     blur_sigma: tuple[float, float] = (8.0, 10.0)
-    """Standard deviation of the blur kernel, in pixels."""
+    """Standard deviation of the blur kernel, in pixels, drawn per call and shared by both axes."""
+    rotation_degrees: tuple[float, float] = (30.0, 180.0)
+    """Magnitude of ``rotation``'s angle; the sign is drawn separately. Must lie in [0, 180]."""
 
     def __post_init__(self):
         # Normalise to tuples of floats: the instance must hash (jit static argument) and compare
@@ -132,13 +153,20 @@ class TransformParams:
         set_("elastic_sigma", float(self.elastic_sigma))
         if self.elastic_alpha < 0 or self.elastic_sigma < 0:
             raise ValueError("TransformParams.elastic_alpha and elastic_sigma must be >= 0")
-        sizes = tuple(int(s) for s in self.blur_kernel_sizes)
-        if not sizes or any(s < 1 or s % 2 == 0 for s in sizes):
-            raise ValueError(f"TransformParams.blur_kernel_sizes must be odd positive ints, got {sizes!r}")
-        set_("blur_kernel_sizes", sizes)
+        try:
+            size = tuple(operator.index(k) for k in self.blur_kernel_size)
+        except TypeError:
+            size = ()
+        if len(size) != 2 or any(k < 1 or k % 2 == 0 for k in size):
+            raise ValueError(
+                f"TransformParams.blur_kernel_size must be a (width, height) pair of odd positive ints, "
+                f"got {self.blur_kernel_size!r}"
+            )
+        set_("blur_kernel_size", size)
         set_("blur_sigma", _as_range("blur_sigma", self.blur_sigma))
         if self.blur_sigma[0] <= 0:
             raise ValueError(f"TransformParams.blur_sigma must be positive, got {self.blur_sigma!r}")
+        set_("rotation_degrees", _as_range("rotation_degrees", self.rotation_degrees, lower=0.0, upper=180.0))
 
 
 DEFAULT_PARAMS = TransformParams()
@@ -187,14 +215,16 @@ def _filter_matrix(n: int, kernel: jax.Array) -> jax.Array:
     return jnp.einsum("k,ikj->ij", kernel, one_hot.astype(kernel.dtype), precision=jax.lax.Precision.HIGHEST)
 
 
-def _separable_filter(image: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Filter the two leading axes of ``image`` ``[H, W, C]`` with a symmetric 1-D ``kernel``."""
+def _separable_filter(image: jax.Array, row_kernel: jax.Array, col_kernel: jax.Array | None = None) -> jax.Array:
+    """Filter ``image`` ``[H, W, C]`` with symmetric 1-D kernels: ``row_kernel`` down the height
+    (axis 0), ``col_kernel`` (default: the same) along the width (axis 1)."""
     h, w = image.shape[:2]
-    kernel = kernel.astype(image.dtype)
+    row_kernel = row_kernel.astype(image.dtype)
+    col_kernel = row_kernel if col_kernel is None else col_kernel.astype(image.dtype)
     # HIGHEST: accelerators would otherwise use reduced-precision matmuls for a pixel-level filter.
     hi = jax.lax.Precision.HIGHEST
-    out = jnp.einsum("ij,jwc->iwc", _filter_matrix(h, kernel), image, precision=hi)
-    return jnp.einsum("vw,iwc->ivc", _filter_matrix(w, kernel), out, precision=hi)
+    out = jnp.einsum("ij,jwc->iwc", _filter_matrix(h, row_kernel), image, precision=hi)
+    return jnp.einsum("vw,iwc->ivc", _filter_matrix(w, col_kernel), out, precision=hi)
 
 
 def gaussian_kernel(size, sigma, taps: int = 9) -> jax.Array:
@@ -214,13 +244,22 @@ def gaussian_kernel(size, sigma, taps: int = 9) -> jax.Array:
     return weights / jnp.sum(weights)
 
 
-def gaussian_blur(image: jax.Array, size, sigma, taps: int = 9) -> jax.Array:
-    """Separable Gaussian blur of ``[H, W, C]`` with a ``size``-tap kernel and reflect padding.
+def gaussian_blur(image: jax.Array, size, sigma, taps: int | None = None) -> jax.Array:
+    """Separable Gaussian blur of ``[H, W, C]`` with one ``sigma`` on both axes and reflect padding.
 
-    Computed with a ``taps``-tap kernel whose outer taps are zero (see :func:`gaussian_kernel`),
-    which gives the same result as the ``size``-tap kernel.
+    ``size`` is an odd int (a square kernel) or a pair ``(kx, ky)`` in the order of torchvision's
+    ``gaussian_blur``: ``kx`` taps along the width (columns), ``ky`` along the height (rows). So
+    ``(5, 9)`` is 5 wide and 9 tall, as torchvision builds its 2-D kernel as ``k_y[:, None] * k_x``
+    and pads the width by ``kx // 2``. With ``taps``, each 1-D kernel is zero-padded to that many
+    taps (see :func:`gaussian_kernel`), which gives the same result and keeps the shape static
+    when ``size`` is traced; by default each axis uses exactly its own size, which must be an int.
     """
-    return _separable_filter(image, gaussian_kernel(size, sigma, taps))
+    kx, ky = (size, size) if np.ndim(size) == 0 else size
+    if taps is None:
+        if not all(isinstance(k, int | np.integer) for k in (kx, ky)):
+            raise ValueError(f"size must be an odd int or a pair of them, got {size!r}; pass taps if it is traced")
+        return _separable_filter(image, gaussian_kernel(ky, sigma, ky), gaussian_kernel(kx, sigma, kx))
+    return _separable_filter(image, gaussian_kernel(ky, sigma, taps), gaussian_kernel(kx, sigma, taps))
 
 
 def _sample(image: jax.Array, rows: jax.Array, cols: jax.Array, order: int) -> jax.Array:
@@ -337,16 +376,16 @@ def elastic(key: jax.Array, image: jax.Array, params: TransformParams = DEFAULT_
 
 
 def blur(key: jax.Array, image: jax.Array, params: TransformParams = DEFAULT_PARAMS) -> jax.Array:
-    """Gaussian blur with kernel size uniform over ``blur_kernel_sizes`` and σ ~ U(``blur_sigma``).
+    """Gaussian blur with the fixed ``blur_kernel_size`` kernel and σ ~ U(``blur_sigma``); reflect padding.
 
-    Every kernel size uses the largest size's tap count, with the outer taps zeroed, so the shape
-    stays static whatever size is drawn.
+    This is torchvision's ``GaussianBlur(kernel_size=(5, 9), sigma=(8, 10))`` as the reference
+    calls it. There ``kernel_size`` is one kernel, not a range to draw from: ``(kx, ky)`` = 5 taps
+    along the width and 9 along the height. ``sigma`` is the range of one uniform draw per call,
+    used for both axes. σ ≥ 8 is wide next to a 9-tap kernel, so the weights are nearly flat: the
+    blur is close to a 5 × 9 box filter.
     """
-    sizes = params.blur_kernel_sizes
-    pick, sigma = _uniform(key, ((0.0, float(len(sizes))), params.blur_sigma))
-    # floor(U(0, len)) is uniform over the sizes; the minimum guards the (measure-zero) top edge.
-    size = jnp.asarray(sizes)[jnp.minimum(pick.astype(jnp.int32), len(sizes) - 1)]
-    return gaussian_blur(image, size, sigma, taps=max(sizes))
+    (sigma,) = _uniform(key, (params.blur_sigma,))
+    return gaussian_blur(image, params.blur_kernel_size, sigma)
 
 
 def invert(key: jax.Array, image: jax.Array, params: TransformParams = DEFAULT_PARAMS) -> jax.Array:
@@ -363,6 +402,27 @@ def color_switch(key: jax.Array, image: jax.Array, params: TransformParams = DEF
     return image[..., jnp.array([1, 0, 2])]
 
 
+def rotation(key: jax.Array, image: jax.Array, params: TransformParams = DEFAULT_PARAMS) -> jax.Array:
+    """Rotation about the image centre by ±U(``rotation_degrees``); bilinear sampling, zero fill.
+
+    The magnitude and the sign are drawn independently, so the default angle is uniform over
+    [-180°, -30°] ∪ [30°, 180°]. The paper names rotation but gives no range. A small turn leaves
+    the query close to the original and barely moves a trigger near the centre; the lower bound
+    keeps every rotation a clear change, and ``random_affine`` already turns by any angle. With
+    rows pointing down, a positive angle turns the image counter-clockwise, as in torchvision's
+    ``F.rotate``; ±90° on a square image equals ``np.rot90(image, ±1)`` up to float rounding.
+    """
+    magnitude, coin = _uniform(key, (params.rotation_degrees, (0.0, 1.0)))
+    angle = jnp.deg2rad(jnp.where(coin < 0.5, -magnitude, magnitude))
+
+    rows, cols = _pixel_grid(image)
+    h, w = image.shape[:2]
+    x, y = cols - (w - 1) / 2.0, rows - (h - 1) / 2.0
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    # The turn sends (x, y) to (cos·x + sin·y, -sin·x + cos·y); each output pixel reads its inverse image.
+    return _sample(image, sin * x + cos * y + (h - 1) / 2.0, cos * x - sin * y + (w - 1) / 2.0, order=1)
+
+
 TransformFn = Callable[[jax.Array, jax.Array, TransformParams], jax.Array]
 
 TRANSFORMS: types.MappingProxyType[str, TransformFn] = types.MappingProxyType(
@@ -374,6 +434,7 @@ TRANSFORMS: types.MappingProxyType[str, TransformFn] = types.MappingProxyType(
         "blur": blur,
         "invert": invert,
         "color_switch": color_switch,
+        "rotation": rotation,
     }
 )
 """Name → transformation, in the order of :data:`TRANSFORM_NAMES`."""
@@ -424,14 +485,32 @@ def apply_transform(name: str, key: jax.Array, image: jax.Array, params: Transfo
     return _apply(key, _check_image(image), name=name, params=_check_params(params))
 
 
-@functools.partial(jax.jit, static_argnames=("names", "n", "params", "normalized"))
-def _transform_batch(key, image, mean, std, *, names, n, params, normalized):
-    branches = tuple(functools.partial(TRANSFORMS[name], params=params) for name in names)
+def usable_positions(names: Sequence[str], channels: int) -> tuple[int, ...]:
+    """Positions in ``names`` that :func:`transform_batch` draws from for images with ``channels`` channels.
+
+    Every position for RGB; for grayscale, those whose name is not in :data:`IDENTITY_ON_GRAYSCALE`.
+    """
+    names = _check_names(names)
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    positions = tuple(i for i, name in enumerate(names) if channels == 3 or name not in IDENTITY_ON_GRAYSCALE)
+    if not positions:
+        raise ValueError(
+            f"every name in {names} is the identity on grayscale (C = 1) images, so no query would differ "
+            f"from the original; add a transformation that changes one channel, e.g. from {TRANSFORM_NAMES}"
+        )
+    return positions
+
+
+@functools.partial(jax.jit, static_argnames=("names", "positions", "n", "params", "normalized"))
+def _transform_batch(key, image, mean, std, *, names, positions, n, params, normalized):
+    branches = tuple(functools.partial(TRANSFORMS[names[i]], params=params) for i in positions)
     choice_key, query_key = jax.random.split(key)
-    choice = jax.random.randint(choice_key, (n,), 0, len(names), dtype=jnp.int32)
+    pick = jax.random.randint(choice_key, (n,), 0, len(positions), dtype=jnp.int32)
     keys = jax.random.split(query_key, n)
     x = (image - mean) / std if normalized else image
-    out = jax.vmap(lambda index, k: jax.lax.switch(index, branches, k, x))(choice, keys)
+    out = jax.vmap(lambda index, k: jax.lax.switch(index, branches, k, x))(pick, keys)
+    choice = jnp.asarray(positions, jnp.int32)[pick]
     if normalized:
         return out * std + mean, choice
     # Bilinear and blur weights sum to 1 only up to rounding; keep the documented [0, 1] exactly.
@@ -452,14 +531,18 @@ def transform_batch(
     """``n`` randomly transformed copies of one image: ``(images [n, H, W, C], choice [n] int32)``.
 
     Query ``i`` gets transformation ``names[choice[i]]``, with ``choice[i]`` uniform over the
-    positions in ``names`` (repeating a name weights it). Keys are derived as::
+    positions in ``names`` (repeating a name weights it). For a grayscale image, the positions of
+    names that are identities on one channel (:data:`IDENTITY_ON_GRAYSCALE`) are left out, and a
+    ``ValueError`` says so when nothing is left. With ``positions = usable_positions(names, C)``,
+    keys are derived as::
 
         choice_key, query_key = jax.random.split(key)
-        choice = jax.random.randint(choice_key, (n,), 0, len(names))
+        choice = positions[jax.random.randint(choice_key, (n,), 0, len(positions))]
         keys = jax.random.split(query_key, n)
 
-    so row ``i`` is ``apply_transform(names[choice[i]], keys[i], image, params)``. In pixel space,
-    the result is clipped to [0, 1]. The result is deterministic given ``key``.
+    so row ``i`` is ``apply_transform(names[choice[i]], keys[i], image, params)``. For RGB images
+    ``positions`` is ``range(len(names))``. In pixel space, the result is clipped to [0, 1]. The
+    result is deterministic given ``key``.
 
     ``space="normalized"`` reproduces the reference's quirk: transform ``(image - mean) / std``
     and return the result mapped back with ``x * std + mean``, without clipping. ``mean`` and
@@ -485,7 +568,10 @@ def transform_batch(
                 raise ValueError(f"{label} must be a scalar or have shape ({channels},), got {v.shape}")
     else:
         mean = std = jnp.zeros((), image.dtype)  # unused; keeps one jitted signature
-    return _transform_batch(key, image, mean, std, names=names, n=n, params=params, normalized=normalized)
+    positions = usable_positions(names, image.shape[-1])
+    return _transform_batch(
+        key, image, mean, std, names=names, positions=positions, n=n, params=params, normalized=normalized
+    )
 
 
 def flip_labels(key: jax.Array, n: int, num_classes: int, target: int, distinct: bool = False) -> jax.Array:
