@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from jaxpoison.cli import main
 from jaxpoison.experiments import (
@@ -102,6 +103,8 @@ def test_changing_one_unlearners_settings_reruns_only_that_unlearner(tiny_report
     assert pipeline_module.unlearner_settings(u, "eu") == {}
     assert pipeline_module.unlearner_settings(u, "cf")["cf_learning_rate"] == 0.02
     assert "ssd_alphas" not in pipeline_module.unlearner_settings(u, "cf")
+    assert pipeline_module.unlearner_settings(u, "scrub")["selection"] == "clean"  # selection changes SCRUB's result
+    assert "selection" not in pipeline_module.unlearner_settings(u, "cf")
     with pytest.raises(ValueError, match="unknown unlearning method"):
         pipeline_module.unlearner_settings(u, "forget")
 
@@ -155,13 +158,39 @@ def test_cli_bad_input(tmp_path, capsys, tiny_report):
     assert "not a jaxpoison run directory" in capsys.readouterr().err
 
 
+def _stage_records(run) -> dict:
+    """``{stage directory: parsed stage.json}`` of a run directory."""
+    return {p.parent.name: json.loads(p.read_text()) for p in (run / "stages").glob("*/stage.json")}
+
+
 def test_cli_detect_adds_a_detector_to_an_existing_run(tiny_report, tmp_path):
     root, _ = tiny_report
     copy = tmp_path / "run"
     shutil.copytree(root, copy)
     assert main(["detect", "--method", "spectral_reference", "--run", str(copy), "--no-progress"]) == 0
     records = json.loads((copy / "detection.json").read_text())
-    assert records["spectral_reference"]["n_flagged"] >= 0 and (copy / "plots" / "roc_detect.png").is_file()
+    assert (copy / "plots" / "roc_detect.png").is_file()
+    # Only the added detector's stage was computed: every earlier stage.json is untouched
+    # (a recomputed stage would carry a new stage_seconds), and exactly one stage is new.
+    old_stages, new_stages = _stage_records(root), _stage_records(copy)
+    assert set(new_stages) - set(old_stages) == {"detect__spectral_reference"}
+    assert {name: new_stages[name] for name in old_stages} == old_stages
+    record = records["spectral_reference"]
+    assert record == new_stages["detect__spectral_reference"]["record"]
+    # Its metrics agree with the flags and scores it saved and with the true poisons.
+    stage = copy / "stages" / "detect__spectral_reference"
+    flagged, scores = np.load(stage / "flagged.npy"), np.load(stage / "scores.npy")
+    with np.load(copy / "stages" / "poison" / "poisons.npz") as saved:
+        poisons, n_train = saved["indices"], saved["labels"].size
+    assert scores.shape == (n_train,)
+    np.testing.assert_array_equal(flagged, np.flatnonzero(scores > 7.0))  # the reference rule, both thresholds 7
+    hits = np.intersect1d(flagged, poisons).size
+    assert (record["n_flagged"], record["n_poisons"]) == (flagged.size, poisons.size)
+    assert (record["n_true_positives"], record["n_false_positives"]) == (hits, flagged.size - hits)
+    assert record["tpr"] == pytest.approx(hits / poisons.size)
+    assert record["precision"] == pytest.approx(hits / flagged.size if flagged.size else 0.0)
+    assert record["fpr"] == pytest.approx((flagged.size - hits) / (n_train - poisons.size))
+    assert record["auroc"] == pytest.approx(roc_auc_score(np.isin(np.arange(n_train), poisons), scores))
     victim = json.loads((copy / "stages" / "victim" / "stage.json").read_text())
     assert victim == json.loads((root / "stages" / "victim" / "stage.json").read_text())  # reused, not retrained
 
@@ -193,14 +222,19 @@ def test_unlearning_table_names_cf_with_a_reset_head():
     rows = [
         {"detector": "delta_influence", "unlearner": "cf", "psr": 0.093, "clean_accuracy": 0.92,
          "info": {"reset_head": False}},
-        {"detector": "delta_influence", "unlearner": "cf", "psr": 0.019, "clean_accuracy": 0.9087,
+        {"detector": "delta_influence", "unlearner": "cf_reset", "psr": 0.019, "clean_accuracy": 0.9087,
          "info": {"reset_head": True}},
     ]  # fmt: skip
     lines = unlearning_table(rows, max_psr=0.05).splitlines()
     assert "| cf | 0.093 |" in lines[2] and "✗" in lines[2]
-    assert "| cf (reset head) | 0.019 |" in lines[3] and "✓" in lines[3]
+    assert "| cf_reset | 0.019 |" in lines[3] and "✓" in lines[3]
 
 
 def test_fashion_mnist_presets_continue_with_a_reset_head_and_the_demo_does_not():
-    assert get_preset("fmnist-badnet").unlearning.cf_reset_head
-    assert not get_preset("fmnist-badnet-demo").unlearning.cf_reset_head
+    for name in ("fmnist-badnet", "fmnist-blended", "fmnist-smooth", "fmnist-brew"):
+        methods = get_preset(name).unlearning.methods
+        assert "cf" in methods and "cf_reset" in methods, name  # both CF rows, side by side
+    assert "cf_reset" not in get_preset("fmnist-badnet-demo").unlearning.methods
+    assert "cf_reset_head" not in pipeline_module.unlearner_settings(get_preset("fmnist-badnet").unlearning, "cf")
+    with pytest.raises(ConfigError, match="cf_reset"):
+        apply_overrides(get_preset("fmnist-badnet"), ["unlearning.cf_reset_head=true"])

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpoison.experiments.pipeline import make_selector, run_unlearner
-from jaxpoison.experiments.victim import init_model, poison_success, recipe_of
+from jaxpoison.experiments import ConfigError, RunStore, apply_overrides, get_preset, to_dict
+from jaxpoison.experiments import pipeline as pipeline_module
+from jaxpoison.experiments.pipeline import approximate_steps, make_selector, run_unlearner, unlearn_stage
+from jaxpoison.experiments.report import unlearning_table
+from jaxpoison.experiments.victim import accuracy, init_model, poison_success, recipe_of
 from jaxpoison.models import create_model, output_layer, to_functional
-from jaxpoison.unlearning import continued_training, dampen, importance, select, split_forget_retain
+from jaxpoison.unlearning import (
+    DistillConfig,
+    Selector,
+    UnlearnResult,
+    clean_rule,
+    continued_training,
+    dampen,
+    importance,
+    oracle_rule,
+    select,
+    split_forget_retain,
+)
 from jaxpoison.unlearning.distill import kl_to_teacher
 from tests.conftest import make_dataset
 
@@ -30,16 +47,36 @@ def test_split_forget_retain_and_its_errors():
         split_forget_retain(data, [0.5])
 
 
-def test_select_prefers_accuracy_among_low_psr_candidates():
+def _table(scores):
+    return [{"candidate": name, **dict(zip(("validation_psr", "validation_accuracy"), v, strict=True))}
+            for name, v in scores.items()]  # fmt: skip
+
+
+def test_oracle_rule_prefers_accuracy_among_low_psr_candidates():
     scores = {"a": (0.5, 0.99), "b": (0.05, 0.80), "c": (0.0, 0.85), "d": (0.2, 0.95)}
-    candidates = [(name, name) for name in scores]
-    best, table = select(candidates, lambda m: scores[m], max_psr=0.1)
-    assert candidates[best][0] == "c" and len(table) == 4
-    best, _ = select(candidates, lambda m: scores[m], max_psr=0.01)
-    assert candidates[best][0] == "c"  # the only one at PSR 0
-    best, _ = select(candidates[:1] + candidates[3:], lambda m: scores[m], max_psr=0.1)
-    assert best == 1  # none qualifies: the lowest PSR wins
-    assert select(candidates, None)[0] == 3
+    rule = oracle_rule(max_psr=0.1)
+    assert rule(_table(scores)) == 2
+    assert oracle_rule(max_psr=0.01)(_table(scores)) == 2  # the only one at PSR 0
+    assert rule(_table({k: scores[k] for k in "ad"})) == 1  # none qualifies: the lowest PSR wins
+    selector = Selector("oracle", lambda m: dict(zip(("validation_psr", "validation_accuracy"), scores[m],
+                                                     strict=True)), rule)  # fmt: skip
+    best, table = select([(name, name) for name in scores], selector)
+    assert best == 2 and [t["candidate"] for t in table] == list(scores)
+    assert select([(name, name) for name in scores], None) == (3, [])  # no selector: the last one
+
+
+def test_clean_rule_forgets_most_among_candidates_that_keep_validation_accuracy():
+    def table(rows):
+        return [{"candidate": i, "validation_accuracy": a, "forget_accuracy": f} for i, (a, f) in enumerate(rows)]
+
+    rule = clean_rule(reference_accuracy=0.90, tolerance=0.02)
+    # 0: keeps accuracy, still fits the flagged labels; 1: forgets, keeps accuracy; 2: forgets more, loses 5 points
+    assert rule(table([(0.91, 0.95), (0.89, 0.10), (0.85, 0.0)])) == 1
+    assert rule(table([(0.89, 0.10), (0.90, 0.10)])) == 1  # a tie in forgetting goes to accuracy
+    assert rule(table([(0.80, 0.0), (0.85, 0.5)])) == 1  # nothing keeps accuracy: lose the least
+    assert rule(table([(0.89, None), (0.90, None)])) == 1  # nothing flagged: accuracy alone
+    with pytest.raises(ValueError, match="tolerance"):
+        clean_rule(0.9, -0.1)
 
 
 def test_dampen_is_exact_on_hand_made_importances():
@@ -94,7 +131,7 @@ def test_cf_with_a_reset_head_starts_from_a_fresh_output_layer_and_removes_the_b
     recipe = recipe_of(prepared.config.victim).replace(optimizer="sgd", learning_rate=0.05, nesterov=True)
     result = continued_training(victim, data, prepared.poisoning.poison_indices, recipe, fresh_head=fresh,
                                 progress=False)  # fmt: skip
-    assert result.info["reset_head"]
+    assert result.info["reset_head"] and result.info["method"] == "cf_reset"
     metrics = poison_success(result.model, prepared.poisoning, prepared.config, prepared.splits.test)
     assert metrics["psr"] <= 0.05, metrics
     assert metrics["clean_accuracy"] >= tiny_run.clean_record["clean_accuracy"] - 0.05, metrics
@@ -109,21 +146,144 @@ def test_cf_with_a_reset_head_starts_from_a_fresh_output_layer_and_removes_the_b
         assert float(jnp.abs(new - start).max()) < float(jnp.abs(new - old).max())
 
 
+class _RecordingTrigger:
+    """Counts every use; with no real trigger behind it, using it fails the test."""
+
+    def __init__(self, real=None):
+        self.real, self.calls = real, 0
+
+    def apply(self, images):
+        self.calls += 1
+        if self.real is None:
+            raise AssertionError("the trigger was applied: selection used knowledge of the attack")
+        return self.real.apply(images)
+
+
+class _Forbidden:
+    """A split that fails the test as soon as anything reads it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the test split was read ({name})")
+
+    def __len__(self):
+        raise AssertionError("the test split was read (len)")
+
+
+def _blind(prepared, trigger):
+    """``prepared`` with the trigger swapped for ``trigger`` and an unreadable test split."""
+    return prepared._replace(poisoning=prepared.poisoning._replace(trigger=trigger),
+                             splits=prepared.splits._replace(test=_Forbidden()))  # fmt: skip
+
+
 @pytest.mark.parametrize("method", ["ssd", "scrub", "badt"])
-def test_approximate_unlearners_return_finite_models_of_the_victims_structure(tiny_run, method):
+def test_approximate_unlearners_select_without_the_trigger_and_lower_psr(tiny_run, method):
     prepared = tiny_run.prepared
-    result = run_unlearner(prepared, method, prepared.poisoning.poison_indices, progress=False)
+    poisons = prepared.poisoning.poison_indices
+    trigger = _RecordingTrigger()
+    result = run_unlearner(_blind(prepared, trigger), method, poisons, progress=False)
+    assert trigger.calls == 0 and result.info["selection"] == "clean"
+    scores = result.info["candidates"]
+    assert scores and all({"validation_accuracy", "forget_accuracy"} <= set(s) for s in scores), scores
+    assert not any("validation_psr" in s for s in scores)
     victim = prepared.victim.model
     assert jax.tree.structure(result.model.params) == jax.tree.structure(victim.params)
     for new, old in zip(jax.tree.leaves(result.model.params), jax.tree.leaves(victim.params), strict=True):
         assert new.shape == old.shape and bool(jnp.all(jnp.isfinite(new)))
-    assert any(not np.allclose(n, o) for n, o in zip(jax.tree.leaves(result.model.params),
-                                                     jax.tree.leaves(victim.params), strict=True))  # fmt: skip
-    assert "chosen" in result.info and result.info["forgotten"] == prepared.poisoning.poison_indices.size
+    assert "chosen" in result.info and result.info["forgotten"] == poisons.size
+    # The point of unlearning the true poisons: the backdoor weakens (measured on the test set, after selection).
+    metrics = poison_success(result.model, prepared.poisoning, prepared.config, prepared.splits.test)
+    assert metrics["psr"] < tiny_run.victim_record["psr"], (metrics, tiny_run.victim_record)
 
 
-def test_selector_scores_on_validation_data_only(tiny_run):
-    selector = make_selector(tiny_run.prepared)
-    psr, accuracy = selector(tiny_run.prepared.victim.model)
-    assert 0.0 <= psr <= 1.0 and 0.5 < accuracy <= 1.0
-    assert len(tiny_run.prepared.splits.validation) > 0
+@pytest.mark.parametrize("method", ["scrub", "badt"])
+def test_clean_selection_finds_an_unlearned_checkpoint_when_there_is_a_choice(tiny_run, method):
+    # The default budget on this tiny preset is 3 steps (10 % of 10 epochs over 1,367 images at
+    # batch 512): one candidate, so nothing to choose. With the reference's 40 steps there are
+    # several, and the trigger-free rule has to find one that lost the backdoor but kept accuracy.
+    prepared = tiny_run.prepared
+    config = apply_overrides(prepared.config, [f"unlearning.{method}_steps=40"])
+    blind = _blind(prepared._replace(config=config), _RecordingTrigger())
+    result = run_unlearner(blind, method, prepared.poisoning.poison_indices, progress=False)
+    assert len(result.info["candidates"]) > 1
+    metrics = poison_success(result.model, prepared.poisoning, prepared.config, prepared.splits.test)
+    assert metrics["psr"] <= 0.1, (metrics, result.info["chosen"], result.info["candidates"])
+    assert metrics["clean_accuracy"] >= tiny_run.victim_record["clean_accuracy"] - 0.02, metrics
+
+
+def test_oracle_selection_uses_the_trigger_and_every_report_says_so(tiny_run, tmp_path):
+    prepared = tiny_run.prepared
+    config = apply_overrides(prepared.config, ["unlearning.selection=oracle"])
+    trigger = _RecordingTrigger(prepared.poisoning.trigger)
+    oracle = prepared._replace(config=config, store=RunStore(tmp_path, to_dict(config)),
+                               poisoning=prepared.poisoning._replace(trigger=trigger))  # fmt: skip
+    result = run_unlearner(oracle, "scrub", prepared.poisoning.poison_indices, progress=False)
+    assert trigger.calls > 0 and result.info["selection"] == "oracle"
+    assert all("validation_psr" in s for s in result.info["candidates"])
+    record = unlearn_stage(oracle, "truth", "scrub", prepared.poisoning.poison_indices, progress=False)
+    assert record["selection"] == "oracle"
+    table = unlearning_table([record, {**record, "unlearner": "eu", "selection": None}], max_psr=0.05)
+    rows = table.splitlines()
+    assert "| scrub (oracle selection) |" in rows[2] and "oracle" not in rows[3]
+    assert "knowledge of the attack" in table  # the footnote under the table
+    clean = apply_overrides(prepared.config, ["unlearning.selection=clean"])
+    assert "oracle" not in unlearning_table([{**record, "selection": clean.unlearning.selection}], max_psr=0.05)
+
+
+def test_selector_scores_on_validation_and_flagged_data_only(tiny_run):
+    prepared = tiny_run.prepared
+    with pytest.raises(AssertionError, match="test split"):
+        len(_Forbidden())  # the guard below really refuses
+    poisons, victim = prepared.poisoning.poison_indices, prepared.victim.model
+    reference = accuracy(victim, prepared.splits.validation)
+    clean = make_selector(_blind(prepared, _RecordingTrigger()), poisons, "clean")
+    scores = clean.score(victim)
+    assert clean.name == "clean" and scores["validation_accuracy"] == pytest.approx(reference)
+    assert 0.5 < reference <= 1.0 and len(prepared.splits.validation) > 0
+    assert scores["forget_accuracy"] > 0.9  # the victim fits its poisons' target labels
+    trigger = _RecordingTrigger(prepared.poisoning.trigger)
+    oracle = make_selector(_blind(prepared, trigger), poisons, "oracle")
+    scores = oracle.score(victim)
+    assert oracle.name == "oracle" and trigger.calls > 0 and scores["validation_psr"] > 0.5
+    assert scores["validation_accuracy"] == pytest.approx(reference)
+
+
+def test_selection_mode_is_checked():
+    with pytest.raises(ConfigError, match=r"'clean'.*'oracle'"):
+        apply_overrides(get_preset("digits-badnet-tiny"), ["unlearning.selection=psr"])
+
+
+@pytest.mark.parametrize("method", ["scrub", "badt"])
+def test_approximate_unlearners_get_a_tenth_of_the_victims_training_budget(tiny_run, method):
+    prepared = tiny_run.prepared
+    u, victim, n = prepared.config.unlearning, prepared.config.victim, len(prepared.poisoning.dataset)
+    per_epoch = math.ceil(n / DistillConfig().batch_size)
+    expected = math.ceil(0.1 * victim.epochs * per_epoch)
+    result = run_unlearner(prepared, method, prepared.poisoning.poison_indices, progress=False)
+    assert result.info["steps"] == expected, (result.info["steps"], expected)
+    # It follows the victim's recipe and the data size, and an explicit step count still wins.
+    longer = dataclasses.replace(prepared.config, victim=dataclasses.replace(victim, epochs=40))
+    assert approximate_steps(longer, method, n) == math.ceil(0.1 * 40 * per_epoch)
+    assert approximate_steps(longer, method, 4 * n) == math.ceil(0.1 * 40 * math.ceil(4 * n / 512))
+    fixed = apply_overrides(prepared.config, [f"unlearning.{method}_steps=40"])
+    assert approximate_steps(fixed, method, n) == 40
+    assert getattr(u, f"{method}_budget") == 0.1
+
+
+def test_cf_is_plain_continued_training_and_cf_reset_resets_the_head(tiny_run, monkeypatch):
+    prepared = tiny_run.prepared
+    seen = {}
+
+    def recording(victim, dataset, flagged, recipe, *, fresh_head=None, **kw):
+        seen["fresh_head"] = fresh_head
+        return UnlearnResult(victim, {})
+
+    monkeypatch.setattr(pipeline_module, "continued_training", recording)
+    for preset in ("digits-badnet-tiny", "fmnist-badnet", "fmnist-blended", "fmnist-badnet-demo"):
+        config = dataclasses.replace(prepared.config, unlearning=get_preset(preset).unlearning)
+        run_unlearner(prepared._replace(config=config), "cf", prepared.poisoning.poison_indices, progress=False)
+        assert seen.pop("fresh_head") is None, preset  # the paper's CF: the victim as it is
+        run_unlearner(prepared._replace(config=config), "cf_reset", prepared.poisoning.poison_indices,
+                      progress=False)  # fmt: skip
+        fresh = seen.pop("fresh_head")
+        assert fresh is not None, preset
+        assert jax.tree.structure(fresh.params) == jax.tree.structure(prepared.victim.model.params)

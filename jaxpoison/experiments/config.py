@@ -21,7 +21,8 @@ from jaxpoison.selection.registry import SELECTORS
 ATTACKS = ("badnet", "blended", "smooth", "brew")
 DETECTORS = ("delta_influence", "delta_label_only", "delta_image_only", "ekfac", "trak", "spectral",
              "spectral_reference", "activation_clustering", "freqdef")  # fmt: skip
-UNLEARNERS = ("eu", "cf", "cf_short", "ssd", "scrub", "badt")
+UNLEARNERS = ("eu", "cf", "cf_reset", "cf_short", "ssd", "scrub", "badt")
+UNLEARNING_SELECTION = ("clean", "oracle")
 
 
 class ConfigError(ValueError):
@@ -121,20 +122,34 @@ class DetectionConfig:
 class UnlearnConfig:
     """Attributes:
     methods: unlearners to run (see ``UNLEARNERS``); each runs on every detector's flags.
+      ``cf`` is the paper's CF (continue training the victim as it is); ``cf_reset`` is a
+      jaxpoison variant that re-initialises the victim's output layer first.
     detectors: which detectors' flags to unlearn (``None``: all that ran).
-    cf_optimizer / cf_learning_rate / cf_weight_decay / cf_epochs: CF's recipe (``None``: the
-      victim's). The reference's CF restarts its SGD schedule at lr 0.1, and that large step is
-      what makes the network forget; Adam victims keep their backdoor under a restarted Adam
-      (digits: PSR 0.27; SGD at 0.05: 0.00) and, on Fashion-MNIST, under SGD at 0.05 (PSR 0.24;
-      SGD at 0.1: 0.02), so the CNN presets continue with SGD at the reference's 0.1.
-    cf_reset_head: re-initialise the victim's output layer before CF. With a 5-epoch budget
-      the full Fashion-MNIST BadNet victim keeps PSR 0.09 under plain CF from the 8 poisons
-      Δ-Influence misses (0.03 when every poison is removed); with a reset head, 0.019 at clean
-      accuracy 0.9087 (unpoisoned 0.9166). The Fashion-MNIST presets turn it on.
+    cf_optimizer / cf_learning_rate / cf_weight_decay / cf_epochs: the recipe of ``cf``,
+      ``cf_reset`` and ``cf_short`` (``None``: the victim's). The reference's CF restarts its SGD
+      schedule at lr 0.1, and that large step is what makes the network forget; Adam victims keep
+      their backdoor under a restarted Adam (digits: PSR 0.27; SGD at 0.05: 0.00) and, on
+      Fashion-MNIST, under SGD at 0.05 (PSR 0.24; SGD at 0.1: 0.02), so the CNN presets continue
+      with SGD at the reference's 0.1. With a 5-epoch budget the full Fashion-MNIST BadNet victim
+      keeps PSR 0.09 under ``cf`` from the 8 poisons Δ-Influence misses (0.03 when every poison is
+      removed); under ``cf_reset``, 0.019 at clean accuracy 0.9087 (unpoisoned 0.9166).
+    cf_reset_head: removed; ``true`` is refused — run method ``cf_reset`` instead, so that both
+      CF rows appear in the report.
     cf_short_epochs: epochs of the short fine-tune variant of CF (with CF's recipe).
     ssd_alphas / ssd_lambda_factors: the SSD grid (λ = factor · α).
-    scrub_steps / scrub_max_steps / scrub_lr / scrub_alpha / scrub_temperature: SCRUB.
-    badt_steps / badt_lr: bad-teacher distillation.
+    scrub_budget / badt_budget: the share of the victim's training budget SCRUB and BadT get, as
+      minibatch steps: ``ceil(budget · victim epochs · ceil(training set / unlearning batch))``.
+      The Δ-Influence paper gives approximate unlearners 10 % (4 epochs for a 40-epoch victim).
+    scrub_steps / badt_steps: an explicit step count instead (``None``: the budget decides; the
+      reference's code ran 40).
+    scrub_max_steps / scrub_lr / scrub_alpha / scrub_temperature: SCRUB.
+    badt_lr: bad-teacher distillation.
+    selection: how SSD, SCRUB and BadT choose among their candidates (grid points, checkpoints).
+      ``"clean"``: clean validation accuracy and how much of the flagged points' labels the model
+      still reproduces (:func:`jaxpoison.unlearning.clean_rule`) — no knowledge of the attack, as
+      the paper's defender. ``"oracle"``: PSR on triggered validation images (the reference's rule,
+      :func:`jaxpoison.unlearning.oracle_rule`); it uses the trigger, and reports mark it.
+    selection_tolerance: the clean rule's accuracy floor, below the victim's validation accuracy.
     max_psr: a run "succeeds" when the poison success rate is at most this.
     """
 
@@ -144,18 +159,38 @@ class UnlearnConfig:
     cf_learning_rate: float | None = None
     cf_weight_decay: float | None = None
     cf_epochs: int | None = None
-    cf_reset_head: bool = False
+    cf_reset_head: bool | None = None
     cf_short_epochs: int = 1
     ssd_alphas: tuple[float, ...] = (2.0, 10.0, 50.0)
     ssd_lambda_factors: tuple[float, ...] = (0.01, 0.1, 1.0)
-    scrub_steps: int = 40
+    scrub_budget: float = 0.1
+    scrub_steps: int | None = None
     scrub_max_steps: int = 400
     scrub_lr: float = 0.025
     scrub_alpha: float = 0.001
     scrub_temperature: float = 4.0
-    badt_steps: int = 40
+    badt_budget: float = 0.1
+    badt_steps: int | None = None
     badt_lr: float = 0.025
+    selection: str = "clean"
+    selection_tolerance: float = 0.02
     max_psr: float = 0.05
+
+    def __post_init__(self):
+        if self.cf_reset_head:  # False (old saved configs) meant the paper's CF, which `cf` now always is
+            raise ConfigError("unlearning.cf_reset_head was removed: CF with a reset output layer is its own method; "
+                              "add 'cf_reset' to unlearning.methods (and keep 'cf' for the paper's plain CF).")
+        if self.selection not in UNLEARNING_SELECTION:
+            raise ConfigError(f"unlearning.selection must be 'clean' (no knowledge of the attack) or 'oracle' "
+                              f"(chooses with the trigger); got {self.selection!r}.")  # fmt: skip
+        if self.selection_tolerance < 0:
+            raise ConfigError(f"unlearning.selection_tolerance must be ≥ 0; got {self.selection_tolerance}.")
+        for key in ("scrub", "badt"):
+            budget, steps = getattr(self, f"{key}_budget"), getattr(self, f"{key}_steps")
+            if budget <= 0:
+                raise ConfigError(f"unlearning.{key}_budget must be a positive share of training; got {budget}.")
+            if steps is not None and steps < 1:
+                raise ConfigError(f"unlearning.{key}_steps must be ≥ 1 (or None to use the budget); got {steps}.")
 
 
 @dataclasses.dataclass(frozen=True)

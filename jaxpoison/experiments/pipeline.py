@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -45,10 +46,13 @@ from jaxpoison.unlearning import (
     SSDConfig,
     UnlearnResult,
     bad_teacher,
+    clean_rule,
     continued_training,
     exact_unlearning,
+    oracle_rule,
     scrub,
     selective_synaptic_dampening,
+    split_forget_retain,
 )
 
 
@@ -146,25 +150,62 @@ def detect_stage(prepared: Prepared, method: str, *, progress: bool = True) -> t
 # --------------------------------------------------------------------------- unlearning
 
 
-def make_selector(prepared: Prepared) -> Selector:
-    """Score a candidate on the validation split: (poison success on triggered validation images, accuracy).
+def make_selector(prepared: Prepared, flagged, mode: str | None = None) -> Selector | None:
+    """How SSD, SCRUB and BadT choose among candidates on held-out data (``None`` without a validation split).
 
-    Witches' Brew has no trigger to apply to validation images; its selector reports a
-    poison success of 0 and so selects by validation accuracy alone.
+    ``mode`` (default ``unlearning.selection``):
+
+    * ``"clean"`` scores a candidate by its accuracy on the clean validation split and on the
+      ``flagged`` training points against the labels they carry, and keeps the one that reproduces
+      those labels least among candidates within ``unlearning.selection_tolerance`` of the victim's
+      validation accuracy (:func:`~jaxpoison.unlearning.clean_rule`). It needs nothing the paper's
+      defender lacks: no trigger, no attack type, no test data.
+    * ``"oracle"`` scores poison success on *triggered* validation images (the reference's rule,
+      :func:`~jaxpoison.unlearning.oracle_rule`) — knowledge of the attack, so reports label it.
+      Witches' Brew has no trigger to apply; its oracle reports a poison success of 0 and so
+      selects by validation accuracy alone.
     """
+    u = prepared.config.unlearning
+    mode = u.selection if mode is None else mode
     validation = prepared.splits.validation
     if validation is None or len(validation) == 0:
         return None
-    poisoning, source = prepared.poisoning, prepared.config.attack.source
+    if mode == "oracle":
+        poisoning, source = prepared.poisoning, prepared.config.attack.source
 
-    def selector(model: FunctionalModel) -> tuple[float, float]:
-        if poisoning.trigger is None:
-            return 0.0, accuracy(model, validation)
-        metrics = attack_metrics(model.apply, model.params, model.state, validation, poisoning.trigger,
-                                 poisoning.target, source)  # fmt: skip
-        return metrics["asr"], metrics["clean_accuracy"]
+        def oracle_score(model: FunctionalModel) -> dict:
+            if poisoning.trigger is None:
+                return {"validation_psr": 0.0, "validation_accuracy": accuracy(model, validation)}
+            metrics = attack_metrics(model.apply, model.params, model.state, validation, poisoning.trigger,
+                                     poisoning.target, source)  # fmt: skip
+            return {"validation_psr": metrics["asr"], "validation_accuracy": metrics["clean_accuracy"]}
 
-    return selector
+        return Selector("oracle", oracle_score, oracle_rule())
+    if mode != "clean":
+        raise ValueError(f"unknown selection {mode!r}; choose 'clean' or 'oracle'.")
+    forget, _, forget_idx = split_forget_retain(prepared.poisoning.dataset, flagged)
+
+    def clean_score(model: FunctionalModel) -> dict:
+        forget_accuracy = accuracy(model, forget) if forget_idx.size else None
+        return {"validation_accuracy": accuracy(model, validation), "forget_accuracy": forget_accuracy}
+
+    reference = accuracy(prepared.victim.model, validation)
+    return Selector("clean", clean_score, clean_rule(reference, u.selection_tolerance))
+
+
+def approximate_steps(config: RunConfig, method: str, train_size: int) -> int:
+    """Minibatch steps for SCRUB or BadT: ``{method}_steps`` if set, else ``{method}_budget`` of the victim's training.
+
+    The victim sees the training set ``epochs`` times; at the unlearner's batch size one pass
+    is ``ceil(train_size / batch)`` steps, so a budget of 0.1 gives a 40-epoch victim's
+    unlearner 4 passes (the Δ-Influence paper's setting).
+    """
+    u = config.unlearning
+    steps = getattr(u, f"{method}_steps")
+    if steps is not None:
+        return steps
+    per_epoch = math.ceil(train_size / DistillConfig().batch_size)
+    return max(1, math.ceil(getattr(u, f"{method}_budget") * config.victim.epochs * per_epoch))
 
 
 def run_unlearner(prepared: Prepared, method: str, flagged: np.ndarray, *, progress: bool = True) -> UnlearnResult:
@@ -172,48 +213,59 @@ def run_unlearner(prepared: Prepared, method: str, flagged: np.ndarray, *, progr
     config, u = prepared.config, prepared.config.unlearning
     victim, data = prepared.victim.model, prepared.poisoning.dataset
     recipe = recipe_of(config.victim)
-    selector = make_selector(prepared)
-    distill = DistillConfig(steps=u.scrub_steps, learning_rate=u.scrub_lr)
     if method == "eu":
         return exact_unlearning(init_model(config.victim, data, config.seed), data, flagged, recipe,
                                 seed=config.seed, progress=progress)  # fmt: skip
-    if method in ("cf", "cf_short"):
+    if method in ("cf", "cf_reset", "cf_short"):
         changes = {"optimizer": u.cf_optimizer, "learning_rate": u.cf_learning_rate,
                    "weight_decay": u.cf_weight_decay, "epochs": u.cf_epochs}  # fmt: skip
         cf_recipe = recipe.replace(**{k: v for k, v in changes.items() if v is not None})
         cf_recipe = cf_recipe.replace(nesterov=cf_recipe.optimizer == "sgd")
         if method == "cf_short":
             cf_recipe = cf_recipe.replace(epochs=u.cf_short_epochs, milestones=())
-        fresh = init_model(config.victim, data, config.seed + 1) if u.cf_reset_head else None
+        # Only `cf_reset` touches the output layer: `cf` is the paper's CF, the victim as it is.
+        fresh = init_model(config.victim, data, config.seed + 1) if method == "cf_reset" else None
         return continued_training(victim, data, flagged, cf_recipe, fresh_head=fresh, seed=config.seed,
                                   progress=progress)  # fmt: skip
+    if method not in ("ssd", "scrub", "badt"):
+        raise ValueError(f"unknown unlearning method {method!r}.")
+    selector = make_selector(prepared, flagged)
     if method == "ssd":
         return selective_synaptic_dampening(victim, data, flagged, SSDConfig(u.ssd_alphas, u.ssd_lambda_factors),
                                             selector=selector)  # fmt: skip
     if method == "scrub":
+        distill = DistillConfig(steps=approximate_steps(config, "scrub", len(data)), learning_rate=u.scrub_lr)
         scrub_config = ScrubConfig(distill, u.scrub_max_steps, u.scrub_alpha, u.scrub_temperature)
         return scrub(victim, data, flagged, scrub_config, selector=selector)
-    if method == "badt":
-        teacher = init_model(config.victim, data, config.seed + 1)
-        badt_config = BadTeacherConfig(DistillConfig(steps=u.badt_steps, learning_rate=u.badt_lr))
-        return bad_teacher(victim, teacher, data, flagged, badt_config, selector=selector)
-    raise ValueError(f"unknown unlearning method {method!r}.")
+    teacher = init_model(config.victim, data, config.seed + 1)
+    distill = DistillConfig(steps=approximate_steps(config, "badt", len(data)), learning_rate=u.badt_lr)
+    return bad_teacher(victim, teacher, data, flagged, BadTeacherConfig(distill), selector=selector)
 
 
 # The UnlearnConfig fields each unlearner reads (EU reads none: it retrains with the victim's recipe).
-_SETTINGS_PREFIX = {"eu": None, "cf": "cf_", "cf_short": "cf_", "ssd": "ssd_", "scrub": "scrub_", "badt": "badt_"}
+_SETTINGS_PREFIX = {"eu": None, "cf": "cf_", "cf_reset": "cf_", "cf_short": "cf_", "ssd": "ssd_", "scrub": "scrub_",
+                    "badt": "badt_"}  # fmt: skip
+# Fields that choose among candidates: they change the result of the methods that select.
+_SELECTION_FIELDS = ("selection", "selection_tolerance")
+_SELECTING = ("ssd", "scrub", "badt")
 
 
 def unlearner_settings(unlearning: UnlearnConfig, method: str) -> dict:
     """The part of ``unlearning`` that ``method``'s result depends on — its stage key.
 
     Leaving out the method list and the other methods' settings means that changing, say,
-    CF's learning rate reruns CF only, not a finished exact-unlearning retrain.
+    CF's learning rate reruns CF only, not a finished exact-unlearning retrain. (SCRUB's and
+    BadT's step counts also follow the victim recipe and the data size, which the victim's key
+    already covers.)
     """
     if method not in _SETTINGS_PREFIX:
         raise ValueError(f"unknown unlearning method {method!r}; choose from {sorted(_SETTINGS_PREFIX)}.")
     prefix = _SETTINGS_PREFIX[method]
-    return {k: v for k, v in to_dict(unlearning).items() if prefix and k.startswith(prefix)}
+    values = to_dict(unlearning)
+    settings = {k: v for k, v in values.items() if prefix and k.startswith(prefix) and k != "cf_reset_head"}
+    if method in _SELECTING:
+        settings.update({k: values[k] for k in _SELECTION_FIELDS})
+    return settings
 
 
 def unlearn_stage(
@@ -231,7 +283,9 @@ def unlearn_stage(
         seconds = time.perf_counter() - start
         metrics = poison_success(result.model, prepared.poisoning, prepared.config, prepared.splits.test)
         info = {k: v for k, v in result.info.items() if k != "losses"}
-        return {"detector": detector, "unlearner": method, **metrics, "seconds": seconds, "info": info}
+        # "oracle": the candidate was chosen with the trigger (knowledge of the attack); None: nothing chosen
+        return {"detector": detector, "unlearner": method, "selection": info.get("selection"), **metrics,
+                "seconds": seconds, "info": info}  # fmt: skip
 
     _, record = prepared.store.run(f"unlearn:{detector}:{method}", inputs, compute)
     return record

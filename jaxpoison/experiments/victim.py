@@ -138,6 +138,16 @@ def poison_budget(attack: AttackConfig, train_size: int) -> int:
 
 
 def make_trigger(attack: AttackConfig, train_set: Dataset, clean: FunctionalModel, seed: int, progress: bool):
+    """The trigger of a dirty-label attack on ``train_set`` (``clean`` is used by ``smooth`` only).
+
+    The smooth trigger is Zeng et al.'s universal perturbation toward ``attack.target``, fitted
+    against the clean model on the first 100 training images outside the target class. For a
+    source-specific attack the source class is left out of the fit as well: the attack is
+    measured on triggered source-class images, and a pattern fitted on that class would be an
+    adversarial perturbation of it, so the unpoisoned model would already send up to the fit's
+    fooling goal (20 %) of them to the target and PSR would not isolate the backdoor. The
+    reference's pattern was not fitted on the source class either (it came from a CIFAR-10 model).
+    """
     shape = train_set.image_shape
     if attack.name == "badnet":
         if shape[0] < 16:  # 8×8 digits: the 4-pixel pattern is too small to learn; a 2×2 corner square
@@ -148,7 +158,10 @@ def make_trigger(attack: AttackConfig, train_set: Dataset, clean: FunctionalMode
         return blended(shape, 0.1 if attack.epsilon is None else attack.epsilon, seed=seed)
     if attack.name == "smooth":
         logits = lambda x: clean.apply(clean.params, clean.state, normalize(x, train_set.mean, train_set.std))
-        pool = train_set.images[train_set.labels != attack.target][:100]
+        fit = train_set.labels != attack.target
+        if attack.source is not None:
+            fit &= train_set.labels != attack.source
+        pool = train_set.images[fit][:100]
         return make_smooth_trigger(logits, pool, attack.target, seed=seed, progress=progress)
     raise ValueError(f"attack {attack.name!r} has no trigger.")
 

@@ -1,14 +1,23 @@
 """Corrective unlearning: remove what flagged training points taught a model.
 
 Each method is a function of (victim, poisoned training set, flagged indices, config):
-:func:`exact_unlearning` (EU, retrain), :func:`continued_training` (CF),
-:func:`selective_synaptic_dampening` (SSD), :func:`scrub` (SCRUB) and
+:func:`exact_unlearning` (EU, retrain), :func:`continued_training` (CF, optionally with a
+reset output layer), :func:`selective_synaptic_dampening` (SSD), :func:`scrub` (SCRUB) and
 :func:`bad_teacher` (BadT). Methods with hyper-parameter grids or several candidate
-checkpoints pick one with a ``selector`` on held-out validation data, never the test set.
+checkpoints pick one with a :class:`Selector` on held-out validation data and the flagged
+set, never the test set: :func:`clean_rule` needs no knowledge of the attack,
+:func:`oracle_rule` scores triggered images and is labelled ``oracle`` wherever it is used.
 """
 
 from jaxpoison.unlearning.badt import BadTeacherConfig, bad_teacher
-from jaxpoison.unlearning.common import Selector, UnlearnResult, select, split_forget_retain
+from jaxpoison.unlearning.common import (
+    Selector,
+    UnlearnResult,
+    clean_rule,
+    oracle_rule,
+    select,
+    split_forget_retain,
+)
 from jaxpoison.unlearning.distill import DistillConfig
 from jaxpoison.unlearning.retrain import continued_training, exact_unlearning
 from jaxpoison.unlearning.scrub import ScrubConfig, scrub
@@ -22,10 +31,12 @@ __all__ = [
     "Selector",
     "UnlearnResult",
     "bad_teacher",
+    "clean_rule",
     "continued_training",
     "dampen",
     "exact_unlearning",
     "importance",
+    "oracle_rule",
     "scrub",
     "select",
     "selective_synaptic_dampening",

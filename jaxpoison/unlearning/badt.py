@@ -4,8 +4,8 @@ Two teachers: a randomly initialised copy of the network for the flagged points 
 victim for every other point. The student (a copy of the victim) minimises
 ``KL(teacher ‖ student)`` at T = 1, averaged over batch × classes (PyTorch's default
 ``kl_div`` reduction, as in the reference), on the whole training set in order, for
-``distill.steps`` minibatches. The model is scored on validation data every
-``eval_every`` steps and the best one is kept.
+``distill.steps`` minibatches. Every ``eval_every`` steps (and at the end) the model becomes
+a candidate; a :class:`~jaxpoison.unlearning.common.Selector` picks one.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class BadTeacherConfig:
 
 def bad_teacher(
     victim: FunctionalModel, random_teacher: FunctionalModel, dataset: Dataset, flagged,
-    config: BadTeacherConfig = BadTeacherConfig(), *, selector: Selector | None = None, max_psr: float = 0.1,
+    config: BadTeacherConfig = BadTeacherConfig(), *, selector: Selector | None = None,
 ) -> UnlearnResult:  # fmt: skip
     """Bad-teacher distillation; ``random_teacher`` is a freshly initialised model of the same architecture."""
     _, _, forget_idx = split_forget_retain(dataset, flagged)
@@ -65,7 +65,8 @@ def bad_teacher(
         losses.append(float(value))
         if done % config.eval_every == 0 or done == config.distill.steps:
             candidates.append(({"step": done}, victim._replace(params=params, state=state)))
-    best, scores = select(candidates, selector, max_psr)
+    best, scores = select(candidates, selector)
     info = {"method": "badt", "forgotten": int(forget_idx.size), "steps": config.distill.steps,
-            "chosen": candidates[best][0], "candidates": scores, "losses": losses}  # fmt: skip
+            "selection": selector.name if selector else None, "chosen": candidates[best][0], "candidates": scores,
+            "losses": losses}  # fmt: skip
     return UnlearnResult(candidates[best][1], info)

@@ -10,9 +10,22 @@ import numpy as np
 from jaxpoison.data import Dataset
 from jaxpoison.models import FunctionalModel
 
-# A selection criterion sees a candidate model and returns (poison success, clean accuracy)
-# measured on held-out *validation* data — never the test set.
-Selector = Callable[[FunctionalModel], tuple[float, float]]
+
+class Selector(NamedTuple):
+    """How candidate models (checkpoints, grid points) are scored and which one wins.
+
+    Attributes:
+      name: ``"clean"`` (clean validation data and the flagged set only: what a defender without
+        knowledge of the attack can measure) or ``"oracle"`` (PSR on *triggered* validation
+        images: uses the attack's trigger, so results chosen this way are labelled as such).
+      score: a candidate model → its scores, measured on held-out validation data and the
+        flagged set, never the test set.
+      choose: the list of score dicts → the index of the chosen candidate.
+    """
+
+    name: str
+    score: Callable[[FunctionalModel], dict[str, float | None]]
+    choose: Callable[[Sequence[dict]], int]
 
 
 class UnlearnResult(NamedTuple):
@@ -44,24 +57,56 @@ def split_forget_retain(dataset: Dataset, flagged) -> tuple[Dataset, Dataset, np
     return dataset.subset(flagged), dataset.subset(np.flatnonzero(keep)), flagged
 
 
-def select(candidates: Sequence[tuple[Any, FunctionalModel]], selector: Selector | None,
-           max_psr: float = 0.1) -> tuple[int, list[dict]]:  # fmt: skip
-    """Index of the best candidate: the highest validation accuracy among those with PSR ≤ ``max_psr``,
-    else the lowest PSR (the reference's rule, moved from the test set to validation data).
-
-    Without a selector the last candidate wins.
-    """
+def select(candidates: Sequence[tuple[Any, FunctionalModel]], selector: Selector | None) -> tuple[int, list[dict]]:
+    """``(index of the chosen candidate, every candidate's scores)``; without a selector the last one wins."""
     if not candidates:
         raise ValueError("no candidate models to select from.")
     if selector is None:
         return len(candidates) - 1, []
-    scores = []
-    for label, model in candidates:
-        psr, accuracy = selector(model)
-        scores.append({"candidate": label, "validation_psr": float(psr), "validation_accuracy": float(accuracy)})
-    ok = [i for i, s in enumerate(scores) if s["validation_psr"] <= max_psr]
-    if ok:
-        best = max(ok, key=lambda i: scores[i]["validation_accuracy"])
-    else:
-        best = min(range(len(scores)), key=lambda i: (scores[i]["validation_psr"], -scores[i]["validation_accuracy"]))
-    return best, scores
+    scores = [{"candidate": label, **selector.score(model)} for label, model in candidates]
+    return selector.choose(scores), scores
+
+
+def oracle_rule(max_psr: float = 0.1) -> Callable[[Sequence[dict]], int]:
+    """The reference's rule on ``validation_psr`` / ``validation_accuracy`` scores: the highest
+    accuracy among candidates with PSR ≤ ``max_psr``, else the lowest PSR.
+
+    It needs the trigger to measure PSR, i.e. knowledge of the attack.
+    """
+
+    def choose(scores: Sequence[dict]) -> int:
+        ok = [i for i, s in enumerate(scores) if s["validation_psr"] <= max_psr]
+        if ok:
+            return max(ok, key=lambda i: scores[i]["validation_accuracy"])
+        return min(range(len(scores)), key=lambda i: (scores[i]["validation_psr"], -scores[i]["validation_accuracy"]))
+
+    return choose
+
+
+def clean_rule(reference_accuracy: float, tolerance: float) -> Callable[[Sequence[dict]], int]:
+    """A rule that needs no knowledge of the attack, on ``validation_accuracy`` (clean validation
+    data) and ``forget_accuracy`` (the flagged points against the labels they carry) scores.
+
+    Among the candidates whose validation accuracy is at most ``tolerance`` below
+    ``reference_accuracy`` (the model before unlearning), the one that agrees least with the
+    flagged labels wins; ties go to the higher validation accuracy. Why: a defender only knows
+    that the flagged points are suspected poisons; what they taught the model is exactly the
+    mapping from their images to their labels (for a backdoor, triggered image → target class),
+    so the less a candidate still reproduces it, the more it has unlearned — while the accuracy
+    floor keeps it from buying that by damaging the model, and bounds what the clean points
+    among the flagged ones can cost. When no candidate keeps the accuracy, the most accurate wins.
+    With nothing flagged (``forget_accuracy`` is ``None``) accuracy alone decides.
+    """
+    if tolerance < 0:
+        raise ValueError(f"the accuracy tolerance must be ≥ 0; got {tolerance}.")
+
+    def choose(scores: Sequence[dict]) -> int:
+        if not scores:
+            raise ValueError("no candidate scores to choose from.")
+        floor = reference_accuracy - tolerance
+        ok = [i for i, s in enumerate(scores) if s["validation_accuracy"] >= floor and s["forget_accuracy"] is not None]
+        if ok:
+            return min(ok, key=lambda i: (scores[i]["forget_accuracy"], -scores[i]["validation_accuracy"], i))
+        return max(range(len(scores)), key=lambda i: (scores[i]["validation_accuracy"], -i))
+
+    return choose

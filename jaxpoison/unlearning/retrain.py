@@ -3,9 +3,10 @@
 * **EU** retrains from a fresh initialisation on the retained set with the victim's recipe
   — the gold standard, at the price of a full training run.
 * **CF** continues training the *victim* on the retained set: with the full recipe (the
-  Δ-Influence reference's CF) or a short fine-tune (``epochs`` fewer), relying on the
-  network forgetting what the flagged points taught it. Optionally the victim's output layer
-  is first re-initialised ("CF with a reset head"): the trigger→target mapping then has to be
+  Δ-Influence paper's and reference's CF) or a short fine-tune (``epochs`` fewer), relying
+  on the network forgetting what the flagged points taught it.
+* **CF with a reset head** (``cf_reset``, a jaxpoison variant, not the paper's CF) first
+  re-initialises the victim's output layer: the trigger→target mapping then has to be
   re-learnt from the retained set, where a few missed poisons cannot teach it again in a short
   run, while the feature extractor keeps what the clean data taught it.
 """
@@ -42,7 +43,7 @@ def continued_training(
 
     Args:
       fresh_head: a freshly initialised model of the victim's architecture; when given, its
-        output layer replaces the victim's before training (CF with a reset head).
+        output layer replaces the victim's before training (CF with a reset head, ``cf_reset``).
     """
     _, retain, forget = split_forget_retain(dataset, flagged)
     start = victim
@@ -50,6 +51,6 @@ def continued_training(
         start = replace_layer(victim, output_layer(victim, dataset.image_shape), fresh_head)
     result = train(start, retain, recipe, seed=seed, progress=progress)
     model = victim._replace(params=result.params, state=result.state)
-    info = {"method": "cf", "forgotten": int(forget.size), "epochs": recipe.epochs,
-            "reset_head": fresh_head is not None}  # fmt: skip
+    info = {"method": "cf" if fresh_head is None else "cf_reset", "forgotten": int(forget.size),
+            "epochs": recipe.epochs, "reset_head": fresh_head is not None}  # fmt: skip
     return UnlearnResult(model, info)

@@ -3,9 +3,11 @@
 Student = a copy of the victim, teacher = the frozen victim. Each round makes *max* steps
 on the forget set (gradient ascent on ``CE + α · T² · KL(teacher ‖ student)``) while fewer
 than ``max_steps`` were made, then *min* steps (descent on the same loss) on the retained
-set. Steps are minibatches; the budget is ``distill.steps`` in all, as in the reference
-(40 steps, α = 0.001, T = 4, lr 0.025 decaying linearly). After every round the
-candidate is scored on validation data and the best one is kept.
+set. Steps are minibatches; the budget is ``distill.steps`` in all (the reference ran 40;
+the Δ-Influence paper gives approximate unlearners 10 % of the training budget, which the
+pipeline turns into steps), with the reference's α = 0.001, T = 4 and lr 0.025 decaying
+linearly. After every round the candidate is scored by a
+:class:`~jaxpoison.unlearning.common.Selector` and the chosen one is kept.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ class ScrubConfig:
 
 def scrub(
     victim: FunctionalModel, dataset: Dataset, flagged, config: ScrubConfig = ScrubConfig(), *,
-    selector: Selector | None = None, max_psr: float = 0.1,
+    selector: Selector | None = None,
 ) -> UnlearnResult:  # fmt: skip
-    """Run SCRUB on the flagged points of ``dataset``; returns the best round's model."""
+    """SCRUB on the flagged points of ``dataset``; returns the chosen round's model (without a selector, the last)."""
     forget, retain, forget_idx = split_forget_retain(dataset, flagged)
     t = config.temperature
 
@@ -71,7 +73,8 @@ def scrub(
             losses.append(float(value))
             done += 1
         candidates.append(({"step": done}, victim._replace(params=params, state=state)))
-    best, scores = select(candidates, selector, max_psr)
+    best, scores = select(candidates, selector)
     info = {"method": "scrub", "forgotten": int(forget_idx.size), "steps": done, "max_steps_made": max_done,
-            "chosen": candidates[best][0], "candidates": scores, "losses": losses}  # fmt: skip
+            "selection": selector.name if selector else None, "chosen": candidates[best][0], "candidates": scores,
+            "losses": losses}  # fmt: skip
     return UnlearnResult(candidates[best][1], info)
