@@ -14,7 +14,7 @@ deterministic per seed.
   at random, with a decaying drop ratio.
 * **HFE** (:func:`hfe_selection`) — model-free: the candidates whose triggered image has the
   largest share of DCT energy outside a low-frequency radius (jaxpoison's definition; no
-  public one exists).
+  public one exists); ``hfe_asc`` (a :data:`VARIANTS` name) takes the smallest share instead.
 * **IFS** (:func:`ifs_selection`, Wei et al. 2025) — a surrogate trained on random poisons;
   prune each class to the samples nearest its feature prototype (group 1 of η); score them
   by their poisoned version's influence on the attack-success loss (one LiSSA inverse-HVP,
@@ -26,8 +26,8 @@ Retraining a victim on a selection is left to the caller
 
 from jaxpoison.data.dct import dct_matrix
 from jaxpoison.selection.common import ProxyTrainer, Selection, SelectionError, poison_budget, triggered
-from jaxpoison.selection.forgetting import FUSConfig, count_forgetting_events, fus_selection
-from jaxpoison.selection.frequency import hfe_scores, hfe_selection, high_frequency_mask
+from jaxpoison.selection.forgetting import FUSConfig, count_forgetting_events, event_histogram, fus_selection
+from jaxpoison.selection.frequency import HFEConfig, hfe_ranking, hfe_scores, hfe_selection, high_frequency_mask
 from jaxpoison.selection.ifs import (
     IFSConfig,
     candidate_influence,
@@ -41,12 +41,21 @@ from jaxpoison.selection.ifs import (
     mean_loss_gradient,
 )
 from jaxpoison.selection.random import random_selection
-from jaxpoison.selection.registry import SELECTORS, select_poisons
-from jaxpoison.selection.representation import RDConfig, rd_scores, rd_selection, representation_distance
+from jaxpoison.selection.registry import SELECTION_NAMES, SELECTORS, VARIANTS, select_poisons
+from jaxpoison.selection.representation import (
+    RDConfig,
+    final_refill,
+    rd_scores,
+    rd_selection,
+    representation_distance,
+)
 
 __all__ = [
+    "SELECTION_NAMES",
     "SELECTORS",
+    "VARIANTS",
     "FUSConfig",
+    "HFEConfig",
     "IFSConfig",
     "ProxyTrainer",
     "RDConfig",
@@ -56,11 +65,14 @@ __all__ = [
     "class_prototypes",
     "count_forgetting_events",
     "dct_matrix",
+    "event_histogram",
     "fair_quota",
     "fair_select",
+    "final_refill",
     "fus_selection",
     "group1_size",
     "group_split",
+    "hfe_ranking",
     "hfe_scores",
     "hfe_selection",
     "high_frequency_mask",

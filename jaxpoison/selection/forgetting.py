@@ -11,6 +11,12 @@ random poison set and, for ``rounds`` rounds:
 4. keeps the ``keep_fraction`` with the most events and refills the rest uniformly at
    random from the pool.
 
+A sequence of ``E`` per-epoch records holds at most ``E // 2`` forgetting events, so short
+proxy trainings leave most poisons tied (two epochs: 0 or 1 event each) and the kept half
+is then chosen mostly by the random tie-break. The selection's ``info["events"]`` reports
+the histogram of events over the last round's candidates and over the kept poisons, and
+how many of the kept were chosen by a tie-break, so a run can tell signal from ties.
+
 As in the reference code (``xpf/Data-Efficient-Backdoor-Attacks``, ``search.py``) the
 refill also follows the last round, so the returned set is the last round's survivors
 plus a fresh random draw.
@@ -113,6 +119,32 @@ def count_forgetting_events(correct) -> np.ndarray:
     return np.sum(correct[:-1] & ~correct[1:], axis=0, dtype=np.int64)
 
 
+def event_histogram(events) -> list[int]:
+    """Counts of 0, 1, 2, … forgetting events: ``hist[e]`` = number of examples with ``e`` events.
+
+    ``[0, 2, 1, 0, 0, 3] → [3, 1, 1, 1]``; an empty input gives ``[]``.
+    """
+    events = np.asarray(events)
+    if events.size == 0:
+        return []
+    if events.ndim != 1 or not np.issubdtype(events.dtype, np.integer) or events.min() < 0:
+        raise SelectionError("events must be a 1-D array of non-negative integers.")
+    return np.bincount(events).astype(int).tolist()
+
+
+def _kept_by_tie_break(events: np.ndarray, kept_events: np.ndarray) -> int:
+    """How many kept examples sit at the cut-off value whose group the keep/drop line split.
+
+    Those were chosen by the random tie-break, not by their events; 0 when the cut falls
+    between two event values.
+    """
+    if kept_events.size == 0:
+        return 0
+    cutoff = kept_events.min()
+    at_cutoff_kept = int(np.sum(kept_events == cutoff))
+    return at_cutoff_kept if int(np.sum(events == cutoff)) > at_cutoff_kept else 0
+
+
 def fus_selection(
     dataset: Dataset,
     trigger,
@@ -137,8 +169,13 @@ def fus_selection(
     Returns:
       A :class:`Selection`; ``scores`` are the last round's forgetting events of the kept
       indices and ``NaN`` for the final refill. ``info["rounds"]`` holds one record per round
-      (``seconds``, ``mean_events``, ``max_events``, ``final_asr_on_poisons``, ``kept``,
-      ``refilled``); ``info["initial"]`` is the random starting set.
+      (``seconds``, ``mean_events``, ``max_events``, ``events_histogram``, ``kept_by_tie_break``,
+      ``final_asr_on_poisons``, ``kept``, ``refilled``); ``info["initial"]`` is the random
+      starting set. ``info["events"]`` describes the final set: ``candidates`` (histogram of
+      the last round's ``k`` candidates, see :func:`event_histogram`), ``selected`` (histogram
+      of the kept ones), ``refilled`` (the final random draw, which has no events),
+      ``max_possible`` (``epochs // 2``) and ``kept_by_tie_break``. ``info["refilled_share"]``
+      is the share of the final set drawn at random after the last round.
     """
     config = FUSConfig() if config is None else config
     start = time.perf_counter()
@@ -151,7 +188,7 @@ def fus_selection(
                            learning_rate=config.learning_rate, batch_size=config.batch_size,
                            num_examples=size)  # fmt: skip
     n_keep = int(k * config.keep_fraction)
-    rounds, kept_scores = [], np.zeros(0)
+    rounds, kept_scores, events, kept_events = [], np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64)
     bar = tqdm(range(config.rounds), desc="FUS rounds", disable=not progress)
     for r in bar:
         t0 = time.perf_counter()
@@ -169,7 +206,8 @@ def fus_selection(
         # Descending by events, ties in random order: shuffle, then a stable sort.
         shuffle = rng.permutation(k)
         order = shuffle[np.argsort(-events[shuffle], kind="stable")][:n_keep]
-        kept, kept_scores = poisoned.source_indices[order], events[order].astype(np.float64)
+        kept, kept_events = poisoned.source_indices[order], events[order]
+        kept_scores = kept_events.astype(np.float64)
         refill = rng.choice(np.setdiff1d(pool, kept), k - n_keep, replace=False)
         current = np.concatenate([kept, refill])
         rounds.append({
@@ -177,6 +215,8 @@ def fus_selection(
             "seconds": time.perf_counter() - t0,
             "mean_events": float(events.mean()),
             "max_events": int(events.max()),
+            "events_histogram": event_histogram(events),
+            "kept_by_tie_break": _kept_by_tie_break(events, kept_events),
             "final_asr_on_poisons": float(record[-1].mean()),
             "kept": int(n_keep),
             "refilled": int(k - n_keep),
@@ -191,6 +231,14 @@ def fus_selection(
         "config": dataclasses.asdict(config),
         "initial": initial,
         "rounds": rounds,
+        "events": {
+            "candidates": event_histogram(events),
+            "selected": event_histogram(kept_events),
+            "refilled": int(k - n_keep),
+            "max_possible": config.epochs // 2,
+            "kept_by_tie_break": _kept_by_tie_break(events, kept_events),
+        },
+        "refilled_share": (k - n_keep) / k,
         "seconds": time.perf_counter() - start,
     }
     return finish(current, scores, info)

@@ -10,13 +10,16 @@ from __future__ import annotations
 from jaxpoison.data import Dataset
 from jaxpoison.selection.common import Selection, SelectionError
 from jaxpoison.selection.forgetting import FUSConfig, fus_selection
-from jaxpoison.selection.frequency import hfe_selection
+from jaxpoison.selection.frequency import HFEConfig, hfe_selection
 from jaxpoison.selection.ifs import IFSConfig, ifs_selection
 from jaxpoison.selection.random import random_selection
 from jaxpoison.selection.representation import RDConfig, rd_selection
 
 SELECTORS = ("rs", "fus", "rd", "hfe", "ifs")
-_CONFIGS = {"fus": FUSConfig, "rd": RDConfig, "ifs": IFSConfig}
+# Named settings of a method, callable by name like a method (the IFS sweep reports each as a row).
+VARIANTS = {"hfe_asc": ("hfe", HFEConfig(order="ascending"))}
+SELECTION_NAMES = (*SELECTORS, *VARIANTS)
+_CONFIGS = {"fus": FUSConfig, "rd": RDConfig, "hfe": HFEConfig, "ifs": IFSConfig}
 
 
 def select_poisons(
@@ -25,23 +28,29 @@ def select_poisons(
     trigger,
     target: int,
     rate: float,
-    config: FUSConfig | RDConfig | IFSConfig | None = None,
+    config: FUSConfig | RDConfig | HFEConfig | IFSConfig | None = None,
     *,
     seed: int = 0,
     progress: bool = True,
 ) -> Selection:
-    """Run selection ``method`` (one of :data:`SELECTORS`) with its ``config`` (``None``: defaults).
+    """Run selection ``method`` (one of :data:`SELECTION_NAMES`) with its ``config`` (``None``: defaults).
 
-    RS and HFE take no config (RS ignores the trigger; HFE is deterministic).
+    RS takes no config and ignores the trigger; HFE is deterministic (``seed`` unused). A
+    variant name of :data:`VARIANTS` (``hfe_asc``) runs its method with the variant's config
+    and takes no other.
     """
+    if method in VARIANTS:
+        if config is not None:
+            raise SelectionError(f"{method} is a fixed setting of {VARIANTS[method][0]}; pass no config.")
+        method, config = VARIANTS[method]
     if method not in SELECTORS:
-        raise SelectionError(f"unknown selection method {method!r}; choose one of {', '.join(SELECTORS)}.")
+        raise SelectionError(f"unknown selection method {method!r}; choose one of {', '.join(SELECTION_NAMES)}.")
     if config is not None and not isinstance(config, _CONFIGS.get(method, ())):
         expected = _CONFIGS[method].__name__ if method in _CONFIGS else "no config"
         raise SelectionError(f"{method} takes {expected}; got {type(config).__name__}.")
     if method == "rs":
         return random_selection(dataset, target, rate, seed=seed)
     if method == "hfe":
-        return hfe_selection(dataset, trigger, target, rate)
+        return hfe_selection(dataset, trigger, target, rate, config)
     run = {"fus": fus_selection, "rd": rd_selection, "ifs": ifs_selection}[method]
     return run(dataset, trigger, target, rate, config, seed=seed, progress=progress)
