@@ -195,6 +195,8 @@ def _cmd_select(args) -> int:
                 "rate": args.rate, "target": args.target, "seed": args.seed, "count": int(chosen.indices.size),
                 "trigger": trigger.describe(), "data_hash": train_set.content_hash,
                 "seconds": chosen.info.get("seconds")}  # fmt: skip
+    # IFS: which images its attack-success loss used, and how well its LiSSA solve converged.
+    manifest.update({key: chosen.info[key] for key in ("asr_set", "lissa") if key in chosen.info})
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float))
     print(f"{chosen.indices.size} samples chosen by {args.method} -> {out / 'indices.npy'}")
     return 0

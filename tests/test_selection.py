@@ -399,7 +399,10 @@ def test_ifs_contract_fairness_and_determinism():
     np.testing.assert_array_equal(np.bincount(data.labels[sel.indices], minlength=4), [0, 4, 4, 4])
     # Only group-1 candidates (the closer half of each class) are chosen, with their influence as score.
     assert np.isin(sel.indices, info["candidates"]).all()
-    sizes = np.bincount(data.labels, minlength=4)
+    # Group 1 is the closer half of each class of the candidate pool, which lacks the held-out ASR set.
+    pool = np.setdiff1d(candidate_pool(data, 0, None), info["asr_set"]["indices"])
+    assert info["pool"] == pool.size
+    sizes = np.bincount(data.labels[pool], minlength=4)
     assert info["group1_sizes"] == {c: math.ceil(sizes[c] / 2) for c in (1, 2, 3)}
     lookup = dict(zip(info["candidates"].tolist(), info["candidate_scores"].tolist(), strict=True))
     np.testing.assert_array_equal(sel.scores, [lookup[i] for i in sel.indices.tolist()])
@@ -409,6 +412,11 @@ def test_ifs_contract_fairness_and_determinism():
         assert info["thresholds"][c] == sel.scores[data.labels[sel.indices] == c].min()
         assert np.all(info["candidate_scores"][mine & ~chosen] <= info["thresholds"][c])
     assert info["lissa"]["finite"] and set(info["timings"]) >= {"surrogate", "lissa", "influence"}
+    assert info["lissa"]["depth"] == 20 and info["lissa"]["effective_damping"] == 0.01
+    assert info["lissa"]["damping_form"] == "hessian" and info["lissa"]["curvature"] == "gauss_newton"
+    # The residual's 3 disjoint batches of 40 cover the whole training set.
+    assert info["lissa"]["residual_examples"] == 120 and 0.0 <= info["lissa"]["residual"] < math.inf
+    assert 0.0 <= info["lissa"]["iterate_change"] < math.inf and info["lissa"]["top_eigenvalue"] > 0
     again = ifs_selection(data, trigger, 0, 0.1, config, seed=0, progress=False)
     np.testing.assert_array_equal(sel.indices, again.indices)
     np.testing.assert_array_equal(sel.scores, again.scores)
@@ -432,6 +440,74 @@ def test_ifs_warns_about_an_unsettled_lissa_and_refuses_a_diverged_one():
     rescued = ifs_selection(data, trigger, 0, 0.1, config(1e-4, auto_scale=True, curvature="gauss_newton"),
                             progress=False)  # fmt: skip
     assert rescued.info["lissa"]["finite"] and rescued.info["lissa"]["scale"] > 1e-4
+
+
+def test_ifs_holds_its_asr_set_out_of_the_candidates(monkeypatch):
+    data = tiny_data()
+    trigger = blended(data.image_shape, 0.2)
+    config = IFSConfig(eta=2, surrogate_epochs=1, model="mlp", model_kwargs={"hidden": (16,)}, batch_size=40,
+                       lissa=LissaConfig(damping=0.01, scale=25.0, depth=20, batch_size=40), validation_size=24,
+                       influence_batch_size=32)  # fmt: skip
+    used = []  # every dataset whose mean-loss gradient IFS takes: the ASR set
+    real = ifs_module.mean_loss_gradient
+    monkeypatch.setattr(ifs_module, "mean_loss_gradient", lambda model, d, *a: used.append(d) or real(model, d, *a))
+    sel = ifs_selection(data, trigger, 0, 0.1, config, seed=0, progress=False)
+    asr = sel.info["asr_set"]
+    assert asr["source"] == "held-out training images" and asr["size"] == 24 == len(asr["indices"])
+    held = np.asarray(asr["indices"])
+    assert np.unique(held).size == 24 and np.all(data.labels[held] != 0)
+    assert asr["data_hash"] == data.content_hash
+    # The ASR loss is exactly the triggered held-out images, and none of them can be chosen or scored.
+    assert len(used) == 1
+    np.testing.assert_array_equal(used[0].images, triggered(data, held, trigger, 0).images)
+    assert not np.isin(held, sel.info["candidates"]).any() and not np.isin(held, sel.indices).any()
+    assert sel.info["pool"] == candidate_pool(data, 0, None).size - 24
+
+
+def test_asr_holdout_removes_held_images_and_their_exact_copies_from_the_candidates():
+    from jaxpoison.selection.ifs import asr_holdout
+
+    data = tiny_data()
+    images = data.images.copy()
+    images[100:110] = images[10:20]  # ten byte-identical copies inside the pool
+    data = data.replace(images=images)
+    pool = candidate_pool(data, 0, None)
+    exclude = pool[:5]
+    held, candidates = asr_holdout(data, pool, exclude, 30, np.random.default_rng(0))
+    assert held.size == 30 and np.all(np.diff(held) > 0) and not np.isin(held, exclude).any()
+    copies = {i: j for i, j in zip(range(10, 20), range(100, 110), strict=True) if i in pool and j in pool}
+    twins = [j for i, j in copies.items() if i in held] + [i for i, j in copies.items() if j in held]
+    assert twins, "the draw must hit a duplicated image for the check to mean something"
+    np.testing.assert_array_equal(candidates, np.setdiff1d(pool, np.concatenate([held, twins])))
+    half = pool.size // 2
+    with pytest.raises(SelectionError, match=rf"validation_size {half + 1} exceeds the {half} non-target training"):
+        asr_holdout(data, pool, exclude, half + 1, np.random.default_rng(0))
+
+
+def test_lissa_scale_for_each_damping_form():
+    from jaxpoison.selection.ifs import lissa_scale_for
+
+    assert lissa_scale_for(40.0, LissaConfig(damping=0.5, scale=25.0)) == 81.0  # 2·(40 + 0.5)
+    assert lissa_scale_for(4.0, LissaConfig(damping=0.5, scale=25.0)) == 25.0  # never below the requested scale
+    per_step = LissaConfig(damping=0.2, scale=25.0, damping_form="per_step")
+    assert lissa_scale_for(40.0, per_step) == pytest.approx(100.0)  # 2·40 / (1 − 0.2)
+
+
+def test_ifs_refuses_a_callers_validation_set_that_shares_images_with_the_pool():
+    data = tiny_data()
+    trigger = blended(data.image_shape, 0.2)
+    config = IFSConfig(eta=2, surrogate_epochs=1, model="mlp", model_kwargs={"hidden": (16,)}, batch_size=40,
+                       lissa=LissaConfig(damping=0.01, scale=25.0, depth=20, batch_size=40), validation_size=24,
+                       influence_batch_size=32)  # fmt: skip
+    leaky = data.subset(np.arange(60, 120))  # training images handed back as "validation"
+    with pytest.raises(SelectionError, match=r"validation set .* identical to .* training images"):
+        ifs_selection(data, trigger, 0, 0.1, config, seed=0, progress=False, validation=leaky)
+    fresh = make_dataset(n=50, shape=(8, 8, 1), num_classes=4, seed=7)
+    sel = ifs_selection(data, trigger, 0, 0.1, config, seed=0, progress=False, validation=fresh)
+    asr = sel.info["asr_set"]
+    assert asr["source"] == "caller's validation set" and asr["data_hash"] == fresh.content_hash
+    assert asr["size"] == 24 and np.all(fresh.labels[asr["indices"]] != 0)
+    assert sel.info["pool"] == candidate_pool(data, 0, None).size  # nothing of the training set held out
 
 
 def test_triggered_candidates_are_clipped_and_relabelled():

@@ -11,9 +11,10 @@ jaxpoison's choices, not the paper's.
    ``η`` groups of (nearly) equal size. **Group 1 is the closest** (the paper: "samples
    closest to the prototype are designated as Group 1", and only Group 1 is searched).
 3. **Influence on the attack.** The ASR loss is ``L_asr(θ) = mean CE(f(x̃_v), target)`` over
-   triggered held-out non-target images. One LiSSA run gives ``s = (H + λI)⁻¹ ∇θ L_asr``, ``H``
-   the Hessian of the mean training loss on the surrogate's poisoned training set (minibatch
-   HVPs). The influence of a group-1 candidate ``z`` is then one dot product with its
+   triggered non-target images *that are never candidates* (the ASR set, see below). One LiSSA
+   run gives ``s = (H + λI)⁻¹ ∇θ L_asr``, ``H`` the curvature (Gauss-Newton by default, or the
+   Hessian) of the mean training loss on the surrogate's poisoned training set (minibatch
+   products). The influence of a group-1 candidate ``z`` is then one dot product with its
    *poisoned* version ``z̃`` (trigger applied, label = target):
 
        influence(z) = ∇θ ℓ(z̃)ᵀ s  = −I_up,loss(z̃, L_asr)        (Koh & Liang's sign flipped)
@@ -34,10 +35,40 @@ jaxpoison's choices, not the paper's.
    balanced classes the two differ only by the target class's share being spread over the others.
 5. Retraining the victim on the selection is the caller's job.
 
+The ASR set. A candidate inside ``L_asr`` would be scored with its own self-influence
+``(1/n_v)·∇ℓ(z̃)ᵀ H⁻¹ ∇ℓ(z̃)``, typically far larger than any cross-influence, so the ASR set and
+the candidates are kept disjoint:
+
+* by default (``validation=None``) ``validation_size`` non-target **training** images (never the
+  test set) are drawn at random from the pool, outside the surrogate's random poisons, and
+  held out: they and every pool image byte-identical to one of them (duplicates in the data)
+  are removed from the candidates, so they can never be scored or selected. The surrogate still
+  trains on them, clean. At most half of the pool is held out.
+* a caller's ``validation`` set is used as given, after checking that none of its images drawn
+  into the ASR set is byte-identical (float32 pixels, label ignored) to a non-target training
+  image; one that is raises :class:`SelectionError`. The check sees exact copies only, not
+  re-encoded or augmented ones.
+
+``info["asr_set"]`` records which set was used (see :func:`ifs_selection`).
+
 Defaults that are ours (the paper's values are not in the text we have): ``η = 4``, a
-10-epoch Adam surrogate, LiSSA damping 0.01 and scale 25 (the values of the common LiSSA
-reference implementation) with depth 500 (that reference uses 5000; 500 steps of 128-example
-HVPs are about one epoch of a 60k-image training set), 500 validation images.
+10-epoch Adam surrogate, an ASR set of 500 images, and LiSSA with damping λ = 0.01 *in
+Hessian units*, scale 25 (raised automatically to twice the estimated top eigenvalue when
+that is larger), depth 500, one repeat, 128-example batches (500 steps are about one epoch of
+a 60k-image training set).
+
+These are **not** the values of the common public LiSSA implementation (the PyTorch
+``s_test`` of Koh & Liang's influence functions). That one writes its damping as a per-step
+shrink, ``h ← v + (1 − damp)·h − H·h/scale``, with damp 0.01, scale 25 and depth 5000; its fixed
+point is ``(H + damp·scale·I)⁻¹ v``, an effective λ = 0.25 in Hessian units, 25 times our
+damping. It also inverts the Hessian, where our default is the Gauss-Newton matrix. Its
+settings are ``IFSConfig(curvature="hessian", auto_scale=False, lissa=LissaConfig(damping=0.01,
+scale=25, depth=5000, damping_form="per_step"))``; with ``auto_scale`` on, a raised scale also
+raises that form's effective damping (``damp · scale``). On digits (default CNN, blended
+ε = 0.2, r = 3 %, seed 0) they diverged at depth 500 (‖s‖ grew from 1.6 to 2.4·10⁷, residual
+6.5·10⁵), where the defaults settled to a 7 % change over the last tenth and a residual of 0.15
+on 1024 examples. ``info["lissa"]`` reports the effective damping, the scale used and the
+convergence diagnostics of every run.
 
 Curvature: the paper inverts the Hessian; jaxpoison's default is the Gauss-Newton matrix
 (``curvature="gauss_newton"``), with the Hessian one setting away. On an under-trained,
@@ -47,13 +78,15 @@ steps ‖s‖ was still changing by 20–50 % over the last tenth of the steps w
 (and had grown 30–1300× from its start), by 4–7 % with ``curvature="gauss_newton"`` (positive
 semi-definite), and on digits with ε = 0.1, r = 3 % the Hessian recursion diverged to
 non-finite values at the default scale. :func:`ifs_selection` warns when the recursion has not
-settled and raises when it is no longer finite.
+settled and raises when it is no longer finite. Both curvatures are checked against dense
+``jax.hessian`` / Gauss-Newton solves in float64.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import time
 import warnings
 from typing import Any
@@ -66,6 +99,7 @@ from tqdm.auto import tqdm
 from jaxpoison.attacks.poison import PoisonConfig, poison_dataset
 from jaxpoison.data import Dataset, normalize
 from jaxpoison.influence import LissaConfig, LissaInfo, batch_loss, cross_entropy, gnvp, hvp, lissa, tree_dot
+from jaxpoison.influence.solvers import relative_residual
 from jaxpoison.models import FunctionalModel
 from jaxpoison.selection.common import (
     ProxyTrainer,
@@ -82,6 +116,9 @@ from jaxpoison.training import iterate_padded
 
 CURVATURES = ("hessian", "gauss_newton")
 UNSETTLED = 0.1  # warn when ‖s‖ changed by more than this over the last 10 % of the LiSSA steps
+RESIDUAL_BATCHES = 8  # minibatches of lissa.batch_size on which the reported residual is estimated
+HELD_OUT = "held-out training images"
+CALLERS = "caller's validation set"
 
 
 def _default_lissa() -> LissaConfig:
@@ -101,16 +138,20 @@ class IFSConfig:
       learning_rate, batch_size: the surrogate's Adam learning rate and batch size.
       model: surrogate architecture for :func:`jaxpoison.models.create_model`. Default ``"cnn"``.
       model_kwargs: extra constructor arguments (e.g. ``{"width": 4, "hidden": 16}``).
-      lissa: the LiSSA settings (damping 0.01, scale 25, depth 500, 1 repeat, batch 128).
-        ``scale`` must exceed the largest Hessian eigenvalue or the recursion diverges
-        (reported as an error that says so).
+      lissa: the LiSSA settings (damping 0.01 in Hessian units, scale 25, depth 500, 1 repeat,
+        batch 128; not the public reference's values, see the module docstring). ``scale``
+        must exceed the largest curvature eigenvalue or the recursion diverges (reported as
+        an error that says so). ``damping_form="per_step"`` selects the reference's
+        ``(1 − damp)`` parametrisation, effective damping ``damp · scale``.
       curvature: ``"gauss_newton"`` (default; positive semi-definite, so LiSSA settles) or
-        ``"hessian"`` (the paper's inverse Hessian; negative curvature of an under-trained
-        surrogate can make its recursion blow up).
-      auto_scale: raise ``lissa.scale`` to twice a power-iteration estimate of the largest
-        curvature eigenvalue when that is larger (see :func:`safe_lissa_scale`), so the
-        recursion converges without hand-tuning.
-      validation_size: triggered non-target images in the ASR loss. Default 500.
+        ``"hessian"`` (the exact Hessian, as the paper inverts; negative curvature of an
+        under-trained surrogate can make its recursion blow up).
+      auto_scale: raise ``lissa.scale`` when a power-iteration estimate of the largest
+        curvature eigenvalue calls for it (see :func:`lissa_scale_for`), so the recursion
+        converges without hand-tuning.
+      validation_size: triggered non-target images in the ASR loss. Default 500. Without a
+        caller's validation set they are training images held out of the candidates, at most
+        half of the non-target pool.
       influence_batch_size: candidates per batch of the scoring pass.
     """
 
@@ -323,17 +364,61 @@ def _top_eigenvalue(apply, params, state, x, y, mean, std, key, *, batch_size, c
     return estimate
 
 
+def lissa_scale_for(top: float, config: LissaConfig) -> float:
+    """A LiSSA scale the recursion converges under, given ``top``, an estimate of the largest
+    curvature eigenvalue; never below ``config.scale``.
+
+    * ``damping_form="hessian"``: ``max(scale, 2 · (top + λ))``, so ``(top + λ) / scale ≤ 1/2``.
+    * ``damping_form="per_step"``: ``max(scale, 2 · top / (1 − damp))``, so the step's factor
+      ``1 − damp − top/scale`` stays at least ``(1 − damp)/2``. The effective damping
+      ``damp · scale`` grows with the scale chosen.
+
+    The factor 2 leaves room for minibatches steeper than the one ``top`` was estimated on.
+    """
+    if config.damping_form == "per_step":
+        return max(config.scale, 2.0 * top / (1.0 - config.damping))
+    return max(config.scale, 2.0 * (top + config.damping))
+
+
+def top_curvature_eigenvalue(model: FunctionalModel, train: Dataset, config: LissaConfig, key: jax.Array,
+                             curvature: str, iterations: int = 20) -> float:  # fmt: skip
+    """A power-iteration estimate of the largest |eigenvalue| of the curvature on one random
+    minibatch (``config.batch_size`` examples) of ``train``."""
+    return float(_top_eigenvalue(model.apply, model.params, model.state, train.images, train.labels, train.mean,
+                                 train.std, key, batch_size=config.batch_size, curvature=curvature,
+                                 iterations=iterations))  # fmt: skip
+
+
 def safe_lissa_scale(model: FunctionalModel, train: Dataset, config: LissaConfig, key: jax.Array,
                      curvature: str, iterations: int = 20) -> float:  # fmt: skip
-    """A LiSSA scale the recursion converges under: ``max(config.scale, 2 · (λ̂_max + damping))``.
+    """:func:`lissa_scale_for` with the top eigenvalue of :func:`top_curvature_eigenvalue`."""
+    return lissa_scale_for(top_curvature_eigenvalue(model, train, config, key, curvature, iterations), config)
 
-    ``λ̂_max`` is a power-iteration estimate on one minibatch; other minibatches can be
-    steeper, hence the factor 2.
+
+@functools.partial(jax.jit, static_argnames=("apply", "curvature"))
+def _curvature_batch(apply, params, state, xb, yb, u, mean, std, *, curvature):
+    """The curvature product of the mean CE on one given minibatch (pixel-space images)."""
+    product = _curvature_product(apply, params, state, normalize(xb, mean, std), yb, curvature)
+    return product(u, jnp.arange(xb.shape[0]))
+
+
+def lissa_residual(model: FunctionalModel, train: Dataset, s, v, damping: float, key: jax.Array, *,
+                   batch_size: int, curvature: str, batches: int = RESIDUAL_BATCHES) -> tuple[float, int]:  # fmt: skip
+    """``(‖(C + λI)s − v‖ / ‖v‖, examples)``: how well ``s`` solves the damped system, ``C`` the
+    curvature of the mean CE estimated on ``batches`` random minibatches of ``train`` drawn
+    without replacement (``examples`` in all). Sampling noise in ``C`` keeps it above 0 even for
+    the exact solve; compare runs at the same settings.
     """
-    top = float(_top_eigenvalue(model.apply, model.params, model.state, train.images, train.labels, train.mean,
-                                train.std, key, batch_size=config.batch_size, curvature=curvature,
-                                iterations=iterations))  # fmt: skip
-    return max(config.scale, 2.0 * (top + config.damping))
+    batch_size = min(batch_size, len(train))
+    batches = max(1, min(batches, len(train) // batch_size))
+    idx = np.asarray(jax.random.choice(key, len(train), (batches, batch_size), replace=False))
+
+    def product(u, rows):
+        rows = np.asarray(rows)
+        return _curvature_batch(model.apply, model.params, model.state, train.images[rows], train.labels[rows], u,
+                                train.mean, train.std, curvature=curvature)  # fmt: skip
+
+    return float(relative_residual(product, s, v, damping, idx)), int(idx.size)
 
 
 def lissa_inverse_hvp(
@@ -382,19 +467,71 @@ def candidate_influence(
 # --------------------------------------------------------------------------- the method
 
 
-def _validation_set(dataset: Dataset, validation: Dataset | None, trigger, target: int, size: int,
-                    rng: np.random.Generator) -> Dataset:  # fmt: skip
-    source = dataset if validation is None else validation
-    if validation is not None and validation.image_shape != dataset.image_shape:
+def image_digests(images) -> np.ndarray:
+    """One digest per image of its exact float32 pixels (``[n]`` of 16-byte strings): equal
+    digests mean byte-identical images."""
+    images = np.ascontiguousarray(np.asarray(images, np.float32))
+    return np.array([hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in images], dtype="S16")
+
+
+def asr_holdout(dataset: Dataset, pool, exclude, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Carve the ASR set out of the training pool: ``(held, candidates)``.
+
+    ``held`` holds ``size`` random indices of ``pool`` not in ``exclude`` (sorted);
+    ``candidates`` is ``pool`` without ``held`` and without every other pool image
+    byte-identical to a held one, so no ASR image can be scored or selected.
+
+    Raises:
+      SelectionError: ``size`` exceeds half the pool or what is left outside ``exclude``.
+    """
+    pool = np.asarray(pool, np.int64)
+    free = np.setdiff1d(pool, np.asarray(exclude, np.int64))
+    limit = min(pool.size // 2, free.size)
+    if size > limit:
         raise SelectionError(
-            f"validation images are {validation.image_shape} but training images are {dataset.image_shape}."
+            f"validation_size {size} exceeds the {limit} non-target training images IFS may hold out for its ASR set "
+            f"(at most half of the {pool.size}-image pool, outside the surrogate's random poisons); lower "
+            "validation_size or pass a held-out validation set."
         )
-    victims = np.flatnonzero(source.labels != target)
-    if victims.size == 0:
-        raise SelectionError(f"the validation data has no images outside the target class {target}.")
-    chosen = np.sort(rng.choice(victims, min(size, victims.size), replace=False))
+    held = np.sort(rng.choice(free, size, replace=False))
+    digests = image_digests(dataset.images[pool])
+    leaked = np.isin(digests, digests[np.isin(pool, held)])
+    return held, pool[~leaked]
+
+
+def check_disjoint(dataset: Dataset, pool, validation: Dataset, chosen) -> None:
+    """Refuse a caller's ASR images (``validation[chosen]``) that are byte-identical to pool images.
+
+    Raises:
+      SelectionError: naming how many and how to fix it.
+    """
+    shared = np.isin(image_digests(validation.images[chosen]), image_digests(dataset.images[pool]))
+    if shared.any():
+        example = int(np.asarray(chosen)[np.flatnonzero(shared)[0]])
+        raise SelectionError(
+            f"{int(shared.sum())} of the {len(chosen)} images IFS drew from the validation set for its ASR loss are "
+            f"identical to non-target training images (candidates), e.g. validation image {example}; they would be "
+            "scored with their own self-influence. Pass a validation set disjoint from the training data (e.g. "
+            "from jaxpoison.data.split_train_validation), or validation=None to hold out training images."
+        )
+
+
+def _asr_dataset(source: Dataset, chosen, trigger, target: int, dataset: Dataset) -> Dataset:
     # The surrogate normalises with the training set's constants.
     return triggered(source, chosen, trigger, target).replace(mean=dataset.mean, std=dataset.std)
+
+
+def _check_group_one(labels, quota: dict[int, int], eta: int, k: int, rate: float, note: str = "") -> None:
+    """Refuse a class whose group 1 (``⌈size / η⌉`` of its ``labels``) is smaller than its quota."""
+    for c, need in sorted(quota.items()):
+        size = int(np.sum(labels == c))
+        available = group1_size(size, eta)
+        if available < need:
+            raise SelectionError(
+                f"class {c} has {available} candidates in group 1 ({size} images{note} / eta={eta}) but needs "
+                f"{need} poisons (k={k} over {len(quota)} classes); lower eta or the rate ({rate})"
+                + ("; or lower validation_size." if note else ".")
+            )
 
 
 def ifs_selection(
@@ -417,43 +554,91 @@ def ifs_selection(
       target: the attack's target class; poisons come from every other class.
       rate: poisons as a fraction of the training set.
       config: an :class:`IFSConfig` (default: ``IFSConfig()``).
-      seed: seeds the surrogate's random poisons and initialisation, the validation draw and LiSSA.
+      seed: seeds the surrogate's random poisons and initialisation, the ASR-set draw and LiSSA.
       progress: show progress bars (surrogate epochs, influence batches).
       model_name: the surrogate architecture; a shortcut for ``config.model`` (default: ``config.model``).
-      validation: held-out data for the ASR loss (its non-target images, triggered, up to
-        ``config.validation_size``); default: that many non-target *training* images.
+      validation: data for the ASR loss, disjoint from the training set (its non-target images,
+        triggered, up to ``config.validation_size``; checked byte-for-byte against the
+        non-target training images). Default: ``config.validation_size`` non-target training
+        images held out of the candidates (see the module docstring). Never pass the test set
+        you report the attack on.
 
     Returns:
       A :class:`Selection`: ``scores`` are the chosen poisons' influence. ``info`` holds
-      ``quota``, ``group1_sizes``, ``thresholds`` (τ^c), ``quantiles`` (share of group 1 kept
-      per class), ``class_counts``, ``candidates`` / ``candidate_scores`` (every group-1
-      candidate and its influence), ``surrogate_indices`` (the RS poisons), ``lissa``
-      diagnostics and per-stage ``timings``.
+      ``pool`` (size of the candidate pool: non-target training images less the held-out ASR
+      set), ``quota``, ``group1_sizes``, ``thresholds`` (τ^c), ``quantiles`` (share of group 1
+      kept per class), ``class_counts``, ``candidates`` / ``candidate_scores`` (every group-1
+      candidate and its influence), ``surrogate_indices`` (the RS poisons), ``validation_size``,
+      per-stage ``timings`` and two JSON-ready records:
+
+      * ``asr_set``: ``source`` (``"held-out training images"`` or ``"caller's validation set"``),
+        ``size``, ``indices`` (a list, into the training set or the caller's set),
+        ``data_hash`` (content hash of the set those indices refer to), ``removed_from_pool``
+        (pool images taken out of the candidates: the held-out ones and their exact duplicates;
+        0 for a caller's set) and ``disjointness`` (how it was ensured).
+      * ``lissa``: ``curvature``, ``damping``, ``damping_form``, ``effective_damping`` (λ in Hessian
+        units of the solve), ``scale`` (used), ``requested_scale``, ``top_eigenvalue`` (the
+        power-iteration estimate behind ``auto_scale``; ``None`` without it), ``depth``,
+        ``repeats``, ``batch_size``, ``finite``, ``relative_change`` (of ‖s‖ over the last tenth
+        of the steps), ``iterate_change`` (‖s_T − s_{T−b}‖/‖s_T‖ over the same span),
+        ``first_norm`` / ``final_norm`` (‖s‖), ``residual`` (‖(C + λI)s − v‖/‖v‖ on
+        ``residual_examples`` training examples, see :func:`lissa_residual`).
 
     Raises:
       SelectionError: bad arguments; group 1 of some class is smaller than its quota (checked
-        before any training); or LiSSA diverged.
+        before any training); a caller's validation set shares images with the pool; or LiSSA
+        diverged.
     """
     config = IFSConfig() if config is None else config
     if model_name is not None:
         config = dataclasses.replace(config, model=model_name)
     start = time.perf_counter()
     pool, k = poison_budget(dataset, target, rate)
-    pool_labels = dataset.labels[pool]
-    classes, class_sizes = np.unique(pool_labels, return_counts=True)
+    classes = np.unique(dataset.labels[pool])
     quota = fair_quota(k, classes)
-    for c, size in zip(classes.tolist(), class_sizes.tolist(), strict=True):
-        available = group1_size(size, config.eta)
-        if available < quota[c]:
-            raise SelectionError(
-                f"class {c} has {available} candidates in group 1 ({size} images / eta={config.eta}) but needs "
-                f"{quota[c]} poisons (k={k} over {classes.size} classes); lower eta or the rate ({rate})."
-            )
+    _check_group_one(dataset.labels[pool], quota, config.eta, k, rate)
+    if validation is not None and validation.image_shape != dataset.image_shape:
+        raise SelectionError(
+            f"validation images are {validation.image_shape} but training images are {dataset.image_shape}."
+        )
     timings: dict[str, float] = {}
+
+    # The surrogate's random poisons, then the ASR set, disjoint from every candidate.
+    rs = random_selection(dataset, target, rate, seed)
+    rng = np.random.default_rng([seed, 0x1F5])
+    if validation is None:
+        held, pool_left = asr_holdout(dataset, pool, rs.indices, config.validation_size, rng)
+        val = _asr_dataset(dataset, held, trigger, target, dataset)
+        asr_set = {
+            "source": HELD_OUT,
+            "size": int(held.size),
+            "indices": held.tolist(),
+            "data_hash": dataset.content_hash,
+            "removed_from_pool": int(pool.size - pool_left.size),
+            "disjointness": "held-out indices and their byte-identical copies removed from the candidates",
+        }
+        pool = pool_left
+        _check_group_one(dataset.labels[pool], quota, config.eta, k, rate,
+                         f" left after holding out {held.size} for the ASR set")  # fmt: skip
+    else:
+        victims = np.flatnonzero(validation.labels != target)
+        if victims.size == 0:
+            raise SelectionError(f"the validation data has no images outside the target class {target}.")
+        chosen = np.sort(rng.choice(victims, min(config.validation_size, victims.size), replace=False))
+        check_disjoint(dataset, pool, validation, chosen)
+        val = _asr_dataset(validation, chosen, trigger, target, dataset)
+        asr_set = {
+            "source": CALLERS,
+            "size": int(chosen.size),
+            "indices": chosen.tolist(),
+            "data_hash": validation.content_hash,
+            "removed_from_pool": 0,
+            "disjointness": "checked: no ASR image byte-identical to a non-target training image",
+        }
+    pool_labels = dataset.labels[pool]
 
     # 1. Surrogate on a randomly poisoned set.
     t0 = time.perf_counter()
-    rs = random_selection(dataset, target, rate, seed)
     poisoned = poison_dataset(dataset, trigger, PoisonConfig(target=target, indices=tuple(rs.indices.tolist())))
     trainer = ProxyTrainer(config.model, config.model_kwargs, dataset, epochs=config.surrogate_epochs,
                            learning_rate=config.learning_rate, batch_size=config.batch_size)  # fmt: skip
@@ -469,13 +654,12 @@ def ifs_selection(
 
     # 3. One inverse-HVP of the ASR-loss gradient, then one scoring pass over group 1.
     t0 = time.perf_counter()
-    rng = np.random.default_rng([seed, 0x1F5])
-    val = _validation_set(dataset, validation, trigger, target, config.validation_size, rng)
     v = mean_loss_gradient(model, val, config.influence_batch_size)
-    lissa_config = config.lissa
+    lissa_config, top = config.lissa, None
     if config.auto_scale:
-        scale = safe_lissa_scale(model, poisoned.dataset, lissa_config, jax.random.key(seed + 1), config.curvature)
-        lissa_config = dataclasses.replace(lissa_config, scale=scale)
+        top = top_curvature_eigenvalue(model, poisoned.dataset, lissa_config, jax.random.key(seed + 1),
+                                       config.curvature)  # fmt: skip
+        lissa_config = dataclasses.replace(lissa_config, scale=lissa_scale_for(top, lissa_config))
     s, lissa_info = lissa_inverse_hvp(model, poisoned.dataset, v, lissa_config, jax.random.key(seed),
                                       config.curvature)  # fmt: skip
     norms = np.asarray(lissa_info.norms)
@@ -495,6 +679,11 @@ def ifs_selection(
             RuntimeWarning,
             stacklevel=2,
         )
+    t0 = time.perf_counter()
+    residual, residual_examples = lissa_residual(model, poisoned.dataset, s, v, lissa_config.effective_damping,
+                                                 jax.random.key(seed + 2), batch_size=lissa_config.batch_size,
+                                                 curvature=config.curvature)  # fmt: skip
+    timings["residual"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     candidates = triggered(dataset, group1, trigger, target)
     influence = candidate_influence(model, s, candidates, config.influence_batch_size, progress)
@@ -520,12 +709,25 @@ def ifs_selection(
         "candidate_scores": influence,
         "surrogate_indices": rs.indices,
         "validation_size": len(val),
+        "asr_set": asr_set,
         "lissa": {
+            "curvature": config.curvature,
+            "damping": float(lissa_config.damping),
+            "damping_form": lissa_config.damping_form,
+            "effective_damping": lissa_config.effective_damping,
+            "scale": float(lissa_config.scale),
+            "requested_scale": float(config.lissa.scale),
+            "top_eigenvalue": top,
+            "depth": lissa_config.depth,
+            "repeats": lissa_config.repeats,
+            "batch_size": lissa_config.batch_size,
             "finite": True,
-            "scale": lissa_config.scale,
             "relative_change": change,
+            "iterate_change": float(lissa_info.iterate_change),
             "first_norm": float(norms[:, 0].mean()),
             "final_norm": float(norms[:, -1].mean()),
+            "residual": residual,
+            "residual_examples": residual_examples,
         },
         "timings": timings,
         "seconds": timings["total"],
