@@ -108,6 +108,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--points-row", type=int, default=0, help="add Δ-Influence from K intersected test points")
     parser.add_argument("--no-control", action="store_true", help="skip the no-poison control")
+    parser.add_argument("--control-methods", default=None,
+                        help="comma-separated detectors for the control (default: every detector that ran)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     progress = not args.quiet
@@ -125,7 +127,8 @@ def main(argv=None) -> dict:
             name = f"delta_influence ({args.points_row} points)"
             record["detection"][name] = points_row(prepared, args.points_row, progress)
         if not args.no_control:
-            record["control"] = control_stage(prepared, config.detection.methods, progress=progress)
+            methods = args.control_methods.split(",") if args.control_methods else config.detection.methods
+            record["control"] = control_stage(prepared, tuple(methods), progress=progress)
         record["seconds"] = time.perf_counter() - start
         results["seeds"].append(record)
         results["summary"] = summarise(results["seeds"])

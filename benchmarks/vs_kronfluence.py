@@ -24,15 +24,31 @@ Agreement is the Pearson and Spearman correlation of the flattened ``[Q, N]`` sc
 matrices, the mean and minimum per-query Spearman, and the mean overlap of the top-100
 training points per query.
 
+``--victim badnet`` scores a backdoored model instead of a clean one: 1 % of the ``N``
+images (``--poison-rate``) get jaxpoison's BadNet trigger and label 0, the CNN is trained
+with the Fashion-MNIST presets' recipe (Adam 1e-3, batch 128, 5 epochs, the last at lr/10),
+and the queries are the first ``Q`` triggered test images of other classes, measured against
+the target, as Δ-Influence queries them. Such poisons are fitted at large margins, where the
+two libraries' cross-entropy gradients differ: jaxpoison writes the loss as
+``softplus(-margin)``, while PyTorch's float32 log-softmax backward rounds ``p(target)`` to 1
+and returns a label component of exactly 0. The JSON then also holds the poisons' margin
+distribution, the share of poisons (and of clean points) whose PyTorch label component is 0,
+agreement restricted to the poison columns (split by that zero), and an explanation. With
+``--kronfluence-softplus-ce`` kronfluence is run a second time with jaxpoison's form of the
+loss, which isolates the cross-entropy numerics from everything else.
+
 Usage:
   python benchmarks/vs_kronfluence.py --dataset digits --n-train 1437 --queries 8 --out /tmp/vsk_digits.json
   python benchmarks/vs_kronfluence.py --n-train 10000 --queries 51 --out runs/vs_kronfluence_10k.json
   python benchmarks/vs_kronfluence.py --queries 51 --out runs/vs_kronfluence.json   # all 60,000 images
+  python benchmarks/vs_kronfluence.py --victim badnet --n-train 10000 --queries 51 --skip-one-at-a-time \
+      --kronfluence-softplus-ce --out runs/vs_kronfluence_badnet_10k.json
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -41,9 +57,12 @@ import time
 import warnings
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import kronfluence
 import numpy as np
 import scipy
+import scipy.special
 import scipy.stats
 import torch
 import torch.nn.functional as F
@@ -53,13 +72,22 @@ from kronfluence.arguments import FactorArguments, ScoreArguments
 from kronfluence.task import Task
 from torch import nn
 
+from jaxpoison.attacks import PoisonConfig, poison_dataset
 from jaxpoison.data import Dataset, load_splits
+from jaxpoison.experiments.config import AttackConfig
+from jaxpoison.experiments.presets import CNN_ADAM
+from jaxpoison.experiments.victim import make_trigger, recipe_of
 from jaxpoison.influence import FactorConfig, ScoreConfig, fit_factors, pairwise_scores
+from jaxpoison.influence.losses import cross_entropy, margin_measurement
 from jaxpoison.models import FunctionalModel, create_model, to_functional
 from jaxpoison.runinfo import environment
 from jaxpoison.training import adam_recipe, evaluate, train
 
 TOP_K = 100
+TARGET = 0  # the BadNet victim's target class, as in the Fashion-MNIST presets
+# Beyond this margin 1 + e^-margin rounds to 1 in float32 (e^-margin < 2^-24), so a log-softmax
+# computes log p(y) = 0 exactly; the measured share of exact zeros is what the report relies on.
+FLOAT32_SATURATION_MARGIN = float(24 * np.log(2.0))
 LOGIT_TOLERANCE = 1e-4  # max |logit difference| allowed between the JAX and the PyTorch model, relative to max |logit|
 
 
@@ -148,6 +176,20 @@ class MarginTask(Task):
         return -(logit_y - others).sum()
 
 
+class SoftplusMarginTask(MarginTask):
+    """:class:`MarginTask` with the cross-entropy written as jaxpoison writes it, ``softplus(-margin)``."""
+
+    def compute_train_loss(self, batch, model: nn.Module, sample: bool = False) -> torch.Tensor:
+        inputs, labels = batch
+        logits = model(inputs)
+        if sample:
+            with torch.no_grad():
+                labels = torch.multinomial(F.softmax(logits, dim=-1), 1).flatten()
+        true_class = F.one_hot(labels, logits.shape[-1]).bool()
+        margin = logits[true_class] - logits.masked_fill(true_class, float("-inf")).logsumexp(dim=-1)
+        return F.softplus(-margin).sum()
+
+
 # --------------------------------------------------------------------------- timing
 
 
@@ -177,11 +219,12 @@ def run_jaxpoison(model, train_set, queries, args) -> dict:
     return out
 
 
-def run_kronfluence(twin: TorchCNN, train_set: Dataset, queries: Dataset, args, workdir: str) -> dict:
-    task = MarginTask()
+def run_kronfluence(twin: TorchCNN, train_set: Dataset, queries: Dataset, args, workdir: str,
+                    task: Task | None = None, one_at_a_time: bool = True) -> dict:  # fmt: skip
+    task = MarginTask() if task is None else task
     tracked = prepare_model(twin, task)
-    analyzer = Analyzer(analysis_name="vs_jaxpoison", model=tracked, task=task, cpu=True, disable_tqdm=True,
-                        output_dir=workdir, log_level=logging.WARNING)  # fmt: skip
+    analyzer = Analyzer(analysis_name=f"vs_jaxpoison_{type(task).__name__}", model=tracked, task=task, cpu=True,
+                        disable_tqdm=True, output_dir=workdir, log_level=logging.WARNING)  # fmt: skip
     train_data = torch.utils.data.TensorDataset(to_nchw(train_set.images, train_set),
                                                 torch.from_numpy(train_set.labels.astype(np.int64)))  # fmt: skip
     query_data = torch.utils.data.TensorDataset(to_nchw(queries.images, train_set),
@@ -202,11 +245,118 @@ def run_kronfluence(twin: TorchCNN, train_set: Dataset, queries: Dataset, args, 
 
     out = {"fit_s": fit_s, "score_s": score("batched", len(queries))}
     out["scores"] = analyzer.load_pairwise_scores("batched")["all_modules"].double().numpy()
-    if not args.skip_one_at_a_time:
+    if one_at_a_time and not args.skip_one_at_a_time:
         out["score_one_query_at_a_time_s"] = score("one_at_a_time", 1)
         single = analyzer.load_pairwise_scores("one_at_a_time")["all_modules"].double().numpy()
         out["one_at_a_time_max_rel_diff"] = float(np.abs(single - out["scores"]).max() / np.abs(out["scores"]).max())
     return out
+
+
+# --------------------------------------------------------------------------- the victim
+
+
+def build_victim(train_set: Dataset, test: Dataset, args) -> tuple[Dataset, np.ndarray, Dataset, object, object]:
+    """``(training set, poison indices, queries, recipe, trigger)`` for ``--victim``.
+
+    The clean victim is the original benchmark: the first ``Q`` test images with their labels
+    as queries. The BadNet victim poisons ``--poison-rate`` of the training set toward
+    :data:`TARGET` and queries the first ``Q`` triggered test images of the other classes.
+    """
+    if args.victim == "clean":
+        return train_set, np.zeros(0, np.int64), test.subset(range(args.queries)), adam_recipe(epochs=args.epochs), None
+    attack = AttackConfig("badnet", target=TARGET, rate=args.poison_rate)
+    trigger = make_trigger(attack, train_set, None, args.seed, False)  # the clean model is only used by "smooth"
+    poisoned = poison_dataset(train_set, trigger, PoisonConfig(target=TARGET, rate=args.poison_rate, seed=args.seed))
+    others = np.flatnonzero(test.labels != TARGET)[: args.queries]
+    queries = test.subset(others)
+    queries = queries.replace(images=np.clip(np.asarray(trigger.apply(queries.images), np.float32), 0.0, 1.0),
+                              labels=np.full(len(queries), TARGET, queries.labels.dtype))  # fmt: skip
+    # The presets' recipe, with the lr/10 step kept on the last epoch when --epochs changes.
+    recipe = recipe_of(dataclasses.replace(CNN_ADAM, epochs=args.epochs, milestones=(args.epochs - 1,)))
+    return poisoned.dataset, np.asarray(poisoned.poison_indices, np.int64), queries, recipe, trigger
+
+
+def logits_of(model: FunctionalModel, images: np.ndarray, data: Dataset, batch: int = 1000) -> np.ndarray:
+    """The JAX model's float32 logits of pixel-space ``images``."""
+    chunks = [model.apply(model.params, model.state, (images[i : i + batch] - data.mean) / data.std)
+              for i in range(0, len(images), batch)]  # fmt: skip
+    return np.concatenate([np.asarray(c) for c in chunks])
+
+
+def torch_label_gradient(twin: TorchCNN, images: np.ndarray, labels: np.ndarray, data: Dataset,
+                         batch: int = 1000) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """PyTorch's float32 gradient of ``F.cross_entropy`` w.r.t. the logits: ``([n] label component, [n, C] all)``.
+
+    This is the gradient kronfluence propagates into the network for every training point.
+    """
+    rows = []
+    for i in range(0, len(images), batch):
+        with torch.no_grad():
+            logits = twin(to_nchw(images[i : i + batch], data))
+        logits.requires_grad_(True)
+        F.cross_entropy(logits, torch.from_numpy(labels[i : i + batch].astype(np.int64)), reduction="sum").backward()
+        rows.append(logits.grad.numpy())
+    grads = np.concatenate(rows)
+    return grads[np.arange(len(labels)), labels], grads
+
+
+def exact_logit_gradient(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``softmax - onehot`` in float64, with ``1 - p(y)`` taken as ``sum of the other p`` (no cancellation)."""
+    z = logits.astype(np.float64)
+    p = np.exp(z - scipy.special.logsumexp(z, axis=1, keepdims=True))
+    rows = np.arange(len(labels))
+    p[rows, labels] = 0.0
+    p[rows, labels] = -p.sum(axis=1)
+    return p
+
+
+def victim_diagnostics(model: FunctionalModel, twin: TorchCNN, train_set: Dataset, poisons: np.ndarray,
+                       test: Dataset, trigger) -> dict:  # fmt: skip
+    """Attack success, margins of poisons and clean points, and which libraries zero the label gradient."""
+    clean = np.setdiff1d(np.arange(len(train_set)), poisons)
+    logits = logits_of(model, train_set.images, train_set)
+    labels = train_set.labels.astype(np.int64)
+    margins = -np.asarray(margin_measurement(logits, labels), np.float64)
+    torch_label, torch_grad = torch_label_gradient(twin, train_set.images, labels, train_set)
+    jax_grad = np.asarray(jax.vmap(jax.grad(cross_entropy))(jnp.asarray(logits), jnp.asarray(labels)))
+    jax_label = jax_grad[np.arange(len(labels)), labels]
+    exact = exact_logit_gradient(logits, labels)
+
+    def cosine_on_zeroed_poisons(grad):
+        on = poisons[zero[poisons]]
+        if not on.size:
+            return None
+        a, b = grad[on], exact[on]
+        return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+    zero = torch_label == 0.0
+    others = test.subset(np.flatnonzero(test.labels != TARGET))
+    triggered = np.clip(np.asarray(trigger.apply(others.images), np.float32), 0.0, 1.0)
+    success = float(np.mean(np.argmax(logits_of(model, triggered, train_set), 1) == TARGET))
+
+    def quantiles(values):
+        qs = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+        return {f"q{round(100 * q):02d}": float(np.quantile(values, q)) for q in qs} | {"mean": float(values.mean())}
+
+    def share(mask, where):
+        return float(mask[where].mean()) if where.size else None
+
+    return {
+        "n_poisons": int(poisons.size),
+        "attack_success_rate": success,
+        "poisons_fitted_share": share(np.argmax(logits, 1) == labels, poisons),
+        "poison_margin": quantiles(margins[poisons]),
+        "clean_margin": quantiles(margins[clean]),
+        "saturation_margin_float32": FLOAT32_SATURATION_MARGIN,
+        "poisons_above_saturation_margin_share": share(margins > FLOAT32_SATURATION_MARGIN, poisons),
+        "torch_label_grad_zero_share_poisons": share(zero, poisons),
+        "torch_label_grad_zero_share_clean": share(zero, clean),
+        "jaxpoison_label_grad_zero_share_poisons": share(jax_label == 0.0, poisons),
+        "jaxpoison_label_grad_zero_share_clean": share(jax_label == 0.0, clean),
+        "cosine_to_exact_logit_grad_poisons_with_zero_label_torch": cosine_on_zeroed_poisons(torch_grad),
+        "cosine_to_exact_logit_grad_poisons_with_zero_label_jaxpoison": cosine_on_zeroed_poisons(jax_grad),
+        "_torch_zero_label_grad": zero,  # dropped before writing the JSON
+    }
 
 
 # --------------------------------------------------------------------------- agreement
@@ -225,6 +375,81 @@ def agreement(ours: np.ndarray, theirs: np.ndarray, k: int = TOP_K) -> dict:
         f"top{TOP_K}_overlap_mean": float(np.mean(top)),
         "max_abs_diff_relative": float(np.abs(ours - theirs).max() / np.abs(theirs).max()),
     }
+
+
+def column_agreement(ours: np.ndarray, theirs: np.ndarray, columns: np.ndarray) -> dict | None:
+    """Agreement of the score matrices restricted to training points ``columns`` (e.g. the poisons).
+
+    ``top_k`` is a tenth of the columns (at least 1): the overlap of each library's most
+    supporting poisons per query.
+    """
+    if columns.size < 2:
+        return None
+    a, b = ours[:, columns], theirs[:, columns]
+    k = max(1, columns.size // 10)
+    per_query = [scipy.stats.spearmanr(x, y).statistic for x, y in zip(a, b, strict=True)]
+    top = [len(np.intersect1d(np.argsort(-x)[:k], np.argsort(-y)[:k])) / k for x, y in zip(a, b, strict=True)]
+    return {
+        "n": int(columns.size),
+        "pearson": float(scipy.stats.pearsonr(a.ravel(), b.ravel()).statistic),
+        "spearman": float(scipy.stats.spearmanr(a.ravel(), b.ravel()).statistic),
+        "spearman_per_query_mean": float(np.nanmean(per_query)),
+        "spearman_per_query_min": float(np.nanmin(per_query)),
+        "top_k": k,
+        "top_k_overlap_mean": float(np.mean(top)),
+        "max_abs_diff_relative": float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)),
+        "jaxpoison_mean_score": float(a.mean()),
+        "kronfluence_mean_score": float(b.mean()),
+        "sign_agreement": float(np.mean(np.sign(a) == np.sign(b))),
+    }
+
+
+def poison_recall(scores: np.ndarray, poisons: np.ndarray) -> float:
+    """Mean over queries of the share of poisons among the ``|poisons|`` highest-scored training points."""
+    k = poisons.size
+    return float(np.mean([np.isin(np.argsort(-row)[:k], poisons).mean() for row in scores]))
+
+
+def poison_report(jp: np.ndarray, kf: np.ndarray, poisons: np.ndarray, zero: np.ndarray) -> dict:
+    """Agreement on the poison columns, overall and split by PyTorch's zero label gradient."""
+    return {
+        "agreement_poisons": column_agreement(jp, kf, poisons),
+        "agreement_poisons_torch_label_grad_zero": column_agreement(jp, kf, poisons[zero[poisons]]),
+        "agreement_poisons_torch_label_grad_nonzero": column_agreement(jp, kf, poisons[~zero[poisons]]),
+        "agreement_clean": column_agreement(jp, kf, np.setdiff1d(np.arange(jp.shape[1]), poisons)),
+        "poison_recall_top_p_jaxpoison": poison_recall(jp, poisons),
+        "poison_recall_top_p_kronfluence": poison_recall(kf, poisons),
+    }
+
+
+def explain(diag: dict, report: dict, softplus: dict | None) -> str:
+    """A plain-words reading of the poison diagnostics and agreement, for the JSON summary."""
+    zero = diag["torch_label_grad_zero_share_poisons"]
+    median = diag["poison_margin"]["q50"]
+    overall, on_poisons = report["spearman"], report["agreement_poisons"]
+    text = (f"Poisons are fitted at median margin {median:.1f} (saturation in float32 near "
+            f"{FLOAT32_SATURATION_MARGIN:.1f}); PyTorch's float32 cross-entropy backward returns a label-gradient "
+            f"component of exactly 0 for {zero:.1%} of them (jaxpoison: "
+            f"{diag['jaxpoison_label_grad_zero_share_poisons']:.1%}). ")  # fmt: skip
+    if zero > 0:
+        text += ("For those points kronfluence's training gradient is softmax - onehot with p(y) rounded to 1: the "
+                 "label component vanishes while the other components stay ~e^-margin, so the gradient loses "
+                 "its largest component and turns by at least 45 degrees (mean cosine to the exact logit gradient "
+                 f"{diag['cosine_to_exact_logit_grad_poisons_with_zero_label_torch']:.3f}, jaxpoison's "
+                 f"{diag['cosine_to_exact_logit_grad_poisons_with_zero_label_jaxpoison']:.6f}). jaxpoison's "
+                 "softplus(-margin) keeps that component, -(1 - p(y)), exact. The same gradients enter the empirical "
+                 "Fisher factors and the training side of every score. ")  # fmt: skip
+        split = [report[f"agreement_poisons_torch_label_grad_{kind}"] for kind in ("zero", "nonzero")]
+        split = ["n/a" if s is None else f"{s['spearman']:.4f} over {s['n']}" for s in split]
+        text += (f"Spearman on poison columns: {on_poisons['spearman']:.4f} (zero label gradient: {split[0]}; "
+                 f"non-zero: {split[1]}), against {overall:.4f} over all points. ")  # fmt: skip
+    else:
+        text += "No poison's label gradient is zeroed at this training budget, so the loss numerics cannot differ. "
+    if softplus is not None:
+        text += (f"With kronfluence given jaxpoison's softplus(-margin) loss, Spearman is {softplus['spearman']:.4f} "
+                 f"overall and {softplus['agreement_poisons']['spearman']:.4f} on poisons: what remains is the "
+                 "rest of the computation (float32 gradients, factor algebra, damping).")  # fmt: skip
+    return text
 
 
 # --------------------------------------------------------------------------- main
@@ -249,8 +474,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="train on, fit factors on and score the first N training images; None = all")
     parser.add_argument("--queries", type=int, metavar="Q", default=51,
                         help="number of test images used as queries (the first Q)")
-    parser.add_argument("--epochs", type=int, metavar="E", default=2,
-                        help="training epochs of the CNN (Adam 1e-3, batch 128)")
+    parser.add_argument("--epochs", type=int, metavar="E", default=None,
+                        help="training epochs of the CNN (Adam 1e-3, batch 128); default 2 for the clean victim, "
+                             "5 (the last at lr/10) for --victim badnet")  # fmt: skip
+    parser.add_argument("--victim", default="clean", choices=("clean", "badnet"),
+                        help="badnet: poison --poison-rate of the training set with jaxpoison's BadNet trigger "
+                             f"toward class {TARGET} and query triggered test images")  # fmt: skip
+    parser.add_argument("--poison-rate", type=float, metavar="R", default=0.01,
+                        help="share of the N training images poisoned by --victim badnet")
+    parser.add_argument("--kronfluence-softplus-ce", action="store_true",
+                        help="run kronfluence a second time with the cross-entropy written as softplus(-margin), "
+                             "jaxpoison's form (isolates the loss numerics)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, metavar="B", default=128,
                         help="batch size of the factor fit and of the training side of scoring, both libraries")
     parser.add_argument("--damping", type=damping_arg, metavar="D", default=1e-8,
@@ -260,9 +494,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="do not time kronfluence scoring with one query per batch (Q passes over the data)")
     parser.add_argument("--no-warm-repeat", action="store_true",
                         help="do not repeat the jaxpoison calls to time them without compilation")
+    parser.add_argument("--diagnostics-only", action="store_true",
+                        help="--victim badnet: train and print the poison diagnostics (margins, zeroed label "
+                             "gradients), then stop; a cheap way to choose --epochs")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="model initialisation and training seed")
     parser.add_argument("--out", type=Path, metavar="FILE", required=True, help="where to write the JSON results")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = 5 if args.victim == "badnet" else 2
+    if not 0 < args.poison_rate < 1:
+        parser.error("--poison-rate must lie in (0, 1)")
+    if args.diagnostics_only and args.victim != "badnet":
+        parser.error("--diagnostics-only needs --victim badnet")
+    return args
 
 
 def main(argv=None) -> dict:
@@ -276,33 +520,52 @@ def main(argv=None) -> dict:
     n = len(train_full) if args.n_train is None else args.n_train
     if not 1 <= n <= len(train_full) or not 1 <= args.queries <= len(test):
         raise SystemExit(f"--n-train must lie in [1, {len(train_full)}] and --queries in [1, {len(test)}].")
-    train_set = train_full.subset(range(n))
-    queries = test.subset(range(args.queries))
+    train_set, poisons, queries, recipe, trigger = build_victim(train_full.subset(range(n)), test, args)
 
     model = to_functional(create_model("cnn", train_set.image_shape, train_set.num_classes, seed=args.seed))
-    result = train(model, train_set, adam_recipe(epochs=args.epochs), seed=args.seed, progress=False)
+    result = train(model, train_set, recipe, seed=args.seed, progress=False)
     model = model._replace(params=result.params, state=result.state)
     accuracy = evaluate(model.apply, model.params, model.state, test).accuracy
-    print(f"trained the CNN on {n} images for {args.epochs} epochs: test accuracy {accuracy:.4f}")
+    print(f"trained the CNN on {n} images ({args.victim} victim, {poisons.size} poisons) for {args.epochs} epochs: "
+          f"test accuracy {accuracy:.4f}")  # fmt: skip
 
     twin = torch_twin(model)
-    logit_diff = check_logits_agree(model, twin, np.concatenate([train_set.images[:16], queries.images[:16]]),
-                                    train_set)  # fmt: skip
+    checked = np.concatenate([train_set.images[:16], train_set.images[poisons[:16]], queries.images[:16]])
+    logit_diff = check_logits_agree(model, twin, checked, train_set)
     print(f"JAX and PyTorch logits agree (max |difference| {logit_diff:.2e})")
+    diag = None
+    if args.victim == "badnet":
+        diag = victim_diagnostics(model, twin, train_set, poisons, test, trigger)
+        print(f"attack success {diag['attack_success_rate']:.3f}; poison margins {diag['poison_margin']}; "
+              f"PyTorch label gradient exactly 0 for {diag['torch_label_grad_zero_share_poisons']:.1%} of the "
+              f"poisons, {diag['torch_label_grad_zero_share_clean']:.1%} of clean points")  # fmt: skip
+        if args.diagnostics_only:
+            print(json.dumps({k: v for k, v in diag.items() if not k.startswith("_")}, indent=2))
+            return diag
 
     jp = run_jaxpoison(model, train_set, queries, args)
     print(f"jaxpoison: fit {jp['fit_s']:.1f} s, score {jp['score_s']:.1f} s")
     with tempfile.TemporaryDirectory(prefix="vs_kronfluence_") as workdir:
         kf = run_kronfluence(twin, train_set, queries, args, workdir)
-    print(f"kronfluence: fit {kf['fit_s']:.1f} s, score {kf['score_s']:.1f} s")
+        print(f"kronfluence: fit {kf['fit_s']:.1f} s, score {kf['score_s']:.1f} s")
+        kf_softplus = None
+        if args.kronfluence_softplus_ce:  # a fresh twin: prepare_model wraps the modules it is given
+            kf_softplus = run_kronfluence(torch_twin(model), train_set, queries, args, workdir,
+                                          task=SoftplusMarginTask(), one_at_a_time=False)  # fmt: skip
+            print(f"kronfluence, softplus(-margin) loss: fit {kf_softplus['fit_s']:.1f} s, "
+                  f"score {kf_softplus['score_s']:.1f} s")  # fmt: skip
 
     env = environment()
     jax_total = jp["fit_s"] + jp["score_s"]
     report = {
         "dataset": args.dataset,
+        "victim": args.victim,
         "n_train": n,
         "queries": args.queries,
+        "query_kind": "test images, true labels" if args.victim == "clean"
+        else f"triggered test images of classes other than {TARGET}, measured against {TARGET}",
         "epochs": args.epochs,
+        "recipe": {key: getattr(recipe, key) for key in ("optimizer", "learning_rate", "batch_size", "milestones")},
         "test_accuracy": accuracy,
         "batch_size": args.batch_size,
         "damping": args.damping,
@@ -339,6 +602,17 @@ def main(argv=None) -> dict:
         "machine": {key: env[key] for key in ("platform", "backend", "device_kind", "device_count")}
         | {"cpu_count": threads},
     }
+    if diag is not None:
+        zero = diag.pop("_torch_zero_label_grad")
+        report["victim_diagnostics"] = diag
+        report.update(poison_report(jp["scores"], kf["scores"], poisons, zero))
+        softplus = None
+        if kf_softplus is not None:
+            softplus = {**agreement(jp["scores"], kf_softplus["scores"]),
+                        **poison_report(jp["scores"], kf_softplus["scores"], poisons, zero),
+                        "fit_s": kf_softplus["fit_s"], "score_s": kf_softplus["score_s"]}  # fmt: skip
+            report["kronfluence_softplus_ce"] = softplus
+        report["disagreement_explanation"] = explain(diag, report, softplus)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
@@ -368,6 +642,19 @@ def print_table(r: dict) -> None:
     print(f"  pearson {r['pearson']:.5f}, spearman {r['spearman']:.5f}, per-query spearman mean "
           f"{r['spearman_per_query_mean']:.5f} (min {r['spearman_per_query_min']:.5f}), "
           f"top-{TOP_K} overlap {r[f'top{TOP_K}_overlap_mean']:.3f}")  # fmt: skip
+    for key, label in (("agreement_poisons", "poisons"), ("agreement_poisons_torch_label_grad_zero",
+                       "poisons, PyTorch label gradient 0"), ("agreement_poisons_torch_label_grad_nonzero",
+                       "poisons, PyTorch label gradient ≠ 0")):  # fmt: skip
+        if r.get(key):
+            a = r[key]
+            print(f"  {label} (n = {a['n']}): pearson {a['pearson']:.5f}, spearman {a['spearman']:.5f}, "
+                  f"top-{a['top_k']} overlap {a['top_k_overlap_mean']:.3f}")  # fmt: skip
+    if "kronfluence_softplus_ce" in r:
+        a = r["kronfluence_softplus_ce"]
+        print(f"  vs kronfluence with softplus(-margin): spearman {a['spearman']:.5f}, "
+              f"on poisons {a['agreement_poisons']['spearman']:.5f}")  # fmt: skip
+    if "disagreement_explanation" in r:
+        print("  " + r["disagreement_explanation"])
 
 
 if __name__ == "__main__":

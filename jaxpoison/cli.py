@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from jaxpoison.data import DatasetError, dataset_location, dataset_names, get_spec
+from jaxpoison.experiments.config import UNLEARNERS
 from jaxpoison.models import MODEL_NAMES
+from jaxpoison.selection.registry import SELECTION_NAMES
 from jaxpoison.training import CheckpointError
 
 
@@ -309,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_poison)
 
     p = sub.add_parser("select", help="choose which samples to poison (RS, FUS, RD, HFE, IFS); DIR/indices.npy")
-    p.add_argument("--method", required=True, choices=("rs", "fus", "rd", "hfe", "ifs"))
+    p.add_argument("--method", required=True, choices=SELECTION_NAMES)
     p.add_argument("--dataset", required=True, choices=dataset_names())
     p.add_argument("--attack", required=True, choices=("blended", "patch"))
     p.add_argument("--epsilon", type=float, required=True, help="blend ratio (blended) or patch opacity (patch)")
@@ -340,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("unlearn", help="unlearn flagged points of a run's victim and report PSR / clean accuracy")
     p.add_argument("--run", required=True, help="a directory made by `jaxpoison run`")
-    p.add_argument("--method", required=True, choices=("eu", "cf", "cf_short", "ssd", "scrub", "badt"))
+    p.add_argument("--method", required=True, choices=UNLEARNERS)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--detector", help="use the flags of a detector that ran in this directory")
     which.add_argument("--flagged", help="a .npy or text file of training indices")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -34,6 +35,29 @@ def test_lowpass_is_a_normalised_gaussian_blur():
     assert low_frequency_energy(noise, 4) < 0.1
 
 
+def pool_fooling_rate(logits, trigger, images: np.ndarray, target: int) -> float:
+    """Share of the fitting ``images`` not already predicted as ``target`` that the trigger sends there."""
+    predict = jax.jit(lambda x: jnp.argmax(logits(x), -1))
+    pool = images[np.asarray(predict(images)) != target]
+    return float(np.mean(np.asarray(predict(trigger.apply(pool))) == target))
+
+
+@pytest.fixture
+def passes(monkeypatch):
+    """The passes ``make_smooth_trigger`` makes over its images (it loops over ``tqdm(range(max_passes))``)."""
+    from jaxpoison.attacks import smooth
+
+    made, real = [], smooth.tqdm
+
+    def counting(iterable, **kwargs):
+        for item in real(iterable, **kwargs):
+            made.append(item)
+            yield item
+
+    monkeypatch.setattr(smooth, "tqdm", counting)
+    return made
+
+
 @pytest.fixture(scope="module")
 def digits_model():
     train_set, test_set = load_splits("digits")
@@ -43,20 +67,55 @@ def digits_model():
     return logits, train_set, test_set
 
 
-def test_smooth_trigger_range_spectrum_and_effect(digits_model):
+def test_smooth_trigger_range_spectrum_and_effect(digits_model, passes):
     logits, train_set, test_set = digits_model
     fit_images = train_set.images[:60]
     trigger = make_smooth_trigger(logits, fit_images, target=3, max_passes=3, progress=False)
+    # The recorded rate is the returned pattern's; below the goal (0.2) every pass must have run.
+    rate = trigger.meta["fooling_rate"]
+    assert rate == pool_fooling_rate(logits, trigger, fit_images, 3)
+    assert rate >= 0.2 or len(passes) == 3
     v = trigger.pattern
     assert v.shape == (8, 8, 1) and v.min() == pytest.approx(0.0) and v.max() == pytest.approx(0.2)
     assert low_frequency_energy(v, radius=2) >= 0.95
     again = make_smooth_trigger(logits, fit_images, target=3, max_passes=3, progress=False)
     np.testing.assert_allclose(again.pattern, v, atol=1e-6)  # deterministic for a seed
-    assert 0.0 <= trigger.meta["fooling_rate"] <= 1.0
     victims = test_set.images[test_set.labels != 3]
     out = np.asarray(trigger.apply(victims[:4]))
     np.testing.assert_allclose(out.reshape(4, -1).min(1), 0.0, atol=1e-6)
     np.testing.assert_allclose(out.reshape(4, -1).max(1), 1.0, atol=1e-6)
+
+
+def blob_detector(images: np.ndarray, target: int, share_already: float):
+    """Linear logits that pick ``target`` for images bright under a centred blob, other classes at 0.
+
+    A low-frequency pattern can move this score, so the trigger can reach its goal; the
+    threshold puts ``share_already`` of ``images`` in the target class before any trigger.
+    """
+    g = gaussian_kernel(images.shape[1], images.shape[1] / 5)
+    blob = jnp.asarray(np.outer(g, g)[..., None] / np.outer(g, g).max())
+    threshold = float(np.quantile(np.sum(images * np.asarray(blob), axis=(1, 2, 3)), 1.0 - share_already))
+
+    def logits(x):
+        score = jnp.sum(x * blob, axis=(-3, -2, -1))
+        return jnp.zeros((*x.shape[:-3], 10)).at[..., target].set(10.0 * (score - threshold))
+
+    return logits
+
+
+def test_smooth_trigger_stops_once_it_reaches_the_fooling_goal(passes):
+    train_set, _ = load_splits("digits")
+    fit_images = train_set.images[:60]
+    logits = blob_detector(fit_images, target=3, share_already=0.2)
+    trigger = make_smooth_trigger(logits, fit_images, target=3, fooling_goal=0.1, max_passes=5, progress=False)
+    rate = trigger.meta["fooling_rate"]
+    assert rate >= 0.1 and len(passes) < 5  # goal met: the remaining passes are skipped
+    assert rate == pool_fooling_rate(logits, trigger, fit_images, 3)
+    passes.clear()
+    # An unreachable goal runs every pass and keeps the best pattern, which is the one recorded.
+    best = make_smooth_trigger(logits, fit_images, target=3, fooling_goal=1.1, max_passes=3, progress=False)
+    assert len(passes) == 3
+    assert best.meta["fooling_rate"] == pool_fooling_rate(logits, best, fit_images, 3) >= rate
 
 
 def test_targeted_deepfool_reaches_the_target(digits_model):

@@ -16,7 +16,7 @@ import typing
 from typing import Any
 
 from jaxpoison.detection.delta_influence import DeltaConfig
-from jaxpoison.selection.registry import SELECTORS
+from jaxpoison.selection.registry import SELECTION_NAMES
 
 ATTACKS = ("badnet", "blended", "smooth", "brew")
 DETECTORS = ("delta_influence", "delta_label_only", "delta_image_only", "ekfac", "trak", "spectral",
@@ -232,8 +232,8 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"data.validation_fraction must lie in [0, 0.5); got {config.data.validation_fraction}.")
     if config.detection.fisher not in ("true", "empirical"):
         raise ConfigError(f"detection.fisher must be 'true' or 'empirical'; got {config.detection.fisher!r}.")
-    if config.selection not in SELECTORS:
-        raise ConfigError(f"selection must be one of {SELECTORS}; got {config.selection!r}.")
+    if config.selection not in SELECTION_NAMES:
+        raise ConfigError(f"selection must be one of {SELECTION_NAMES}; got {config.selection!r}.")
     if config.selection != "rs" and (config.attack.name == "brew" or config.attack.source is not None):
         raise ConfigError("selection methods choose poisons for all-to-one trigger attacks; use selection=rs with "
                           "Witches' Brew or a source-specific attack.")  # fmt: skip
