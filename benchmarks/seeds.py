@@ -6,7 +6,9 @@
 Each seed is one ``jaxpoison run`` directory (``RUNS/seedS``): the seed changes the poison
 choice, the victim's initialisation and batch order, and every detector's randomness.
 A killed benchmark resumes where it stopped, because every stage is reused from its run
-store; the JSON is rewritten after every seed, so finished seeds are never lost.
+store; the JSON is rewritten after every seed, so finished seeds are never lost, and a
+later invocation with other seeds (or other unlearners) adds to it; each seed records the
+overrides it ran with.
 
 Besides the preset's own detection setting, ``--points-row K`` adds one row: Δ-Influence
 from the first K identified test points with their flags intersected (the paper's
@@ -114,6 +116,11 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     progress = not args.quiet
     results = {"preset": args.preset, "overrides": args.overrides, "environment": environment(), "seeds": []}
+    if Path(args.out).exists():  # keep the other seeds of an earlier invocation (e.g. with fewer unlearners)
+        earlier = json.loads(Path(args.out).read_text())
+        if earlier.get("preset") != args.preset:
+            raise SystemExit(f"{args.out} holds preset {earlier.get('preset')!r}; choose another --out.")
+        results["seeds"] = earlier["seeds"]
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         config = apply_overrides(get_preset(args.preset), [*args.overrides, f"seed={seed}"])
         directory = Path(args.runs) / f"seed{seed}"
@@ -130,7 +137,9 @@ def main(argv=None) -> dict:
             methods = args.control_methods.split(",") if args.control_methods else config.detection.methods
             record["control"] = control_stage(prepared, tuple(methods), progress=progress)
         record["seconds"] = time.perf_counter() - start
-        results["seeds"].append(record)
+        record["overrides"] = args.overrides
+        others = [r for r in results["seeds"] if r["seed"] != seed]
+        results["seeds"] = sorted([*others, record], key=lambda r: r["seed"])
         results["summary"] = summarise(results["seeds"])
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2, default=float))
