@@ -2,13 +2,32 @@
 
 A universal perturbation ``v`` is grown over a few clean images: for every image the
 current ``v`` does not yet send to the target class, a targeted DeepFool step finds a
-minimal push ``r`` toward the target; ``v ← G(v + G(r))`` with ``G`` a fixed Gaussian
-low-pass filter, and ``v`` is min-max rescaled to ``[0, 0.2]``. The loop stops once a
-``fooling_goal`` share of images is sent to the target. Applying the trigger is
+minimal push ``r`` toward the target; ``v ← P(v + G'(G(r)))`` with ``G`` a fixed Gaussian
+low-pass filter (``G'`` the same filter padded the other way, so the pair does not shift the
+image) and ``P`` the min-max rescaling to ``[0, magnitude]`` (0.2 by default). The loop stops
+once a ``fooling_goal`` share of images is sent to the target. Applying the trigger is
 ``minmax(x + v)``: add, then rescale each image to [0, 1].
 
 Filter size scales with the image: 30 taps and σ = 6 px at 32×32 (the reference),
 i.e. ``taps = round(30·H/32)`` and ``σ = 6·H/32``.
+
+Two departures from the reference loop, ``v ← P(G(v + G(r)))``, both measured on the 8×8
+digits CNN (60 fitting images, 5 passes, every target 0-9):
+
+* ``v`` itself is not blurred again at every step. ``G`` is not idempotent, so re-blurring
+  gives the k-th last push k extra blurs: old pushes melt into the filter's dominant mode, a
+  blob that points toward no class, and ``v`` only remembers the last push or two. At
+  magnitude 1.0 the re-blurring loop fooled 0-16 % of images per target (mean 4 %); adding
+  twice-smoothed pushes to an unblurred ``v`` fooled 2-75 % (mean 31 %), and 5-86 % (mean 43 %)
+  with the shift-free filter pair, against 39-100 % for a smooth pattern optimised directly.
+* An even tap count centres the kernel between taps, so each blur moves the image half a pixel
+  toward the origin; the second blur of a push is padded the other way and cancels it.
+
+At the default magnitude 0.2 no smooth pattern sends 20 % of digits or of Fashion-MNIST images
+(1-epoch CNN) to a fixed target: direct optimisation of a smooth [0, 0.2] pattern reaches at
+most 5 % on digits and 3 % on Fashion-MNIST. The reference reaches its goal because its rate is
+untargeted and it re-picks the target as the dominant fooled class; here the target is fixed,
+so the loop runs every pass and returns the best pattern with its honest rate in ``meta``.
 """
 
 from __future__ import annotations
@@ -31,10 +50,16 @@ def gaussian_kernel(taps: int, sigma: float) -> np.ndarray:
     return (k / k.sum()).astype(np.float32)
 
 
-def lowpass(v: jax.Array, taps: int, sigma: float) -> jax.Array:
-    """Separable depthwise Gaussian blur of ``[H, W, C]`` with zero padding, same output size."""
+def lowpass(v: jax.Array, taps: int, sigma: float, mirrored: bool = False) -> jax.Array:
+    """Separable depthwise Gaussian blur of ``[H, W, C]`` with zero padding, same output size.
+
+    With an even ``taps`` the output moves half a pixel toward the origin; ``mirrored`` pads
+    the other way round, so it moves half a pixel away instead.
+    """
     k = jnp.asarray(gaussian_kernel(taps, sigma))
     before, after = (taps - 1) // 2, taps // 2
+    if mirrored:
+        before, after = after, before
 
     def blur_axis(x, axis):
         pad = [(0, 0)] * x.ndim
@@ -44,6 +69,11 @@ def lowpass(v: jax.Array, taps: int, sigma: float) -> jax.Array:
         return sum(k[t] * jax.lax.slice_in_dim(xp, t, t + n, axis=axis) for t in range(taps))
 
     return blur_axis(blur_axis(v, 0), 1)
+
+
+def lowpass_twice(v: jax.Array, taps: int, sigma: float) -> jax.Array:
+    """``G'(G(v))``: the blur applied twice, the second time mirrored, so no net shift for any ``taps``."""
+    return lowpass(lowpass(v, taps, sigma), taps, sigma, mirrored=True)
 
 
 def minmax(x: jax.Array, scale: float = 1.0) -> jax.Array:
@@ -126,7 +156,7 @@ def make_smooth_trigger(
         raise TriggerError(f"images must be a non-empty [N, H, W, C] batch; got {images.shape}.")
     h = images.shape[1]
     taps, sigma = max(2, round(30 * h / 32)), 6.0 * h / 32
-    smooth = jax.jit(lambda v: lowpass(v, taps, sigma))
+    smooth = jax.jit(lambda r: lowpass_twice(r, taps, sigma))
     deepfool = jax.jit(lambda x: _targeted_deepfool(logits_fn, x, target, deepfool_iterations, overshoot))
     predict = jax.jit(lambda x: jnp.argmax(logits_fn(x), -1))
     clean_pred = np.asarray(predict(images))
@@ -145,8 +175,8 @@ def make_smooth_trigger(
             x = jnp.asarray(victims[i])
             if int(predict(minmax(x + v)[None])[0]) == target:
                 continue
-            v = smooth(v + smooth(deepfool(minmax(x + v))))
-            v = minmax(v, magnitude)
+            # A sum of smoothed pushes is already smooth: blurring v again would melt old pushes into a blob.
+            v = minmax(v + smooth(deepfool(minmax(x + v))), magnitude)
         rate = fooling(v)
         if rate >= best_rate:
             best_v, best_rate = v, rate
