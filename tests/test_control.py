@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
 from jaxpoison.experiments.control import control_stage, misclassified_test_point
+from jaxpoison.experiments.pipeline import prepare
 from jaxpoison.training import predict_logits
 
 
@@ -21,19 +24,22 @@ def test_the_control_point_is_a_test_image_the_clean_model_gets_wrong(tiny_run):
         misclassified_test_point(clean, test.subset(right))
 
 
-def test_control_flags_are_all_false_positives_and_rerun_reuses_them(tiny_run):
+def test_control_flags_are_all_false_positives_and_rerun_reuses_them(tiny_run, tmp_path):
+    # A copy of the shared run: the control's stages must not appear in other tests' run directory.
+    shutil.copytree(tiny_run.store.root, tmp_path / "run")
+    prepared = prepare(tiny_run.config, tmp_path / "run", progress=False)
     methods = ("delta_influence", "spectral")
-    records = control_stage(tiny_run.prepared, methods, progress=False)
+    records = control_stage(prepared, methods, progress=False)
     n = len(tiny_run.splits.train)
     for method in methods:
         record = records[method]
-        flagged = np.load(tiny_run.store.path(f"control:detect:{method}") / "flagged.npy")
+        flagged = np.load(prepared.store.path(f"control:detect:{method}") / "flagged.npy")
         assert record["n_flagged"] == flagged.size and record["n_poisons"] == 0
         assert record["tpr"] is None and record["auroc"] is None
         assert record["fpr"] == pytest.approx(flagged.size / n)
     point = records["delta_influence"]["test_point"]
     assert point["predicted"] != point["true_label"]  # the wrong prediction plays the target
-    before = len(tiny_run.store.events)
-    again = control_stage(tiny_run.prepared, methods, progress=False)
+    before = len(prepared.store.events)
+    again = control_stage(prepared, methods, progress=False)
     assert again == records
-    assert all(status == "reused" for _, status in tiny_run.store.events[before:])
+    assert all(status == "reused" for _, status in prepared.store.events[before:])
