@@ -516,6 +516,12 @@ def check_disjoint(dataset: Dataset, pool, validation: Dataset, chosen) -> None:
         )
 
 
+def _asr_record(source: str, indices: np.ndarray, data: Dataset, removed: int, disjointness: str) -> dict:
+    """The JSON-ready ``info["asr_set"]``: which images the ASR loss used and how they were kept apart."""
+    return {"source": source, "size": int(indices.size), "indices": indices.tolist(), "data_hash": data.content_hash,
+            "removed_from_pool": removed, "disjointness": disjointness}  # fmt: skip
+
+
 def _asr_dataset(source: Dataset, chosen, trigger, target: int, dataset: Dataset) -> Dataset:
     # The surrogate normalises with the training set's constants.
     return triggered(source, chosen, trigger, target).replace(mean=dataset.mean, std=dataset.std)
@@ -609,14 +615,8 @@ def ifs_selection(
     if validation is None:
         held, pool_left = asr_holdout(dataset, pool, rs.indices, config.validation_size, rng)
         val = _asr_dataset(dataset, held, trigger, target, dataset)
-        asr_set = {
-            "source": HELD_OUT,
-            "size": int(held.size),
-            "indices": held.tolist(),
-            "data_hash": dataset.content_hash,
-            "removed_from_pool": int(pool.size - pool_left.size),
-            "disjointness": "held-out indices and their byte-identical copies removed from the candidates",
-        }
+        asr_set = _asr_record(HELD_OUT, held, dataset, int(pool.size - pool_left.size),
+                              "held-out indices and their byte-identical copies removed from the candidates")
         pool = pool_left
         _check_group_one(dataset.labels[pool], quota, config.eta, k, rate,
                          f" left after holding out {held.size} for the ASR set")  # fmt: skip
@@ -627,14 +627,8 @@ def ifs_selection(
         chosen = np.sort(rng.choice(victims, min(config.validation_size, victims.size), replace=False))
         check_disjoint(dataset, pool, validation, chosen)
         val = _asr_dataset(validation, chosen, trigger, target, dataset)
-        asr_set = {
-            "source": CALLERS,
-            "size": int(chosen.size),
-            "indices": chosen.tolist(),
-            "data_hash": validation.content_hash,
-            "removed_from_pool": 0,
-            "disjointness": "checked: no ASR image byte-identical to a non-target training image",
-        }
+        asr_set = _asr_record(CALLERS, chosen, validation, 0,
+                              "checked: no ASR image byte-identical to a non-target training image")
     pool_labels = dataset.labels[pool]
 
     # 1. Surrogate on a randomly poisoned set.
