@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxpoison.data import DatasetError, dataset_location, dataset_names, get_spec
+from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import UNLEARNERS
 from jaxpoison.models import MODEL_NAMES
 from jaxpoison.selection.registry import SELECTION_NAMES
@@ -99,7 +100,7 @@ def _load_run(run: Path, extra_detectors: tuple[str, ...] = ()):
     from jaxpoison.experiments import RunConfig, from_dict
 
     if not (run / "run.json").is_file():
-        raise ValueError(f"{run} is not a jaxpoison run directory (no run.json); create one with `jaxpoison run`.")
+        raise InputError(f"{run} is not a jaxpoison run directory (no run.json); create one with `jaxpoison run`.")
     config = from_dict(RunConfig, json.loads((run / "run.json").read_text())["config"])
     methods = tuple(dict.fromkeys((*config.detection.methods, *extra_detectors)))
     return dataclasses.replace(config, detection=dataclasses.replace(config.detection, methods=methods))
@@ -117,7 +118,7 @@ def _cmd_detect(args) -> int:
     methods = tuple(LABELS) if args.method == "all" else tuple(m for m in args.method.split(",") if m)
     unknown = [m for m in methods if m not in LABELS]
     if unknown:
-        raise ValueError(f"unknown detector(s) {unknown}; choose from {', '.join(LABELS)} or 'all'.")
+        raise InputError(f"unknown detector(s) {unknown}; choose from {', '.join(LABELS)} or 'all'.")
     run = Path(args.run)
     config = _load_run(run, methods)
     # Adding detectors extends this run; every stage that did not change is reused.
@@ -137,14 +138,14 @@ def _cmd_detect(args) -> int:
 
 def _read_indices(path: Path) -> np.ndarray:
     if not path.is_file():
-        raise ValueError(f"flagged-index file {path} does not exist.")
+        raise InputError(f"flagged-index file {path} does not exist.")
     if path.suffix == ".npy":
         values = np.load(path, allow_pickle=False)
     else:
         values = np.loadtxt(path, dtype=np.float64, ndmin=1)
     values = np.asarray(values).reshape(-1)
     if values.size and not np.all(np.equal(np.mod(values, 1), 0)):
-        raise ValueError(f"{path} must hold integer training indices.")
+        raise InputError(f"{path} must hold integer training indices.")
     return values.astype(np.int64)
 
 
@@ -161,7 +162,7 @@ def _cmd_unlearn(args) -> int:
     else:
         stage = prepared.store.path(f"detect:{args.detector}")
         if not (stage / "flagged.npy").exists():
-            raise ValueError(f"detector {args.detector!r} has not run in {run}; run `jaxpoison detect` first.")
+            raise InputError(f"detector {args.detector!r} has not run in {run}; run `jaxpoison detect` first.")
         flagged, detector = np.load(stage / "flagged.npy"), args.detector
     # Out-of-range indices are refused by the unlearning methods themselves (split_forget_retain).
     record = unlearn_stage(prepared, detector, args.method, flagged, progress=not args.no_progress)
@@ -178,10 +179,10 @@ def _cmd_select(args) -> int:
 
     out = Path(args.out)
     if (out / "manifest.json").exists() and not args.force:
-        raise ValueError(f"{out} already holds a selection; pass --force to overwrite it.")
+        raise InputError(f"{out} already holds a selection; pass --force to overwrite it.")
     train_set, _ = load_splits(args.dataset, **_dataset_options(args))
     if not 0.0 <= args.epsilon <= 1.0:
-        raise ValueError(f"--epsilon is a blend ratio or patch opacity in [0, 1]; got {args.epsilon}.")
+        raise InputError(f"--epsilon is a blend ratio or patch opacity in [0, 1]; got {args.epsilon}.")
     shape = train_set.image_shape
     if args.attack == "blended":
         trigger = blended(shape, args.epsilon)
@@ -246,7 +247,7 @@ def _cmd_poison(args) -> int:
 
     out = Path(args.out)
     if (out / "manifest.json").exists() and not args.force:
-        raise ValueError(f"{out} already holds a poisoned dataset; pass --force to overwrite it.")
+        raise InputError(f"{out} already holds a poisoned dataset; pass --force to overwrite it.")
     train_set, test_set = load_splits(args.dataset, **_dataset_options(args))
     config = PoisonConfig(target=args.target, source=args.source, rate=args.rate, count=args.count,
                           mode=args.mode, seed=args.seed)  # fmt: skip

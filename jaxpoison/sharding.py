@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxpoison.errors import InputError
+
 DATA_AXIS = "data"
 
 
@@ -23,7 +25,7 @@ def data_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
     available = jax.device_count()
     n = available if num_devices is None else num_devices
     if not 1 <= n <= available:
-        raise ValueError(
+        raise InputError(
             f"asked for {n} devices but {available} are available. On CPU, simulate more with "
             "jax.config.update('jax_num_cpu_devices', N) before any other JAX call."
         )
@@ -50,7 +52,7 @@ def shard_batch(mesh: jax.sharding.Mesh, *arrays: np.ndarray) -> tuple[jax.Array
     n = mesh.devices.size
     for a in arrays:
         if a.shape[0] % n:
-            raise ValueError(
+            raise InputError(
                 f"a batch of {a.shape[0]} examples cannot be split evenly over {n} devices; "
                 f"use a batch size divisible by {n}."
             )

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from jaxpoison.data import Dataset
+from jaxpoison.errors import InputError
 from jaxpoison.training import predict_logits
 
 
@@ -29,7 +30,7 @@ def attack_metrics(
     clean_pred = predict_logits(apply, params, state, test).argmax(-1)
     victims = np.flatnonzero(test.labels == source) if source is not None else np.flatnonzero(test.labels != target)
     if victims.size == 0:
-        raise ValueError("the test set has no images of the victim class(es); ASR is undefined.")
+        raise InputError("the test set has no images of the victim class(es); ASR is undefined.")
     triggered = test.subset(victims).replace(images=np.clip(np.asarray(trigger.apply(test.images[victims])), 0, 1))
     pred = predict_logits(apply, params, state, triggered).argmax(-1)
     labels = test.labels[victims]

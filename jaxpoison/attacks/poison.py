@@ -21,9 +21,10 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxpoison.data import Dataset
+from jaxpoison.errors import InputError
 
 
-class PoisonError(ValueError):
+class PoisonError(InputError):
     """The poisoning request cannot be satisfied; the message says what to change."""
 
 

@@ -17,8 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpoison.errors import InputError
 
-class TriggerError(ValueError):
+
+class TriggerError(InputError):
     """A trigger does not fit the images or has invalid parameters."""
 
 

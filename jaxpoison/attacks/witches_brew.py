@@ -34,6 +34,7 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxpoison.data import Dataset, augment_batch, normalize
+from jaxpoison.errors import InputError
 from jaxpoison.influence.losses import cross_entropy
 from jaxpoison.models import FunctionalModel
 
@@ -64,9 +65,9 @@ class BrewConfig:
 
     def __post_init__(self):
         if not 0.0 < self.epsilon <= 1.0:
-            raise ValueError(f"epsilon must lie in (0, 1] (pixel units); got {self.epsilon}.")
+            raise InputError(f"epsilon must lie in (0, 1] (pixel units); got {self.epsilon}.")
         if self.steps < 1 or self.restarts < 1 or self.batch_size < 1:
-            raise ValueError("steps, restarts and batch_size must be ≥ 1.")
+            raise InputError("steps, restarts and batch_size must be ≥ 1.")
 
 
 class Brew(NamedTuple):
@@ -218,9 +219,9 @@ def brew_poisons(
     """
     poison_indices = np.asarray(poison_indices)
     if poison_indices.size == 0:
-        raise ValueError("no poison indices given.")
+        raise InputError("no poison indices given.")
     if np.asarray(target_image).shape != dataset.image_shape:
-        raise ValueError(f"target_image must have shape {dataset.image_shape}; got {np.asarray(target_image).shape}.")
+        raise InputError(f"target_image must have shape {dataset.image_shape}; got {np.asarray(target_image).shape}.")
     mean, std = jnp.asarray(dataset.mean, jnp.float32), jnp.asarray(dataset.std, jnp.float32)
     params, state = model.params, model.state
     x_t = normalize(jnp.asarray(target_image, jnp.float32)[None], mean, std)

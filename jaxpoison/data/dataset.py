@@ -15,8 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxpoison.errors import InputError
 
-class DatasetError(ValueError):
+
+class DatasetError(InputError):
     """A dataset is malformed or cannot be loaded; the message says how to fix it."""
 
 

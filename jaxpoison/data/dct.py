@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpoison.errors import InputError
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -13,7 +15,7 @@ def dct_matrix(n: int) -> np.ndarray:
     """The orthonormal DCT-II matrix ``D [n, n]`` (float64): ``D[u, m] = α(u) cos(π (2m + 1) u / 2n)``,
     ``α(0) = √(1/n)``, ``α(u) = √(2/n)``; ``dct(x) = D @ x``, ``x = Dᵀ @ dct(x)``."""
     if n < 1:
-        raise ValueError(f"DCT size must be ≥ 1; got {n}.")
+        raise InputError(f"DCT size must be ≥ 1; got {n}.")
     u = np.arange(n)[:, None]
     m = np.arange(n)[None, :]
     d = np.sqrt(2.0 / n) * np.cos(np.pi * (2 * m + 1) * u / (2 * n))
@@ -33,7 +35,7 @@ def dct2(images: jax.Array) -> jax.Array:
     """
     images = jnp.asarray(images)
     if images.ndim < 3:
-        raise ValueError(f"dct2 needs [..., H, W, C] images; got shape {images.shape}.")
+        raise InputError(f"dct2 needs [..., H, W, C] images; got shape {images.shape}.")
     dh, dw = _matrices(images.shape, images.dtype)
     y = jnp.einsum("kh,...hwc->...kwc", dh, images, precision=_HIGHEST)
     return jnp.einsum("lw,...kwc->...klc", dw, y, precision=_HIGHEST)
@@ -43,7 +45,7 @@ def idct2(coefficients: jax.Array) -> jax.Array:
     """The inverse of :func:`dct2` (``D_Hᵀ Y D_W`` per channel)."""
     coefficients = jnp.asarray(coefficients)
     if coefficients.ndim < 3:
-        raise ValueError(f"idct2 needs [..., H, W, C] coefficients; got shape {coefficients.shape}.")
+        raise InputError(f"idct2 needs [..., H, W, C] coefficients; got shape {coefficients.shape}.")
     dh, dw = _matrices(coefficients.shape, coefficients.dtype)
     x = jnp.einsum("kh,...kwc->...hwc", dh, coefficients, precision=_HIGHEST)
     return jnp.einsum("lw,...hlc->...hwc", dw, x, precision=_HIGHEST)

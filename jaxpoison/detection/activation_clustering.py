@@ -22,6 +22,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
 from jaxpoison.detection.features import check_features
+from jaxpoison.errors import InputError
 
 
 class ClusterResult(NamedTuple):
@@ -72,9 +73,9 @@ def activation_clustering(
     """
     feats, labs = check_features(features, labels)
     if int(n_components) != n_components or n_components < 1:
-        raise ValueError(f"n_components must be a positive integer; got {n_components}.")
+        raise InputError(f"n_components must be a positive integer; got {n_components}.")
     if min_silhouette is not None and not np.isfinite(min_silhouette):
-        raise ValueError(f"min_silhouette must be a finite number or None; got {min_silhouette}.")
+        raise InputError(f"min_silhouette must be a finite number or None; got {min_silhouette}.")
 
     n = feats.shape[0]
     scores = np.zeros(n)

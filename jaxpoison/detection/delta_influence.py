@@ -40,6 +40,7 @@ import numpy as np
 
 from jaxpoison.data import Dataset, normalize
 from jaxpoison.detection.transforms import TRANSFORM_NAMES, flip_labels, transform_batch
+from jaxpoison.errors import InputError
 from jaxpoison.influence import Factors, ScoreConfig, pairwise_scores
 from jaxpoison.models import FunctionalModel
 
@@ -87,9 +88,9 @@ class DeltaConfig:
 
     def __post_init__(self):
         if self.n_b < 1:
-            raise ValueError(f"n_b must be ≥ 1; got {self.n_b}.")
+            raise InputError(f"n_b must be ≥ 1; got {self.n_b}.")
         if not 0 <= self.n_tol < self.n_b:
-            raise ValueError(
+            raise InputError(
                 f"n_tol must lie in [0, n_b) = [0, {self.n_b}); got {self.n_tol}. With n_tol ≥ n_b every training "
                 "point would be flagged; lower n_tol or raise n_b."
             )
@@ -98,10 +99,10 @@ class DeltaConfig:
                                      ("space", self.space, ("pixel", "normalized")),
                                      ("aggregate", self.aggregate, AGGREGATIONS)):  # fmt: skip
             if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}; got {value!r}.")
+                raise InputError(f"{name} must be one of {allowed}; got {value!r}.")
         unknown = set(self.transforms) - set(TRANSFORM_NAMES)
         if not self.transforms or unknown:
-            raise ValueError(f"transforms must be a non-empty subset of {TRANSFORM_NAMES}; unknown: {sorted(unknown)}.")
+            raise InputError(f"transforms must be a non-empty subset of {TRANSFORM_NAMES}; unknown: {sorted(unknown)}.")
 
     def replace(self, **changes) -> DeltaConfig:
         return dataclasses.replace(self, **changes)
@@ -169,7 +170,7 @@ def transformed_queries(key: jax.Array, image: np.ndarray, config: DeltaConfig, 
         unchanged = unchanged_rows(images)
     if unchanged.any():
         stuck = sorted({config.transforms[int(c)] for c in choice[unchanged]})
-        raise ValueError(
+        raise InputError(
             f"{int(unchanged.sum())} of the {config.n_b} transformed queries stayed unchanged (within "
             f"{UNCHANGED_ATOL}) after {MAX_REDRAWS} redraws: {stuck} cannot change this test image (is it constant "
             "or mirror-symmetric?). An unchanged image-only query has ΔInfl = 0 and never collapses; pick "
@@ -203,9 +204,9 @@ def vote(delta: np.ndarray, tau: float, n_tol: int) -> tuple[np.ndarray, np.ndar
     """The collapse vote on one ``[n_b, N]`` ΔInfl matrix: ``(counts [N], flagged mask [N])``."""
     delta = np.asarray(delta)
     if delta.ndim != 2:
-        raise ValueError(f"delta must be [n_b, N]; got shape {delta.shape}.")
+        raise InputError(f"delta must be [n_b, N]; got shape {delta.shape}.")
     if not 0 <= n_tol < delta.shape[0]:
-        raise ValueError(f"n_tol must lie in [0, {delta.shape[0]}) for {delta.shape[0]} rows; got {n_tol}.")
+        raise InputError(f"n_tol must lie in [0, {delta.shape[0]}) for {delta.shape[0]} rows; got {n_tol}.")
     counts = (delta < tau).sum(0)
     return counts, counts >= delta.shape[0] - n_tol
 
@@ -267,16 +268,16 @@ def delta_influence(
       A :class:`DeltaResult`.
     """
     if len(train) == 0:
-        raise ValueError("the training set is empty; there is nothing to detect.")
+        raise InputError("the training set is empty; there is nothing to detect.")
     test_images = np.asarray(test_images, np.float32)
     if test_images.ndim == 3:
         test_images = test_images[None]
     if test_images.ndim != 4 or test_images.shape[1:] != train.image_shape:
-        raise ValueError(
+        raise InputError(
             f"test_images must be [k, *{train.image_shape}] (the training image shape); got {test_images.shape}."
         )
     if not 0 <= target < train.num_classes:
-        raise ValueError(f"target {target} is not a class of the {train.num_classes}-class training set.")
+        raise InputError(f"target {target} is not a class of the {train.num_classes}-class training set.")
     check_test_points(model, test_images, target, train.mean, train.std)
 
     start = time.perf_counter()

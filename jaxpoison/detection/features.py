@@ -18,6 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxpoison.data import Dataset, normalize
+from jaxpoison.errors import InputError
 from jaxpoison.models.functional import FunctionalModel
 from jaxpoison.training.evaluate import iterate_padded
 
@@ -53,9 +54,9 @@ def penultimate_features(
     """
     n = len(dataset)
     if n == 0:
-        raise ValueError("cannot compute features of an empty dataset (0 images).")
+        raise InputError("cannot compute features of an empty dataset (0 images).")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size}.")
+        raise InputError(f"batch_size must be a positive integer; got {batch_size}.")
     batch_size = min(int(batch_size), n)
     mean = jnp.asarray(dataset.mean)
     std = jnp.asarray(dataset.std)
@@ -91,22 +92,22 @@ def check_features(features, labels=None) -> tuple[np.ndarray, np.ndarray | None
     """
     feats = np.asarray(features)
     if feats.ndim != 2:
-        raise ValueError(f"features must be a 2-D array [N, D]; got shape {feats.shape}.")
+        raise InputError(f"features must be a 2-D array [N, D]; got shape {feats.shape}.")
     if feats.shape[0] == 0 or feats.shape[1] == 0:
-        raise ValueError(f"features must hold at least one sample and one dimension; got shape {feats.shape}.")
+        raise InputError(f"features must hold at least one sample and one dimension; got shape {feats.shape}.")
     if not (np.issubdtype(feats.dtype, np.floating) or np.issubdtype(feats.dtype, np.integer)):
-        raise ValueError(f"features must be numeric; got dtype {feats.dtype}.")
+        raise InputError(f"features must be numeric; got dtype {feats.dtype}.")
     feats = feats.astype(np.float64)
     if not np.all(np.isfinite(feats)):
         bad = int(np.sum(~np.all(np.isfinite(feats), axis=1)))
-        raise ValueError(f"features must be finite; {bad} of {feats.shape[0]} rows hold NaN or inf.")
+        raise InputError(f"features must be finite; {bad} of {feats.shape[0]} rows hold NaN or inf.")
     if labels is None:
         return feats, None
     labs = np.asarray(labels)
     if labs.ndim != 1 or labs.shape[0] != feats.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"labels must be a 1-D array with one label per feature row ({feats.shape[0]}); got shape {labs.shape}."
         )
     if not np.issubdtype(labs.dtype, np.integer):
-        raise ValueError(f"labels must be integers; got dtype {labs.dtype}.")
+        raise InputError(f"labels must be integers; got dtype {labs.dtype}.")
     return feats, labs.astype(np.int64)

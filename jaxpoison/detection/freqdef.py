@@ -73,6 +73,7 @@ from tqdm.auto import tqdm
 
 from jaxpoison.data import Dataset
 from jaxpoison.data.dct import dct2, dct_matrix, idct2  # noqa: F401 (re-exported)
+from jaxpoison.errors import InputError
 from jaxpoison.models import FunctionalModel, create_model, to_functional
 from jaxpoison.training.evaluate import iterate_padded
 
@@ -165,7 +166,7 @@ def apply_family(family_index: int | jax.Array, key: jax.Array, image: jax.Array
     """
     image = jnp.asarray(image)
     if image.ndim != 3:
-        raise ValueError(f"apply_family takes one [H, W, C] image; got shape {image.shape}.")
+        raise InputError(f"apply_family takes one [H, W, C] image; got shape {image.shape}.")
     other = jnp.asarray(other, image.dtype)
     u = jax.random.uniform(key, (_NUM_SCALARS + image.size,))
     field = u[_NUM_SCALARS:].reshape(image.shape)
@@ -207,12 +208,12 @@ def synthetic_triggers(
     images = jnp.asarray(images)
     other_images = jnp.asarray(other_images, images.dtype)
     if images.ndim != 4 or other_images.ndim != 4 or images.shape[1:] != other_images.shape[1:]:
-        raise ValueError(
+        raise InputError(
             f"synthetic_triggers needs [N, H, W, C] images and [M, H, W, C] other images of the same image shape; "
             f"got {images.shape} and {other_images.shape}."
         )
     if other_images.shape[0] < 1:
-        raise ValueError("synthetic_triggers needs at least one other image (the blend family draws from them).")
+        raise InputError("synthetic_triggers needs at least one other image (the blend family draws from them).")
     out, families = _synthetic_triggers(key, images, other_images)
     return (out, families) if return_families else out
 
@@ -255,28 +256,28 @@ class FreqDefConfig:
         for name in ("width", "epochs", "batch_size"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
-                raise ValueError(f"FreqDefConfig.{name} must be an integer ≥ 1; got {value!r}.")
+                raise InputError(f"FreqDefConfig.{name} must be an integer ≥ 1; got {value!r}.")
         if not (isinstance(self.learning_rate, int | float) and math.isfinite(self.learning_rate)) or (
             self.learning_rate <= 0
         ):
-            raise ValueError(f"FreqDefConfig.learning_rate must be a positive number; got {self.learning_rate!r}.")
+            raise InputError(f"FreqDefConfig.learning_rate must be a positive number; got {self.learning_rate!r}.")
         if not (isinstance(self.weight_decay, int | float) and math.isfinite(self.weight_decay)) or (
             self.weight_decay < 0
         ):
-            raise ValueError(
+            raise InputError(
                 f"FreqDefConfig.weight_decay must be a non-negative number (0 disables it); got {self.weight_decay!r}."
             )
         if self.max_train is not None and (not _is_int(self.max_train) or self.max_train < 1):
-            raise ValueError(
+            raise InputError(
                 f"FreqDefConfig.max_train must be None (use every clean image) or an integer ≥ 1; "
                 f"got {self.max_train!r}."
             )
         if not isinstance(self.threshold, int | float) or not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"FreqDefConfig.threshold is a probability in [0, 1]; got {self.threshold!r}.")
+            raise InputError(f"FreqDefConfig.threshold is a probability in [0, 1]; got {self.threshold!r}.")
         if not _is_int(self.seed):
-            raise ValueError(f"FreqDefConfig.seed must be an integer; got {self.seed!r}.")
+            raise InputError(f"FreqDefConfig.seed must be an integer; got {self.seed!r}.")
         if not isinstance(self.uint8_input, bool | np.bool_):
-            raise ValueError(f"FreqDefConfig.uint8_input must be True or False; got {self.uint8_input!r}.")
+            raise InputError(f"FreqDefConfig.uint8_input must be True or False; got {self.uint8_input!r}.")
 
     def replace(self, **changes) -> FreqDefConfig:
         return dataclasses.replace(self, **changes)
@@ -367,19 +368,19 @@ def _make_train_step(model: FunctionalModel, optimizer, mean, std, uint8_input: 
 def _check_images(images, expected_shape: tuple[int, int, int] | None, what: str) -> np.ndarray:
     images = np.asarray(images.images if isinstance(images, Dataset) else images)
     if images.ndim != 4:
-        raise ValueError(f"The {what} must be a 4-D NHWC array [N, H, W, C]; got shape {images.shape}.")
+        raise InputError(f"The {what} must be a 4-D NHWC array [N, H, W, C]; got shape {images.shape}.")
     if images.shape[0] == 0:
-        raise ValueError(f"The {what} are empty; FreqDef needs at least one image.")
+        raise InputError(f"The {what} are empty; FreqDef needs at least one image.")
     if expected_shape is not None and tuple(images.shape[1:]) != tuple(expected_shape):
-        raise ValueError(
+        raise InputError(
             f"The {what} have shape {tuple(images.shape[1:])} but the detector was trained on images of shape "
             f"{tuple(expected_shape)}; train a detector on clean images of this shape (or resize the images)."
         )
     if not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(f"The {what} must be floating point in [0, 1]; got dtype {images.dtype}.")
+        raise InputError(f"The {what} must be floating point in [0, 1]; got dtype {images.dtype}.")
     images = images.astype(np.float32, copy=False)
     if images.min() < 0.0 or images.max() > 1.0:
-        raise ValueError(
+        raise InputError(
             f"The {what} must be pixel-space images in [0, 1]; got range [{images.min():.3g}, {images.max():.3g}]."
         )
     return images
@@ -411,7 +412,7 @@ def train_freqdef(clean: Dataset, config: FreqDefConfig | None = None, *, progre
         images = images[np.sort(rng.choice(len(images), config.max_train, replace=False))]
     n = len(images)
     if config.batch_size > 2 * n:
-        raise ValueError(
+        raise InputError(
             f"batch_size {config.batch_size} exceeds the {2 * n} training examples ({n} clean images and a "
             f"triggered copy of each); lower FreqDefConfig.batch_size or use more clean images."
         )
@@ -483,7 +484,7 @@ def freqdef_scores(detector: FreqDetector, images: np.ndarray | Dataset, *, batc
         or images outside ``[0, 1]``.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1; got {batch_size}.")
+        raise InputError(f"batch_size must be ≥ 1; got {batch_size}.")
     images = _check_images(images, detector.image_shape, "images to score")
     n = len(images)
     mean, std = jnp.asarray(detector.dct_mean), jnp.asarray(detector.dct_std)

@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxpoison.errors import InputError
+
 
 def _as_indices(indices, n: int, name: str) -> np.ndarray:
     """``indices`` as a 1-D int64 array in ``[0, n)``; raises on anything else."""
     arr = np.asarray(indices)
     if arr.dtype == bool:
-        raise ValueError(f"{name} must be integer indices, not a boolean mask; convert with np.flatnonzero(mask).")
+        raise InputError(f"{name} must be integer indices, not a boolean mask; convert with np.flatnonzero(mask).")
     if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of indices; got shape {arr.shape}.")
+        raise InputError(f"{name} must be a 1-D array of indices; got shape {arr.shape}.")
     if arr.size == 0:
         return np.zeros(0, np.int64)
     if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must be integers; got dtype {arr.dtype}.")
+        raise InputError(f"{name} must be integers; got dtype {arr.dtype}.")
     arr = arr.astype(np.int64)
     if arr.min() < 0 or arr.max() >= n:
-        raise ValueError(f"{name} must lie in [0, {n}); got range [{arr.min()}, {arr.max()}].")
+        raise InputError(f"{name} must lie in [0, {n}); got range [{arr.min()}, {arr.max()}].")
     return arr
 
 
@@ -34,7 +36,7 @@ def mask_from_indices(indices, n: int) -> np.ndarray:
     negative ones included, raise ``ValueError``.
     """
     if int(n) != n or n < 0:
-        raise ValueError(f"n must be a non-negative integer; got {n}.")
+        raise InputError(f"n must be a non-negative integer; got {n}.")
     mask = np.zeros(int(n), bool)
     mask[_as_indices(indices, int(n), "indices")] = True
     return mask
@@ -44,16 +46,16 @@ def _check_binary_problem(scores, is_poison) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(is_poison)
     if s.ndim != 1 or y.shape != s.shape:
-        raise ValueError(f"scores and is_poison must be 1-D of equal length; got shapes {s.shape} and {y.shape}.")
+        raise InputError(f"scores and is_poison must be 1-D of equal length; got shapes {s.shape} and {y.shape}.")
     if y.dtype != bool:
         if not np.all(np.isin(y, (0, 1))):
-            raise ValueError("is_poison must be boolean (or 0/1).")
+            raise InputError("is_poison must be boolean (or 0/1).")
         y = y.astype(bool)
     if np.any(np.isnan(s)):
-        raise ValueError(f"scores must not contain NaN; {int(np.isnan(s).sum())} do.")
+        raise InputError(f"scores must not contain NaN; {int(np.isnan(s).sum())} do.")
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == y.size:
-        raise ValueError(f"ROC needs both poisons and clean points; got {n_pos} poisons among {y.size} points.")
+        raise InputError(f"ROC needs both poisons and clean points; got {n_pos} poisons among {y.size} points.")
     return s, y
 
 
@@ -133,13 +135,13 @@ def detection_metrics(flagged, poison_indices, n_train: int, scores=None, second
         indices, or ``scores`` of the wrong length or containing NaN.
     """
     if int(n_train) != n_train or n_train < 1:
-        raise ValueError(f"n_train must be a positive integer; got {n_train}.")
+        raise InputError(f"n_train must be a positive integer; got {n_train}.")
     n_train = int(n_train)
     flags = _as_indices(flagged, n_train, "flagged")
     poisons = _as_indices(poison_indices, n_train, "poison_indices")
     for name, arr in (("flagged", flags), ("poison_indices", poisons)):
         if np.unique(arr).size != arr.size:
-            raise ValueError(f"{name} contains repeated indices; pass each index once.")
+            raise InputError(f"{name} contains repeated indices; pass each index once.")
     is_flagged = mask_from_indices(flags, n_train)
     is_poison = mask_from_indices(poisons, n_train)
     tp = int(np.sum(is_flagged & is_poison))
@@ -151,9 +153,9 @@ def detection_metrics(flagged, poison_indices, n_train: int, scores=None, second
     if scores is not None:
         s = np.asarray(scores, dtype=np.float64)
         if s.shape != (n_train,):
-            raise ValueError(f"scores must have shape ({n_train},), one per training point; got {s.shape}.")
+            raise InputError(f"scores must have shape ({n_train},), one per training point; got {s.shape}.")
         if np.any(np.isnan(s)):
-            raise ValueError(f"scores must not contain NaN; {int(np.isnan(s).sum())} do.")
+            raise InputError(f"scores must not contain NaN; {int(np.isnan(s).sum())} do.")
         if 0 < n_poisons < n_train:
             area = auroc(s, is_poison)
     return {

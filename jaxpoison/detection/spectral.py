@@ -22,6 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxpoison.detection.features import check_features
+from jaxpoison.errors import InputError
 
 
 class SpectralResult(NamedTuple):
@@ -75,10 +76,10 @@ def spectral_signatures(features, labels, poison_fraction: float, removal_factor
     feats, labs = check_features(features, labels)
     eps = float(poison_fraction)
     if not 0.0 < eps < 1.0:
-        raise ValueError(f"poison_fraction must be in (0, 1); got {poison_fraction}.")
+        raise InputError(f"poison_fraction must be in (0, 1); got {poison_fraction}.")
     factor = float(removal_factor)
     if not (np.isfinite(factor) and factor > 0.0):
-        raise ValueError(f"removal_factor must be a positive number; got {removal_factor}.")
+        raise InputError(f"removal_factor must be a positive number; got {removal_factor}.")
 
     n = feats.shape[0]
     raw = np.zeros(n)
@@ -139,7 +140,7 @@ def spectral_signatures_reference(
     feats, _ = check_features(features)
     for name, value in (("singular_threshold", singular_threshold), ("norm_threshold", norm_threshold)):
         if not (np.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be a non-negative finite number; got {value}.")
+            raise InputError(f"{name} must be a non-negative finite number; got {value}.")
     u, s, _ = np.linalg.svd(feats, full_matrices=False)
     kept = s > singular_threshold
     norms = np.linalg.norm(u[:, kept] * s[kept], axis=1)

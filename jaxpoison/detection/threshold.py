@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from jaxpoison.data import Dataset
+from jaxpoison.errors import InputError
 from jaxpoison.influence import Factors, ScoreConfig, TrakConfig, pairwise_scores, trak_scores
 from jaxpoison.models import FunctionalModel
 
@@ -49,9 +50,9 @@ def threshold_flags(scores: np.ndarray, threshold: float | None, k: float = 5.0)
     """Indices with ``score > threshold`` (``None``: :func:`robust_threshold`)."""
     scores = np.asarray(scores)
     if scores.ndim != 1:
-        raise ValueError(f"scores must be one vector [N]; got shape {scores.shape}.")
+        raise InputError(f"scores must be one vector [N]; got shape {scores.shape}.")
     if not np.isfinite(scores).all():
-        raise ValueError("the scores contain NaN or inf; check the model and factors.")
+        raise InputError("the scores contain NaN or inf; check the model and factors.")
     cut = robust_threshold(scores, k) if threshold is None else float(threshold)
     return np.flatnonzero(scores > cut), cut
 
@@ -61,7 +62,7 @@ def _queries(test_images: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarr
     if images.ndim == 3:
         images = images[None]
     if images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(f"test_images must be one image [H, W, C] or several [k, H, W, C]; got {images.shape}.")
+        raise InputError(f"test_images must be one image [H, W, C] or several [k, H, W, C]; got {images.shape}.")
     return images, np.full(len(images), target, np.int32)
 
 

@@ -74,6 +74,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.ndimage import map_coordinates
 
+from jaxpoison.errors import InputError
+
 # The reference's seven in their historical order, then the paper's eighth: appending keeps each
 # name's position, which is what transform_batch's choice indices refer to.
 TRANSFORM_NAMES = ("flip", "color_jitter", "random_affine", "elastic", "blur", "invert", "color_switch", "rotation")
@@ -90,13 +92,13 @@ def _as_range(name: str, value, *, lower: float | None = None, upper: float | No
     try:
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(f"TransformParams.{name} must be a (low, high) pair of numbers, got {value!r}") from None
+        raise InputError(f"TransformParams.{name} must be a (low, high) pair of numbers, got {value!r}") from None
     if not lo <= hi:
-        raise ValueError(f"TransformParams.{name} must have low <= high, got {value!r}")
+        raise InputError(f"TransformParams.{name} must have low <= high, got {value!r}")
     if lower is not None and lo < lower:
-        raise ValueError(f"TransformParams.{name} must lie in [{lower}, ...], got {value!r}")
+        raise InputError(f"TransformParams.{name} must lie in [{lower}, ...], got {value!r}")
     if upper is not None and hi > upper:
-        raise ValueError(f"TransformParams.{name} must lie in [..., {upper}], got {value!r}")
+        raise InputError(f"TransformParams.{name} must lie in [..., {upper}], got {value!r}")
     return lo, hi
 
 
@@ -145,27 +147,27 @@ class TransformParams:
         set_("degrees", _as_range("degrees", self.degrees))
         set_("scale", _as_range("scale", self.scale))
         if self.scale[0] <= 0:
-            raise ValueError(f"TransformParams.scale must be positive, got {self.scale!r}")
+            raise InputError(f"TransformParams.scale must be positive, got {self.scale!r}")
         set_("shear", _as_range("shear", self.shear))
         if not -90 < self.shear[0] <= self.shear[1] < 90:
-            raise ValueError(f"TransformParams.shear must lie strictly inside (-90, 90) degrees, got {self.shear!r}")
+            raise InputError(f"TransformParams.shear must lie strictly inside (-90, 90) degrees, got {self.shear!r}")
         set_("elastic_alpha", float(self.elastic_alpha))
         set_("elastic_sigma", float(self.elastic_sigma))
         if self.elastic_alpha < 0 or self.elastic_sigma < 0:
-            raise ValueError("TransformParams.elastic_alpha and elastic_sigma must be >= 0")
+            raise InputError("TransformParams.elastic_alpha and elastic_sigma must be >= 0")
         try:
             size = tuple(operator.index(k) for k in self.blur_kernel_size)
         except TypeError:
             size = ()
         if len(size) != 2 or any(k < 1 or k % 2 == 0 for k in size):
-            raise ValueError(
+            raise InputError(
                 f"TransformParams.blur_kernel_size must be a (width, height) pair of odd positive ints, "
                 f"got {self.blur_kernel_size!r}"
             )
         set_("blur_kernel_size", size)
         set_("blur_sigma", _as_range("blur_sigma", self.blur_sigma))
         if self.blur_sigma[0] <= 0:
-            raise ValueError(f"TransformParams.blur_sigma must be positive, got {self.blur_sigma!r}")
+            raise InputError(f"TransformParams.blur_sigma must be positive, got {self.blur_sigma!r}")
         set_("rotation_degrees", _as_range("rotation_degrees", self.rotation_degrees, lower=0.0, upper=180.0))
 
 
@@ -235,9 +237,9 @@ def gaussian_kernel(size, sigma, taps: int = 9) -> jax.Array:
     ``size`` and ``sigma`` may be traced, so one static shape serves every drawn kernel size.
     """
     if taps < 1 or taps % 2 == 0:
-        raise ValueError(f"taps must be a positive odd int, got {taps}")
+        raise InputError(f"taps must be a positive odd int, got {taps}")
     if isinstance(size, int | np.integer) and not (1 <= size <= taps and size % 2 == 1):
-        raise ValueError(f"size must be odd and in [1, taps={taps}], got {size}")
+        raise InputError(f"size must be odd and in [1, taps={taps}], got {size}")
     offsets = jnp.arange(taps, dtype=jnp.float32) - taps // 2
     weights = jnp.exp(-0.5 * jnp.square(offsets / sigma))
     weights = jnp.where(jnp.abs(offsets) <= size // 2, weights, 0.0)
@@ -257,7 +259,7 @@ def gaussian_blur(image: jax.Array, size, sigma, taps: int | None = None) -> jax
     kx, ky = (size, size) if np.ndim(size) == 0 else size
     if taps is None:
         if not all(isinstance(k, int | np.integer) for k in (kx, ky)):
-            raise ValueError(f"size must be an odd int or a pair of them, got {size!r}; pass taps if it is traced")
+            raise InputError(f"size must be an odd int or a pair of them, got {size!r}; pass taps if it is traced")
         return _separable_filter(image, gaussian_kernel(ky, sigma, ky), gaussian_kernel(kx, sigma, kx))
     return _separable_filter(image, gaussian_kernel(ky, sigma, taps), gaussian_kernel(kx, sigma, taps))
 
@@ -446,25 +448,25 @@ TRANSFORMS: types.MappingProxyType[str, TransformFn] = types.MappingProxyType(
 
 def _check_names(names) -> tuple[str, ...]:
     if isinstance(names, str):
-        raise ValueError(f"names must be a sequence of transform names, not the string {names!r}")
+        raise InputError(f"names must be a sequence of transform names, not the string {names!r}")
     names = tuple(names)
     if not names:
-        raise ValueError(f"names is empty; give at least one of {TRANSFORM_NAMES}")
+        raise InputError(f"names is empty; give at least one of {TRANSFORM_NAMES}")
     unknown = [name for name in names if name not in TRANSFORMS]
     if unknown:
-        raise ValueError(f"unknown transform name(s) {unknown}; valid names are {TRANSFORM_NAMES}")
+        raise InputError(f"unknown transform name(s) {unknown}; valid names are {TRANSFORM_NAMES}")
     return names
 
 
 def _check_image(image) -> jax.Array:
     image = jnp.asarray(image)
     if image.ndim != 3 or image.shape[-1] not in (1, 3):
-        raise ValueError(
+        raise InputError(
             f"expected one image [H, W, C] with C = 1 or 3, got shape {image.shape}; "
             "transform a batch with jax.vmap or use transform_batch on a single image"
         )
     if not jnp.issubdtype(image.dtype, jnp.floating):
-        raise ValueError(f"expected a float image in [0, 1], got dtype {image.dtype}; convert with x / 255")
+        raise InputError(f"expected a float image in [0, 1], got dtype {image.dtype}; convert with x / 255")
     return image
 
 
@@ -492,10 +494,10 @@ def usable_positions(names: Sequence[str], channels: int) -> tuple[int, ...]:
     """
     names = _check_names(names)
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+        raise InputError(f"channels must be 1 or 3, got {channels}")
     positions = tuple(i for i, name in enumerate(names) if channels == 3 or name not in IDENTITY_ON_GRAYSCALE)
     if not positions:
-        raise ValueError(
+        raise InputError(
             f"every name in {names} is the identity on grayscale (C = 1) images, so no query would differ "
             f"from the original; add a transformation that changes one channel, e.g. from {TRANSFORM_NAMES}"
         )
@@ -554,18 +556,18 @@ def transform_batch(
     params = _check_params(params)
     n = operator.index(n)
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise InputError(f"n must be >= 1, got {n}")
     if space not in SPACES:
-        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+        raise InputError(f"space must be one of {SPACES}, got {space!r}")
     normalized = space == "normalized"
     if normalized:
         if mean is None or std is None:
-            raise ValueError("space='normalized' needs the dataset's per-channel mean and std")
+            raise InputError("space='normalized' needs the dataset's per-channel mean and std")
         channels = image.shape[-1]
         mean, std = (jnp.asarray(v, image.dtype) for v in (mean, std))
         for label, v in (("mean", mean), ("std", std)):
             if v.shape not in ((), (channels,)):
-                raise ValueError(f"{label} must be a scalar or have shape ({channels},), got {v.shape}")
+                raise InputError(f"{label} must be a scalar or have shape ({channels},), got {v.shape}")
     else:
         mean = std = jnp.zeros((), image.dtype)  # unused; keeps one jitted signature
     positions = usable_positions(names, image.shape[-1])
@@ -584,14 +586,14 @@ def flip_labels(key: jax.Array, n: int, num_classes: int, target: int, distinct:
     """
     n, num_classes, target = operator.index(n), operator.index(num_classes), operator.index(target)
     if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2 to flip a label, got {num_classes}")
+        raise InputError(f"num_classes must be >= 2 to flip a label, got {num_classes}")
     if not 0 <= target < num_classes:
-        raise ValueError(f"target must be a class in [0, {num_classes - 1}], got {target}")
+        raise InputError(f"target must be a class in [0, {num_classes - 1}], got {target}")
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise InputError(f"n must be >= 0, got {n}")
     if distinct:
         if n > num_classes - 1:
-            raise ValueError(
+            raise InputError(
                 f"distinct=True needs n <= num_classes - 1 = {num_classes - 1}, got n={n}; "
                 "lower n or use distinct=False (labels may then repeat)"
             )

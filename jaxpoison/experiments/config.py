@@ -16,6 +16,7 @@ import typing
 from typing import Any
 
 from jaxpoison.detection.delta_influence import DeltaConfig
+from jaxpoison.errors import InputError
 from jaxpoison.selection.registry import SELECTION_NAMES
 
 ATTACKS = ("badnet", "blended", "smooth", "brew")
@@ -25,7 +26,7 @@ UNLEARNERS = ("eu", "cf", "cf_reset", "cf_short", "ssd", "scrub", "badt")
 UNLEARNING_SELECTION = ("clean", "oracle")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration key or value that cannot be used; the message says what to change."""
 
 
@@ -281,12 +282,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if hint is bool:
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError
+                    raise InputError
                 return value.lower() in ("true", "1")
             return bool(value)
         if hint is int:
             if isinstance(value, float) and not value.is_integer():
-                raise ValueError
+                raise InputError
             return int(value)
         if hint is float:
             return float(value)

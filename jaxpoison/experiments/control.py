@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxpoison.data import Dataset
 from jaxpoison.detection.metrics import detection_metrics
+from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import to_dict
 from jaxpoison.experiments.detectors import INFLUENCE_BASED, NEEDS_FACTORS, Victim, run_detector
 from jaxpoison.influence import NUMERICS_VERSION, FactorConfig, fit_factors, load_factors, save_factors
@@ -37,7 +38,7 @@ def misclassified_test_point(model: FunctionalModel, test: Dataset) -> tuple[int
     predicted = predict_logits(model.apply, model.params, model.state, test).argmax(-1)
     wrong = np.flatnonzero(predicted != test.labels)
     if wrong.size == 0:
-        raise ValueError("the clean model classifies every test image correctly; the no-poison control needs one "
+        raise InputError("the clean model classifies every test image correctly; the no-poison control needs one "
                          "misclassified test point (use a larger test set).")  # fmt: skip
     return int(wrong[0]), int(predicted[wrong[0]])
 

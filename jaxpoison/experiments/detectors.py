@@ -19,6 +19,7 @@ from jaxpoison.detection.delta_influence import delta_influence
 from jaxpoison.detection.features import penultimate_features
 from jaxpoison.detection.spectral import spectral_signatures, spectral_signatures_reference
 from jaxpoison.detection.threshold import ekfac_threshold, trak_threshold
+from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import DetectionConfig
 from jaxpoison.influence import Factors, ScoreConfig, TrakConfig
 from jaxpoison.models import FunctionalModel
@@ -74,7 +75,7 @@ def run_detector(
 ) -> Detection:
     """Run detector ``method`` (see ``LABELS``) and time it."""
     if method in NEEDS_FACTORS and factors is None:
-        raise ValueError(f"{method} needs fitted EK-FAC factors; fit them first.")
+        raise InputError(f"{method} needs fitted EK-FAC factors; fit them first.")
     score_config = ScoreConfig(damping=config.damping, batch_size=config.score_batch_size)
     start = time.perf_counter()
     extra: dict[str, Any] = {}
@@ -114,6 +115,6 @@ def run_detector(
         detector = train_freqdef(victim.clean_train, freq, progress=progress)
         flagged, scores = freqdef_detect(detector, victim.train)
     else:
-        raise ValueError(f"unknown detector {method!r}; choose one of {tuple(LABELS)}.")
+        raise InputError(f"unknown detector {method!r}; choose one of {tuple(LABELS)}.")
     seconds = time.perf_counter() - start
     return Detection(np.asarray(flagged, np.int64), np.asarray(scores, np.float64), seconds, extra)

@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxpoison.attacks import attack_metrics
 from jaxpoison.detection.metrics import detection_metrics
+from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import RunConfig, UnlearnConfig, config_hash, to_dict
 from jaxpoison.experiments.detectors import INFLUENCE_BASED, NEEDS_FACTORS, Detection, Victim, run_detector
 from jaxpoison.experiments.report import write_report
@@ -182,7 +183,7 @@ def make_selector(prepared: Prepared, flagged, mode: str | None = None) -> Selec
 
         return Selector("oracle", oracle_score, oracle_rule())
     if mode != "clean":
-        raise ValueError(f"unknown selection {mode!r}; choose 'clean' or 'oracle'.")
+        raise InputError(f"unknown selection {mode!r}; choose 'clean' or 'oracle'.")
     forget, _, forget_idx = split_forget_retain(prepared.poisoning.dataset, flagged)
 
     def clean_score(model: FunctionalModel) -> dict:
@@ -228,7 +229,7 @@ def run_unlearner(prepared: Prepared, method: str, flagged: np.ndarray, *, progr
         return continued_training(victim, data, flagged, cf_recipe, fresh_head=fresh, seed=config.seed,
                                   progress=progress)  # fmt: skip
     if method not in ("ssd", "scrub", "badt"):
-        raise ValueError(f"unknown unlearning method {method!r}.")
+        raise InputError(f"unknown unlearning method {method!r}.")
     selector = make_selector(prepared, flagged)
     if method == "ssd":
         return selective_synaptic_dampening(victim, data, flagged, SSDConfig(u.ssd_alphas, u.ssd_lambda_factors),
@@ -259,7 +260,7 @@ def unlearner_settings(unlearning: UnlearnConfig, method: str) -> dict:
     already covers.)
     """
     if method not in _SETTINGS_PREFIX:
-        raise ValueError(f"unknown unlearning method {method!r}; choose from {sorted(_SETTINGS_PREFIX)}.")
+        raise InputError(f"unknown unlearning method {method!r}; choose from {sorted(_SETTINGS_PREFIX)}.")
     prefix = _SETTINGS_PREFIX[method]
     values = to_dict(unlearning)
     settings = {k: v for k, v in values.items() if prefix and k.startswith(prefix) and k != "cf_reset_head"}

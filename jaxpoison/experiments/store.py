@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import config_hash
 
 
-class RunDirectoryError(ValueError):
+class RunDirectoryError(InputError):
     """The output directory holds something this run must not overwrite."""
 
 

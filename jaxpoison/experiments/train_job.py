@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxpoison.data import load_splits
+from jaxpoison.errors import InputError
 from jaxpoison.models import count_params, create_model, to_functional
 from jaxpoison.runinfo import environment
 from jaxpoison.sharding import data_mesh
@@ -22,7 +23,7 @@ DEFAULT_RECIPE = {"mlp": "adam", "logreg": "adam", "cnn": "adam", "resnet18": "r
 def default_recipe(model: str, epochs: int | None = None) -> TrainRecipe:
     """The recipe ``jaxpoison train`` uses for ``model`` unless told otherwise."""
     if model not in DEFAULT_RECIPE:
-        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(DEFAULT_RECIPE)}.")
+        raise InputError(f"unknown model {model!r}; choose one of {', '.join(DEFAULT_RECIPE)}.")
     return get_recipe(DEFAULT_RECIPE[model], epochs)
 
 

@@ -30,6 +30,7 @@ from jaxpoison.attacks import (
     square_patch,
 )
 from jaxpoison.data import Dataset, load_splits, normalize, split_train_validation
+from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import AttackConfig, DataConfig, RunConfig, VictimConfig
 from jaxpoison.experiments.store import RunStore
 from jaxpoison.models import FunctionalModel, create_model, to_functional
@@ -163,7 +164,7 @@ def make_trigger(attack: AttackConfig, train_set: Dataset, clean: FunctionalMode
             fit &= train_set.labels != attack.source
         pool = train_set.images[fit][:100]
         return make_smooth_trigger(logits, pool, attack.target, seed=seed, progress=progress)
-    raise ValueError(f"attack {attack.name!r} has no trigger.")
+    raise InputError(f"attack {attack.name!r} has no trigger.")
 
 
 def poison_stage(
@@ -187,7 +188,7 @@ def poison_stage(
             pool = np.flatnonzero(train_set.labels == intended)
             budget = poison_budget(attack, len(train_set))
             if budget > pool.size:
-                raise ValueError(f"attack.rate asks for {budget} brew poisons but class {intended} has {pool.size}.")
+                raise InputError(f"attack.rate asks for {budget} brew poisons but class {intended} has {pool.size}.")
             poisons = np.sort(rng.choice(pool, budget, replace=False))
             brew_config = BrewConfig(epsilon=16 / 255 if attack.epsilon is None else attack.epsilon,
                                      steps=attack.brew_steps, restarts=attack.brew_restarts, seed=config.seed,
@@ -224,7 +225,7 @@ def poison_stage(
     full[indices] = images
     dataset = train_set.replace(images=full, labels=labels)
     if dataset.content_hash != record["poisoned_hash"]:
-        raise ValueError(f"{directory} does not rebuild the poisoned set it recorded; delete the stage and rerun.")
+        raise InputError(f"{directory} does not rebuild the poisoned set it recorded; delete the stage and rerun.")
     trigger = load_trigger(directory / "trigger") if (directory / "trigger").exists() else None
     return key, Poisoning(dataset, indices, trigger, int(record["target"]), record["brew_target"])
 
@@ -267,7 +268,7 @@ def pick_test_points(
     """
     if poisoning.trigger is None:
         if count != 1:
-            raise ValueError("Witches' Brew has a single target test image; ask for one test point.")
+            raise InputError("Witches' Brew has a single target test image; ask for one test point.")
         return np.array([poisoning.brew_target]), test.images[poisoning.brew_target][None]
     victims = np.flatnonzero(test.labels == source if source is not None else test.labels != poisoning.target)
     triggered = np.clip(np.asarray(poisoning.trigger.apply(test.images[victims])), 0, 1).astype(np.float32)
@@ -275,9 +276,9 @@ def pick_test_points(
     predicted = predict_logits(model.apply, model.params, model.state, hits).argmax(-1)
     found = np.flatnonzero(predicted == poisoning.target)
     if found.size == 0:
-        raise ValueError("no triggered test image is classified as the target: the backdoor did not take, so there "
+        raise InputError("no triggered test image is classified as the target: the backdoor did not take, so there "
                          "is no poisoned test point to start detection from.")  # fmt: skip
     if found.size < count:
-        raise ValueError(f"only {found.size} triggered test images are classified as the target; lower "
+        raise InputError(f"only {found.size} triggered test images are classified as the target; lower "
                          f"detection.test_points from {count} to at most {found.size}.")  # fmt: skip
     return victims[found[:count]], triggered[found[:count]]

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxpoison.errors import InputError
 from jaxpoison.influence.losses import LogitLoss
 
 
@@ -69,7 +70,7 @@ class Layer:
         return self.in_features + int(self.has_bias)
 
 
-class UntrackedParametersError(ValueError):
+class UntrackedParametersError(InputError):
     """Parameters exist that no curvature factor covers."""
 
 
@@ -126,7 +127,7 @@ def check_untracked(untracked: list[str], on_untracked: str) -> None:
 
         warnings.warn(message, stacklevel=3)
     else:
-        raise ValueError(f"on_untracked must be 'error', 'warn' or 'ignore'; got {on_untracked!r}.")
+        raise InputError(f"on_untracked must be 'error', 'warn' or 'ignore'; got {on_untracked!r}.")
 
 
 # --------------------------------------------------------------------------- tapping
@@ -143,7 +144,7 @@ class _Tap:
     def __call__(self, layer, x, call):
         name = self.names[id(layer)]
         if name in self.inputs:
-            raise ValueError(f"layer {name} is called more than once; shared layers cannot be tracked.")
+            raise InputError(f"layer {name} is called more than once; shared layers cannot be tracked.")
         y = call(layer, x)
         self.inputs[name] = x
         self.outputs[name] = y

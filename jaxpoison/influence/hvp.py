@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import jax
 
+from jaxpoison.errors import InputError
 from jaxpoison.influence.grads import flatten
 
 
@@ -63,4 +64,4 @@ def check_damping(damping: float) -> None:
     except (TypeError, jax.errors.ConcretizationTypeError):
         return
     if not (value >= 0.0 and math.isfinite(value)):
-        raise ValueError(f"damping must be a finite number ≥ 0; got {damping}.")
+        raise InputError(f"damping must be a finite number ≥ 0; got {damping}.")

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison.data import Dataset, normalize
+from jaxpoison.errors import InputError
 from jaxpoison.influence.capture import (
     Layer,
     capture,
@@ -56,7 +57,7 @@ STRATEGIES = ("kfac", "ekfac")
 FISHER_TYPES = ("true", "empirical")
 
 
-class FactorError(ValueError):
+class FactorError(InputError):
     """Factors are invalid, or do not belong to the model / data they are used with."""
 
 
@@ -83,11 +84,11 @@ class FactorConfig:
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown factor strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+            raise InputError(f"unknown factor strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}.")
         if self.fisher not in FISHER_TYPES:
-            raise ValueError(f"unknown fisher {self.fisher!r}; choose 'true' or 'empirical'.")
+            raise InputError(f"unknown fisher {self.fisher!r}; choose 'true' or 'empirical'.")
         if self.batch_size < 1 or (self.max_examples is not None and self.max_examples < 1):
-            raise ValueError("batch_size and max_examples must be ≥ 1.")
+            raise InputError("batch_size and max_examples must be ≥ 1.")
 
 
 class Factors(NamedTuple):
@@ -129,17 +130,17 @@ def check_model(model: FunctionalModel, image_shape: tuple[int, ...]) -> None:
     Runs the model abstractly (``jax.eval_shape``, no computation) on one image.
     """
     if model.graphdef is None:
-        raise ValueError("the model has no graphdef; build it with jaxpoison.models.to_functional(nnx_model).")
+        raise InputError("the model has no graphdef; build it with jaxpoison.models.to_functional(nnx_model).")
     try:
         example = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
         out = jax.eval_shape(model.apply, model.params, model.state, example)
     except (TypeError, ValueError, KeyError, AttributeError) as e:
-        raise ValueError(
+        raise InputError(
             f"the parameters do not fit the model, or the model cannot take {tuple(image_shape)} images: {e}. "
             "Pass the params/state produced by to_functional (or by training) for this very model."
         ) from e
     if len(out.shape) != 2:
-        raise ValueError(f"the model must return logits [N, classes]; it returned shape {out.shape}.")
+        raise InputError(f"the model must return logits [N, classes]; it returned shape {out.shape}.")
 
 
 def _eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -326,7 +327,7 @@ def layer_damping(eigenvalues: jax.Array, damping: float | None) -> jax.Array:
     if damping is None:
         return 0.1 * jnp.mean(eigenvalues)
     if not damping >= 0:
-        raise ValueError(f"damping must be ≥ 0 (or None for 0.1 × mean eigenvalue); got {damping}.")
+        raise InputError(f"damping must be ≥ 0 (or None for 0.1 × mean eigenvalue); got {damping}.")
     return jnp.asarray(damping, eigenvalues.dtype)
 
 

@@ -20,6 +20,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxpoison.errors import InputError
+
 # Bump when a change alters influence scores numerically; cached run stages keyed on it
 # (factors, influence-based detectors) are then recomputed instead of silently reused.
 # 2: cross-entropy in margin form (exact gradients for confidently fitted points).
@@ -67,7 +69,7 @@ def get_measurement(name_or_fn: str | LogitLoss) -> LogitLoss:
     if callable(name_or_fn):
         return name_or_fn
     if name_or_fn not in MEASUREMENTS:
-        raise ValueError(
+        raise InputError(
             f"unknown measurement {name_or_fn!r}; choose one of {', '.join(MEASUREMENTS)} or pass a function."
         )
     return MEASUREMENTS[name_or_fn]
@@ -81,7 +83,7 @@ def batch_loss(
     ``apply(params, x)`` is the model with its state bound (see ``FunctionalModel.bind``).
     """
     if reduction not in ("sum", "mean"):
-        raise ValueError(f"reduction must be 'sum' or 'mean'; got {reduction!r}.")
+        raise InputError(f"reduction must be 'sum' or 'mean'; got {reduction!r}.")
 
     def f(params, x, y):
         values = jax.vmap(loss)(apply(params, x), y)

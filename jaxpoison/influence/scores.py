@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison.data import Dataset, normalize
+from jaxpoison.errors import InputError
 from jaxpoison.influence.capture import (
     Layer,
     capture,
@@ -79,9 +80,9 @@ class ScoreConfig:
     def __post_init__(self):
         get_measurement(self.measurement)
         if self.damping is not None and not self.damping >= 0:
-            raise ValueError(f"damping must be ≥ 0 or None; got {self.damping}.")
+            raise InputError(f"damping must be ≥ 0 or None; got {self.damping}.")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be ≥ 1; got {self.batch_size}.")
+            raise InputError(f"batch_size must be ≥ 1; got {self.batch_size}.")
 
     @property
     def measurement_name(self) -> str:
@@ -110,15 +111,15 @@ def _check_queries(images: np.ndarray, labels: np.ndarray, train: Dataset) -> tu
     if images.ndim == 3:
         images = images[None]
     if images.shape[1:] != train.image_shape:
-        raise ValueError(
+        raise InputError(
             f"query images have shape {images.shape[1:]} per image but the training images are {train.image_shape}; "
             "pass queries of the training set's shape, batched as [Q, H, W, C]."
         )
     labels = labels.reshape(-1)
     if labels.shape[0] != images.shape[0]:
-        raise ValueError(f"{images.shape[0]} query images but {labels.shape[0]} query labels.")
+        raise InputError(f"{images.shape[0]} query images but {labels.shape[0]} query labels.")
     if labels.size and (labels.min() < 0 or labels.max() >= train.num_classes):
-        raise ValueError(f"query labels must lie in [0, {train.num_classes}); got {labels.min()}..{labels.max()}.")
+        raise InputError(f"query labels must lie in [0, {train.num_classes}); got {labels.min()}..{labels.max()}.")
     return images, labels.astype(np.int32)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxpoison.data import Dataset
+from jaxpoison.errors import InputError
 from jaxpoison.sharding import replicate, shard_batch
 
 
@@ -32,7 +33,7 @@ def batches(
     ``limit`` restricts the pass to the first ``limit`` examples.
     """
     if batch_size % mesh.devices.size:
-        raise ValueError(f"batch_size {batch_size} is not divisible by the {mesh.devices.size} devices of the mesh.")
+        raise InputError(f"batch_size {batch_size} is not divisible by the {mesh.devices.size} devices of the mesh.")
     n = len(dataset) if limit is None else min(limit, len(dataset))
     for b in range(start, num_batches(n, batch_size)):
         idx = np.arange(b * batch_size, min((b + 1) * batch_size, n))

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison.data import Dataset, normalize
+from jaxpoison.errors import InputError
 from jaxpoison.influence.grads import per_example_grads
 from jaxpoison.influence.kfac import check_finite, check_model, params_hash
 from jaxpoison.influence.losses import margin_measurement
@@ -54,9 +55,9 @@ class TrakConfig:
 
     def __post_init__(self):
         if self.projection_dim < 1 or self.batch_size < 1:
-            raise ValueError("projection_dim and batch_size must be ≥ 1.")
+            raise InputError("projection_dim and batch_size must be ≥ 1.")
         if not self.damping >= 0:
-            raise ValueError(f"damping must be ≥ 0; got {self.damping}.")
+            raise InputError(f"damping must be ≥ 0; got {self.damping}.")
 
 
 def _log_odds(logits: jax.Array, label: jax.Array) -> jax.Array:
@@ -129,7 +130,7 @@ def trak_scores(
     """TRAK scores ``[Q, N]`` of every training point for every query, over one or several checkpoints."""
     models = [models] if isinstance(models, FunctionalModel) else list(models)
     if not models:
-        raise ValueError("trak_scores needs at least one model.")
+        raise InputError("trak_scores needs at least one model.")
     images, labels = _check_queries(query_images, query_labels, train)
     queries = Dataset(images, labels, train.class_names, train.mean, train.std, train.provenance)
     kernel_part, weights = 0.0, 0.0

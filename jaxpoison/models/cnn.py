@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxpoison.errors import InputError
 from jaxpoison.models.layers import max_pool_2x2
 
 
@@ -28,7 +29,7 @@ class CNN(nnx.Module):
     ):
         h, w, c = image_shape
         if h % 4 or w % 4:
-            raise ValueError(f"CNN needs image height and width divisible by 4; got {image_shape}.")
+            raise InputError(f"CNN needs image height and width divisible by 4; got {image_shape}.")
         self.conv1 = nnx.Conv(c, width, (3, 3), padding="SAME", rngs=rngs)
         self.conv2 = nnx.Conv(width, 2 * width, (3, 3), padding="SAME", rngs=rngs)
         self.fc1 = nnx.Linear((h // 4) * (w // 4) * 2 * width, hidden, rngs=rngs)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxpoison.errors import InputError
 from jaxpoison.models.layers import max_pool_2x2
 
 
@@ -45,9 +46,9 @@ class FreqCNN(nnx.Module):
 
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int = 2, width: int = 32, *, rngs: nnx.Rngs):
         if len(image_shape) != 3 or min(image_shape) < 1:
-            raise ValueError(f"FreqCNN needs image_shape (H, W, C) with positive sizes; got {image_shape!r}.")
+            raise InputError(f"FreqCNN needs image_shape (H, W, C) with positive sizes; got {image_shape!r}.")
         if width < 1 or num_classes < 1:
-            raise ValueError(f"FreqCNN needs width ≥ 1 and num_classes ≥ 1; got {width} and {num_classes}.")
+            raise InputError(f"FreqCNN needs width ≥ 1 and num_classes ≥ 1; got {width} and {num_classes}.")
         h, w, c = image_shape
         self.pad_h = _next_multiple_of_8(h) - h
         self.pad_w = _next_multiple_of_8(w) - w

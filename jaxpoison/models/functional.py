@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxpoison.errors import InputError
+
 PyTree = Any
 
 
@@ -93,14 +95,14 @@ def output_layer(model: FunctionalModel, image_shape: tuple[int, ...]) -> str:
     names = [name for name in model.params
              if any(leaf.shape == (width, classes) for leaf in jax.tree.leaves(model.params[name]))]  # fmt: skip
     if len(names) != 1:
-        raise ValueError(f"expected one parameter group with a ({width}, {classes}) output kernel; found {names}.")
+        raise InputError(f"expected one parameter group with a ({width}, {classes}) output kernel; found {names}.")
     return names[0]
 
 
 def replace_layer(model: FunctionalModel, name: str, source: FunctionalModel) -> FunctionalModel:
     """``model`` with its top-level parameter group ``name`` taken from ``source`` (same architecture)."""
     if jax.tree.structure(model.params) != jax.tree.structure(source.params):
-        raise ValueError("replace_layer needs two models of the same architecture.")
+        raise InputError("replace_layer needs two models of the same architecture.")
 
     def pick(path, own, other):
         return other if path[0].key == name else own

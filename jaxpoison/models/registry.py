@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flax import nnx
 
+from jaxpoison.errors import InputError
 from jaxpoison.models.cnn import CNN
 from jaxpoison.models.freq_cnn import FreqCNN
 from jaxpoison.models.mlp import MLP
@@ -29,7 +30,7 @@ def create_model(name: str, image_shape: tuple[int, int, int], num_classes: int,
       ValueError: unknown name or an image shape the model cannot take.
     """
     if len(image_shape) != 3:
-        raise ValueError(f"image_shape must be (H, W, C); got {image_shape!r}.")
+        raise InputError(f"image_shape must be (H, W, C); got {image_shape!r}.")
     h, w, c = image_shape
     rngs = nnx.Rngs(seed)
     if name == "mlp":
@@ -44,4 +45,4 @@ def create_model(name: str, image_shape: tuple[int, int, int], num_classes: int,
         return VGG16(num_classes, in_channels=c, rngs=rngs, **kwargs)
     if name == "freq_cnn":
         return FreqCNN(image_shape, num_classes, rngs=rngs, **kwargs)
-    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}.")
+    raise InputError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}.")

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxpoison.errors import InputError
+
 _he_fan_out = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
@@ -65,7 +67,7 @@ class ResNet18(nnx.Module):
             self.stem_conv = nnx.Conv(in_channels, width, (7, 7), strides=2, padding=((3, 3), (3, 3)),
                                       use_bias=False, kernel_init=_he_fan_out, rngs=rngs)  # fmt: skip
         else:
-            raise ValueError(f"unknown ResNet stem {stem!r}; choose 'cifar' or 'imagenet'.")
+            raise InputError(f"unknown ResNet stem {stem!r}; choose 'cifar' or 'imagenet'.")
         self.stem_bn = _bn(width, rngs)
         blocks, cin = [], width
         for stage, stride in enumerate((1, 2, 2, 2)):

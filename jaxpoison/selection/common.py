@@ -18,12 +18,13 @@ from tqdm.auto import tqdm
 
 from jaxpoison.attacks.poison import candidate_pool
 from jaxpoison.data import Dataset, normalize
+from jaxpoison.errors import InputError
 from jaxpoison.models import FunctionalModel, create_model, to_functional
 from jaxpoison.sharding import data_mesh, replicate, shard_batch
 from jaxpoison.training import adam_recipe, iterate_padded, make_train_step
 
 
-class SelectionError(ValueError):
+class SelectionError(InputError):
     """A selection request cannot be satisfied; the message says what to change."""
 
 

@@ -14,8 +14,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jaxpoison.errors import ArtifactError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(ArtifactError):
     """A checkpoint cannot be written or read back."""
 
 

@@ -16,6 +16,8 @@ import dataclasses
 
 import optax
 
+from jaxpoison.errors import InputError
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainRecipe:
@@ -51,15 +53,15 @@ class TrainRecipe:
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'sgd' or 'adam'.")
+            raise InputError(f"unknown optimizer {self.optimizer!r}; choose 'sgd' or 'adam'.")
         if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive; got {self.learning_rate}.")
+            raise InputError(f"learning_rate must be positive; got {self.learning_rate}.")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be ≥ 1; got {self.epochs} and {self.batch_size}.")
+            raise InputError(f"epochs and batch_size must be ≥ 1; got {self.epochs} and {self.batch_size}.")
         if self.weight_decay < 0 or self.crop_padding < 0:
-            raise ValueError("weight_decay and crop_padding must be non-negative.")
+            raise InputError("weight_decay and crop_padding must be non-negative.")
         if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
-            raise ValueError(f"milestones must be increasing epochs ≥ 1; got {self.milestones}.")
+            raise InputError(f"milestones must be increasing epochs ≥ 1; got {self.milestones}.")
 
     def replace(self, **changes) -> TrainRecipe:
         return dataclasses.replace(self, **changes)
@@ -112,5 +114,5 @@ RECIPES = {"reference": reference_recipe, "adam": adam_recipe}
 def get_recipe(name: str, epochs: int | None = None) -> TrainRecipe:
     """A preset by name (``"reference"`` or ``"adam"``), optionally with another epoch count."""
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}.")
+        raise InputError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}.")
     return RECIPES[name]() if epochs is None else RECIPES[name](epochs=epochs)

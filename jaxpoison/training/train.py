@@ -27,6 +27,7 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxpoison.data import Dataset, augment_batch, normalize
+from jaxpoison.errors import InputError
 from jaxpoison.models import FunctionalModel
 from jaxpoison.sharding import data_mesh, replicate, shard_batch
 from jaxpoison.training import checkpoint as ckpt
@@ -126,9 +127,9 @@ def train(
     mesh = data_mesh() if mesh is None else mesh
     n = len(dataset)
     if recipe.batch_size > n:
-        raise ValueError(f"batch_size {recipe.batch_size} exceeds the {n} training examples; lower it.")
+        raise InputError(f"batch_size {recipe.batch_size} exceeds the {n} training examples; lower it.")
     if recipe.batch_size % mesh.devices.size:
-        raise ValueError(
+        raise InputError(
             f"batch_size {recipe.batch_size} is not divisible by the {mesh.devices.size} devices of the mesh."
         )
     steps_per_epoch = n // recipe.batch_size

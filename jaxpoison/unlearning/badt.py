@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison.data import Dataset
+from jaxpoison.errors import InputError
 from jaxpoison.models import FunctionalModel
 from jaxpoison.unlearning.common import Selector, UnlearnResult, select, split_forget_retain
 from jaxpoison.unlearning.distill import DistillConfig, kl_to_teacher, make_step, minibatches, optimizer
@@ -31,7 +32,7 @@ class BadTeacherConfig:
 
     def __post_init__(self):
         if self.temperature <= 0 or self.eval_every < 1:
-            raise ValueError("temperature must be > 0 and eval_every ≥ 1.")
+            raise InputError("temperature must be > 0 and eval_every ≥ 1.")
 
 
 def bad_teacher(

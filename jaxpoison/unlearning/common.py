@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxpoison.data import Dataset
+from jaxpoison.errors import InputError
 from jaxpoison.models import FunctionalModel
 
 
@@ -43,15 +44,15 @@ def split_forget_retain(dataset: Dataset, flagged) -> tuple[Dataset, Dataset, np
     """
     flagged = np.asarray(flagged)
     if flagged.size and not np.issubdtype(flagged.dtype, np.integer):
-        raise ValueError(f"flagged indices must be integers; got dtype {flagged.dtype}.")
+        raise InputError(f"flagged indices must be integers; got dtype {flagged.dtype}.")
     flagged = np.unique(flagged.astype(np.int64))
     n = len(dataset)
     if flagged.size and (flagged[0] < 0 or flagged[-1] >= n):
         bad = flagged[(flagged < 0) | (flagged >= n)]
-        raise ValueError(f"{bad.size} flagged indices lie outside the training set [0, {n}) (e.g. "
+        raise InputError(f"{bad.size} flagged indices lie outside the training set [0, {n}) (e.g. "
                          f"{bad[:5].tolist()}); they must index the training set the detector ran on.")  # fmt: skip
     if flagged.size == n:
-        raise ValueError("every training point is flagged; nothing would be left to retain.")
+        raise InputError("every training point is flagged; nothing would be left to retain.")
     keep = np.ones(n, bool)
     keep[flagged] = False
     return dataset.subset(flagged), dataset.subset(np.flatnonzero(keep)), flagged
@@ -60,7 +61,7 @@ def split_forget_retain(dataset: Dataset, flagged) -> tuple[Dataset, Dataset, np
 def select(candidates: Sequence[tuple[Any, FunctionalModel]], selector: Selector | None) -> tuple[int, list[dict]]:
     """``(index of the chosen candidate, every candidate's scores)``; without a selector the last one wins."""
     if not candidates:
-        raise ValueError("no candidate models to select from.")
+        raise InputError("no candidate models to select from.")
     if selector is None:
         return len(candidates) - 1, []
     scores = [{"candidate": label, **selector.score(model)} for label, model in candidates]
@@ -98,11 +99,11 @@ def clean_rule(reference_accuracy: float, tolerance: float) -> Callable[[Sequenc
     With nothing flagged (``forget_accuracy`` is ``None``) accuracy alone decides.
     """
     if tolerance < 0:
-        raise ValueError(f"the accuracy tolerance must be ≥ 0; got {tolerance}.")
+        raise InputError(f"the accuracy tolerance must be ≥ 0; got {tolerance}.")
 
     def choose(scores: Sequence[dict]) -> int:
         if not scores:
-            raise ValueError("no candidate scores to choose from.")
+            raise InputError("no candidate scores to choose from.")
         floor = reference_accuracy - tolerance
         ok = [i for i, s in enumerate(scores) if s["validation_accuracy"] >= floor and s["forget_accuracy"] is not None]
         if ok:

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from jaxpoison.data import Dataset, normalize
+from jaxpoison.errors import InputError
 from jaxpoison.training import iterate_padded
 
 
@@ -32,9 +33,9 @@ class DistillConfig:
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be ≥ 1.")
+            raise InputError("steps and batch_size must be ≥ 1.")
         if self.learning_rate <= 0 or self.weight_decay < 0:
-            raise ValueError("learning_rate must be positive and weight_decay non-negative.")
+            raise InputError("learning_rate must be positive and weight_decay non-negative.")
 
 
 def optimizer(config: DistillConfig) -> optax.GradientTransformation:
@@ -52,7 +53,7 @@ def kl_to_teacher(student_logits: jax.Array, teacher_logits: jax.Array, temperat
 def minibatches(dataset: Dataset, batch_size: int) -> Iterator[tuple[jax.Array, jax.Array, jax.Array, np.ndarray]]:
     """Sequential fixed-shape minibatches ``(x normalised, y, valid, indices)``, cycling forever."""
     if len(dataset) == 0:
-        raise ValueError("cannot iterate over an empty set.")
+        raise InputError("cannot iterate over an empty set.")
     batch_size = min(batch_size, len(dataset))
     while True:
         for idx, valid in iterate_padded(len(dataset), batch_size):

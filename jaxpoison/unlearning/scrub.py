@@ -17,6 +17,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from jaxpoison.data import Dataset
+from jaxpoison.errors import InputError
 from jaxpoison.influence.losses import cross_entropy
 from jaxpoison.models import FunctionalModel
 from jaxpoison.unlearning.common import Selector, UnlearnResult, select, split_forget_retain
@@ -34,7 +35,7 @@ class ScrubConfig:
 
     def __post_init__(self):
         if self.max_steps < 0 or self.alpha < 0 or self.temperature <= 0:
-            raise ValueError("max_steps and alpha must be ≥ 0 and temperature > 0.")
+            raise InputError("max_steps and alpha must be ≥ 0 and temperature > 0.")
 
 
 def scrub(

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison.data import Dataset, normalize
+from jaxpoison.errors import InputError
 from jaxpoison.influence.losses import cross_entropy
 from jaxpoison.models import FunctionalModel
 from jaxpoison.training import iterate_padded
@@ -41,9 +42,9 @@ class SSDConfig:
 
     def __post_init__(self):
         if not self.alphas or not self.lambda_factors or min(self.alphas) <= 0 or min(self.lambda_factors) <= 0:
-            raise ValueError("SSD needs non-empty, positive alpha and lambda-factor grids.")
+            raise InputError("SSD needs non-empty, positive alpha and lambda-factor grids.")
         if self.batch_size < 1:
-            raise ValueError("batch_size must be ≥ 1.")
+            raise InputError("batch_size must be ≥ 1.")
 
 
 @functools.partial(jax.jit, static_argnames=("apply",))
@@ -58,7 +59,7 @@ def _squared_grad(params, state, x, y, valid, mean, std, *, apply: Callable):
 def importance(model: FunctionalModel, dataset: Dataset, batch_size: int = 512):
     """Mean over minibatches of the squared gradient of the mean cross-entropy, per parameter."""
     if len(dataset) == 0:
-        raise ValueError("cannot compute importances on an empty set.")
+        raise InputError("cannot compute importances on an empty set.")
     batch_size = min(batch_size, len(dataset))
     total, batches = None, 0
     for idx, valid in iterate_padded(len(dataset), batch_size):

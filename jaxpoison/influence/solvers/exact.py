@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 
+from jaxpoison.errors import InputError
 from jaxpoison.influence.grads import flatten
 from jaxpoison.influence.hvp import check_damping, dense_hessian
 
@@ -15,7 +16,7 @@ def solve_dense(matrix: jnp.ndarray, v, damping: float = 0.0):
     check_damping(damping)
     flat, unflatten = flatten(v)
     if matrix.shape != (flat.size, flat.size):
-        raise ValueError(f"matrix is {matrix.shape} but v has {flat.size} entries.")
+        raise InputError(f"matrix is {matrix.shape} but v has {flat.size} entries.")
     x = jnp.linalg.solve(matrix + damping * jnp.eye(flat.size, dtype=matrix.dtype), flat)
     return unflatten(x)
 

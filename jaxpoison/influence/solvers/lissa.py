@@ -42,6 +42,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxpoison.errors import InputError
 from jaxpoison.influence.grads import tree_dot
 from jaxpoison.influence.hvp import check_damping
 
@@ -77,16 +78,16 @@ class LissaConfig:
     def __post_init__(self):
         check_damping(self.damping)
         if self.scale <= 0:
-            raise ValueError(f"LiSSA scale must be positive; got {self.scale}.")
+            raise InputError(f"LiSSA scale must be positive; got {self.scale}.")
         if self.depth < 1 or self.repeats < 1 or self.batch_size < 1:
-            raise ValueError("LiSSA depth, repeats and batch_size must be ≥ 1.")
+            raise InputError("LiSSA depth, repeats and batch_size must be ≥ 1.")
         if self.loop not in ("auto", "scan", "python"):
-            raise ValueError(f"LiSSA loop must be 'auto', 'scan' or 'python'; got {self.loop!r}.")
+            raise InputError(f"LiSSA loop must be 'auto', 'scan' or 'python'; got {self.loop!r}.")
         if self.damping_form not in DAMPING_FORMS:
             forms = ", ".join(DAMPING_FORMS)
-            raise ValueError(f"LiSSA damping_form must be one of {forms}; got {self.damping_form!r}.")
+            raise InputError(f"LiSSA damping_form must be one of {forms}; got {self.damping_form!r}.")
         if self.damping_form == "per_step" and not float(self.damping) < 1.0:
-            raise ValueError(
+            raise InputError(
                 f"with damping_form='per_step' the damping is the shrink of (1 − damp)·h and must lie in [0, 1); "
                 f"got {self.damping}. For a damping in Hessian units use damping_form='hessian'."
             )
