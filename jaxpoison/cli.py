@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from jaxpoison.data import DatasetError, dataset_location, dataset_names, get_spec
+from jaxpoison.data import dataset_location, dataset_names, get_spec
 from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import UNLEARNERS
+from jaxpoison.experiments.store import atomic_write_text
 from jaxpoison.models import MODEL_NAMES
 from jaxpoison.selection.registry import SELECTION_NAMES
-from jaxpoison.training import CheckpointError
 
 
 def _cmd_datasets(args) -> int:
@@ -95,27 +97,30 @@ def _cmd_run(args) -> int:
 def _load_run(run: Path, extra_detectors: tuple[str, ...] = ()):
     """The configuration of an existing run directory, with ``extra_detectors`` added."""
     import dataclasses
-    import json
 
     from jaxpoison.experiments import RunConfig, from_dict
 
     if not (run / "run.json").is_file():
         raise InputError(f"{run} is not a jaxpoison run directory (no run.json); create one with `jaxpoison run`.")
-    config = from_dict(RunConfig, json.loads((run / "run.json").read_text())["config"])
+    saved = _read_json(run / "run.json")
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise InputError(f"{run / 'run.json'} holds no run configuration; rerun `jaxpoison run` into {run}.")
+    config = from_dict(RunConfig, saved["config"])
     methods = tuple(dict.fromkeys((*config.detection.methods, *extra_detectors)))
     return dataclasses.replace(config, detection=dataclasses.replace(config.detection, methods=methods))
 
 
 def _cmd_detect(args) -> int:
-    import json
-
     from jaxpoison.detection import mask_from_indices
     from jaxpoison.experiments import detect_stage, prepare
     from jaxpoison.experiments.detectors import LABELS
     from jaxpoison.experiments.plots import detection_plots
     from jaxpoison.experiments.report import detection_table
 
-    methods = tuple(LABELS) if args.method == "all" else tuple(m for m in args.method.split(",") if m)
+    names = args.method.split(",")
+    methods = tuple(LABELS) if args.method == "all" else tuple(m.strip() for m in names if m.strip())
+    if not methods:
+        raise InputError(f"--method names no detector; choose from {', '.join(LABELS)} or 'all'.")
     unknown = [m for m in methods if m not in LABELS]
     if unknown:
         raise InputError(f"unknown detector(s) {unknown}; choose from {', '.join(LABELS)} or 'all'.")
@@ -123,12 +128,13 @@ def _cmd_detect(args) -> int:
     config = _load_run(run, methods)
     # Adding detectors extends this run; every stage that did not change is reused.
     prepared = prepare(config, run, force=True, progress=not args.no_progress)
-    path = run / "detection.json"
-    records = json.loads(path.read_text()) if path.exists() else {}
-    detections = {}
-    for method in methods:
-        records[method], detections[method] = detect_stage(prepared, method, progress=not args.no_progress)
-    path.write_text(json.dumps(records, indent=2, default=float))
+    with prepared.store:
+        path = run / "detection.json"
+        records = _read_json(path) if path.exists() else {}
+        detections = {}
+        for method in methods:
+            records[method], detections[method] = detect_stage(prepared, method, progress=not args.no_progress)
+        atomic_write_text(path, json.dumps(records, indent=2, default=float))
     mask = mask_from_indices(prepared.poisoning.poison_indices, len(prepared.poisoning.dataset))
     detection_plots(detections, mask, run / "plots", suffix="_detect")
     print(detection_table({m: records[m] for m in methods}, int(prepared.poisoning.poison_indices.size)))
@@ -136,43 +142,63 @@ def _cmd_detect(args) -> int:
     return 0
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise InputError(f"{path} is not valid JSON ({e}); delete it to rebuild it from the run's stages.") from None
+
+
 def _read_indices(path: Path) -> np.ndarray:
+    """Training indices from a ``.npy`` or text file: whole numbers only; masks and empty files are refused."""
     if not path.is_file():
         raise InputError(f"flagged-index file {path} does not exist.")
-    if path.suffix == ".npy":
-        values = np.load(path, allow_pickle=False)
-    else:
-        values = np.loadtxt(path, dtype=np.float64, ndmin=1)
-    values = np.asarray(values).reshape(-1)
-    if values.size and not np.all(np.equal(np.mod(values, 1), 0)):
-        raise InputError(f"{path} must hold integer training indices.")
+    try:
+        if path.suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        else:
+            with warnings.catch_warnings():  # an empty file is refused below, in words
+                warnings.simplefilter("ignore", UserWarning)
+                values = np.loadtxt(path, dtype=np.float64, ndmin=1)
+    except ValueError as e:
+        raise InputError(f"{path} is not a .npy array or a text file of numbers ({e}).") from None
+    values = np.asarray(values)
+    if values.dtype == bool:
+        raise InputError(f"{path} holds a boolean mask, not indices; save np.flatnonzero(mask) instead.")
+    if values.dtype.kind not in "iuf":
+        raise InputError(f"{path} holds {values.dtype} values; it must hold integer training indices.")
+    values = values.reshape(-1)
+    if values.size == 0:
+        raise InputError(f"{path} holds no indices; flag at least one training point to unlearn.")
+    if not np.all(np.isfinite(values)) or not np.all(np.equal(np.mod(values, 1), 0)):
+        raise InputError(f"{path} must hold integer training indices (found non-integer or non-finite values).")
     return values.astype(np.int64)
 
 
 def _cmd_unlearn(args) -> int:
-    import json
-
     from jaxpoison.experiments import prepare, unlearn_stage
 
     run = Path(args.run)
     config = _load_run(run)
+    # Read the user's file before any work: a bad one must fail fast.
+    flagged = _read_indices(Path(args.flagged)) if args.flagged else None
     prepared = prepare(config, run, force=True, progress=not args.no_progress)
-    if args.flagged:
-        flagged, detector = _read_indices(Path(args.flagged)), f"file:{Path(args.flagged).name}"
-    else:
-        stage = prepared.store.path(f"detect:{args.detector}")
-        if not (stage / "flagged.npy").exists():
-            raise InputError(f"detector {args.detector!r} has not run in {run}; run `jaxpoison detect` first.")
-        flagged, detector = np.load(stage / "flagged.npy"), args.detector
-    # Out-of-range indices are refused by the unlearning methods themselves (split_forget_retain).
-    record = unlearn_stage(prepared, detector, args.method, flagged, progress=not args.no_progress)
+    with prepared.store:
+        if flagged is not None:
+            detector = f"file:{Path(args.flagged).name}"
+        else:
+            if prepared.store.record(f"detect:{args.detector}") is None:  # never ran, or its files are damaged
+                raise InputError(f"detector {args.detector!r} has no intact result in {run}; run "
+                                 f"`jaxpoison detect --method {args.detector} --run {run}` first.")  # fmt: skip
+            flagged = np.load(prepared.store.path(f"detect:{args.detector}") / "flagged.npy")
+            detector = args.detector
+        # Out-of-range indices are refused by the unlearning methods themselves (split_forget_retain).
+        record = unlearn_stage(prepared, detector, args.method, flagged, progress=not args.no_progress)
     print(json.dumps({k: record[k] for k in ("detector", "unlearner", "psr", "clean_accuracy", "seconds")}, indent=2))
     return 0
 
 
 def _cmd_select(args) -> int:
-    import json
-
     from jaxpoison.attacks import PatchTrigger, blended, square_patch
     from jaxpoison.data import load_splits
     from jaxpoison.selection import select_poisons
@@ -180,9 +206,11 @@ def _cmd_select(args) -> int:
     out = Path(args.out)
     if (out / "manifest.json").exists() and not args.force:
         raise InputError(f"{out} already holds a selection; pass --force to overwrite it.")
+    if not 0.0 < args.epsilon <= 1.0:  # NaN fails this too
+        raise InputError(f"--epsilon is a blend ratio or patch opacity in (0, 1]; got {args.epsilon}.")
+    if not 0.0 < args.rate < 1.0:
+        raise InputError(f"--rate is a share of the training set in (0, 1); got {args.rate}.")
     train_set, _ = load_splits(args.dataset, **_dataset_options(args))
-    if not 0.0 <= args.epsilon <= 1.0:
-        raise InputError(f"--epsilon is a blend ratio or patch opacity in [0, 1]; got {args.epsilon}.")
     shape = train_set.image_shape
     if args.attack == "blended":
         trigger = blended(shape, args.epsilon)
@@ -200,7 +228,7 @@ def _cmd_select(args) -> int:
                 "seconds": chosen.info.get("seconds")}  # fmt: skip
     # IFS: which images its attack-success loss used, and how well its LiSSA solve converged.
     manifest.update({key: chosen.info[key] for key in ("asr_set", "lissa") if key in chosen.info})
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=float))
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=float))
     print(f"{chosen.indices.size} samples chosen by {args.method} -> {out / 'indices.npy'}")
     return 0
 
@@ -232,16 +260,19 @@ def _make_trigger(args, image_shape):
         return square_patch(image_shape, size=args.patch_size, color=args.color, margin=args.margin)
     pattern = None
     if args.trigger_image:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(args.trigger_image) as im:
-            pattern = np.asarray(im.convert("L" if image_shape[-1] == 1 else "RGB"))
+        if not Path(args.trigger_image).is_file():
+            raise InputError(f"--trigger-image {args.trigger_image} does not exist.")
+        try:
+            with Image.open(args.trigger_image) as im:
+                pattern = np.asarray(im.convert("L" if image_shape[-1] == 1 else "RGB"))
+        except UnidentifiedImageError:
+            raise InputError(f"--trigger-image {args.trigger_image} is not an image file PIL can read.") from None
     return blended(image_shape, args.epsilon, pattern)
 
 
 def _cmd_poison(args) -> int:
-    import json
-
     from jaxpoison.attacks import PoisonConfig, poison_dataset
     from jaxpoison.data import load_splits
 
@@ -261,7 +292,7 @@ def _cmd_poison(args) -> int:
     )  # fmt: skip
     manifest = {**result.manifest, "dataset": args.dataset, "attack": args.attack,
                 "class_names": list(train_set.class_names)}  # fmt: skip
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
     print(f"{result.manifest['count']} poisons ({args.attack}, target {args.target}) -> {out / 'poisoned.npz'}")
     return 0
 
@@ -359,12 +390,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. User mistakes (bad input, damaged or misplaced files) print one line and exit 2;
+    any other exception is a bug in jaxpoison and keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetError, CheckpointError, ValueError) as e:
+    except InputError as e:
         print(f"jaxpoison: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the filesystem: --out is a file, a directory is not writable, a disk is full, ...
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"jaxpoison: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxpoison: interrupted; rerun the same command to resume from the finished stages.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

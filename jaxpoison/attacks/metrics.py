@@ -9,7 +9,7 @@ import numpy as np
 
 from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
-from jaxpoison.training import predict_logits
+from jaxpoison.training.evaluate import predict_labels
 
 
 def attack_metrics(
@@ -26,13 +26,17 @@ def attack_metrics(
       ``class_asr_variance``: the variance of those (the IFS fairness measure);
       ``triggered_accuracy``: accuracy of the triggered victim images against their true labels;
       ``clean_accuracy``: accuracy on the clean test set; ``victims``: how many images were triggered.
+
+    Raises:
+      NonFiniteOutputError: the model outputs NaN or infinite logits; argmax would read them
+        as class 0 and, with target 0, report a perfect attack.
     """
-    clean_pred = predict_logits(apply, params, state, test).argmax(-1)
+    clean_pred = predict_labels(apply, params, state, test)
     victims = np.flatnonzero(test.labels == source) if source is not None else np.flatnonzero(test.labels != target)
     if victims.size == 0:
         raise InputError("the test set has no images of the victim class(es); ASR is undefined.")
     triggered = test.subset(victims).replace(images=np.clip(np.asarray(trigger.apply(test.images[victims])), 0, 1))
-    pred = predict_logits(apply, params, state, triggered).argmax(-1)
+    pred = predict_labels(apply, params, state, triggered)
     labels = test.labels[victims]
     per_class = {int(c): float(np.mean(pred[labels == c] == target)) for c in np.unique(labels)}
     return {

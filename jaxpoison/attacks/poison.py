@@ -16,6 +16,7 @@ The result carries the ground-truth poison indices and a JSON-ready manifest.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -28,16 +29,44 @@ class PoisonError(InputError):
     """The poisoning request cannot be satisfied; the message says what to change."""
 
 
+def _is_int(value) -> bool:
+    # bool is an int subclass in Python, but True as a class index is a mistake, not class 1.
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _check_indices(indices) -> None:
+    try:
+        array = np.asarray(indices)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise PoisonError(f"indices must be a 1-D sequence of training indices ({e}).") from e
+    if array.ndim != 1 or array.size == 0:
+        raise PoisonError(f"indices must be a non-empty 1-D sequence of training indices; got shape {array.shape}.")
+    # np.asarray((1, True)) is an int array: look at the elements for hidden bools.
+    hidden_bool = not isinstance(indices, np.ndarray) and any(isinstance(i, (bool, np.bool_)) for i in indices)
+    if array.dtype.kind not in "iu" or hidden_bool:
+        raise PoisonError(
+            f"indices must be integer training indices; got {array.dtype if not hidden_bool else 'booleans'} "
+            f"(e.g. {array[:3].tolist()}). Pass positions, e.g. tuple(np.flatnonzero(mask).tolist()) for a mask."
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class PoisonConfig:
     """Attributes:
-    target: the label every poison gets.
-    source: the victim class for a source-specific attack (``None``: all-to-one).
-    rate: poisons as a fraction of the training set, in (0, 1).
-    count: the number of poisons (instead of ``rate``).
-    indices: explicit indices of the training examples to poison (instead of either).
+    target: the label every poison gets (an integer class index, not a bool).
+    source: the victim class for a source-specific attack (``None``: all-to-one); not the target.
+    rate: poisons as a fraction of the training set, finite and in (0, 1).
+    count: the number of poisons (instead of ``rate``), an integer >= 1.
+    indices: explicit indices of the training examples to poison (instead of either), non-empty integers.
     mode: ``"replace"`` or ``"append"``.
-    seed: seeds the random choice of poisons.
+    seed: seeds the random choice of poisons, an integer >= 0.
+
+    Anything else is refused with a :class:`PoisonError`; whether the classes exist and the
+    candidate pool is large enough is checked against the dataset by :func:`poison_dataset`.
     """
 
     target: int
@@ -49,15 +78,36 @@ class PoisonConfig:
     seed: int = 0
 
     def __post_init__(self):
+        for what, value in (("target", self.target), ("source", self.source)):
+            if value is None and what == "source":
+                continue
+            if not _is_int(value) or value < 0:
+                raise PoisonError(f"{what} must be a class index (an integer >= 0); got {value!r}.")
         given = sum(v is not None for v in (self.rate, self.count, self.indices))
         if given != 1:
             raise PoisonError("give exactly one of rate, count or indices.")
         if self.source is not None and self.source == self.target:
             raise PoisonError(f"the victim class equals the target ({self.target}); choose a different source class.")
-        if self.mode not in ("replace", "append"):
+        if not isinstance(self.mode, str) or self.mode not in ("replace", "append"):
             raise PoisonError(f"mode must be 'replace' or 'append'; got {self.mode!r}.")
-        if self.rate is not None and not 0.0 < self.rate < 1.0:
-            raise PoisonError(f"rate must lie in (0, 1); got {self.rate}.")
+        if self.rate is not None:
+            if not _is_real(self.rate) or not math.isfinite(self.rate):
+                raise PoisonError(f"rate must be a finite number in (0, 1); got {self.rate!r}.")
+            if not 0.0 < self.rate < 1.0:
+                raise PoisonError(f"rate must lie in (0, 1); got {self.rate}.")
+        if self.count is not None and (not _is_int(self.count) or self.count < 1):
+            raise PoisonError(f"count must be a whole number of poisons >= 1; got {self.count!r}.")
+        if self.indices is not None:
+            _check_indices(self.indices)
+        if not _is_int(self.seed) or self.seed < 0:
+            raise PoisonError(f"seed must be an integer >= 0; got {self.seed!r}.")
+        # Plain ints from here on: numpy scalars would not serialise into the JSON manifest.
+        for field in ("target", "source", "count", "seed"):
+            value = getattr(self, field)
+            if value is not None:
+                object.__setattr__(self, field, int(value))
+        if self.rate is not None:
+            object.__setattr__(self, "rate", float(self.rate))
 
 
 class PoisonedDataset(NamedTuple):
@@ -76,6 +126,10 @@ class PoisonedDataset(NamedTuple):
 
 def candidate_pool(dataset: Dataset, target: int, source: int | None) -> np.ndarray:
     """Indices that may be poisoned: the source class, or every class but the target."""
+    if not isinstance(dataset, Dataset):
+        raise PoisonError(f"poisoning needs a jaxpoison Dataset; got {type(dataset).__name__}.")
+    if not _is_int(target) or (source is not None and not _is_int(source)):
+        raise PoisonError(f"target and source must be integer class indices; got {target!r} and {source!r}.")
     if not 0 <= target < dataset.num_classes:
         raise PoisonError(f"target {target} is not a class of the {dataset.num_classes}-class dataset.")
     if source is not None and not 0 <= source < dataset.num_classes:
@@ -116,6 +170,15 @@ def poison_dataset(dataset: Dataset, trigger, config: PoisonConfig) -> PoisonedD
     """
     chosen = choose_poisons(dataset, config)
     triggered = np.asarray(trigger.apply(dataset.images[chosen]), np.float32)
+    expected = (chosen.size, *dataset.image_shape)
+    if triggered.shape != expected:
+        raise PoisonError(f"the trigger turned images of shape {expected} into {triggered.shape}; it must keep shapes.")
+    if not np.isfinite(triggered).all():
+        # Clipping would keep NaN and turn inf into 0 or 1: refuse rather than hide it.
+        raise PoisonError(
+            f"the trigger produced {int((~np.isfinite(triggered)).sum())} non-finite pixel values (NaN or inf); "
+            "check its pattern, mask and parameters."
+        )
     triggered = np.clip(triggered, 0.0, 1.0)
     images, labels = dataset.images.copy(), dataset.labels.copy()
     if config.mode == "replace":

@@ -70,8 +70,9 @@ class PatchTrigger(Trigger):
         if mask.shape[2] not in (1, pattern.shape[2]):
             raise TriggerError(f"mask has {mask.shape[2]} channels; use 1 or the pattern's {pattern.shape[2]}.")
         for name, a in (("mask", mask), ("pattern", pattern)):
-            if a.min() < 0 or a.max() > 1:
-                raise TriggerError(f"{name} values must lie in [0, 1]; got [{a.min()}, {a.max()}].")
+            if not np.all((a >= 0) & (a <= 1)):  # written so that NaN fails too
+                raise TriggerError(f"{name} values must be finite and lie in [0, 1]; got [{np.nanmin(a)}, "
+                                   f"{np.nanmax(a)}]{' with NaN' if np.isnan(a).any() else ''}.")  # fmt: skip
         object.__setattr__(self, "mask", mask)
         object.__setattr__(self, "pattern", pattern)
 
@@ -102,8 +103,8 @@ class BlendedTrigger(Trigger):
             raise TriggerError(f"pattern must be [H, W, C]; got {pattern.shape}.")
         if not 0.0 <= float(self.epsilon) <= 1.0:
             raise TriggerError(f"blend ratio epsilon must lie in [0, 1]; got {self.epsilon}.")
-        if pattern.min() < 0 or pattern.max() > 1:
-            raise TriggerError("pattern values must lie in [0, 1].")
+        if not np.all((pattern >= 0) & (pattern <= 1)):  # written so that NaN fails too
+            raise TriggerError("pattern values must be finite and lie in [0, 1].")
         object.__setattr__(self, "pattern", pattern)
 
     def transform(self, images):

@@ -9,13 +9,15 @@ version, user arrays from ``.npz`` with ``allow_pickle=False``.
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from jaxpoison.data.dataset import DatasetError
+from jaxpoison.data.dataset import DatasetError, check_unit_range
 
 # IDX type codes (LeCun's MNIST format): code -> (numpy dtype, bytes per element).
 _IDX_DTYPES = {
@@ -63,12 +65,15 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     type_code, ndim = raw[2], raw[3]
     if type_code not in _IDX_DTYPES:
         raise DatasetError(f"{path}: unknown IDX element type 0x{type_code:02x}.")
+    if ndim > 32:  # numpy cannot even hold such an array; real IDX files have 1 to 4
+        raise DatasetError(f"{path}: its IDX header claims {ndim} dimensions; the file is corrupt.")
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DatasetError(f"{path} is truncated inside its header; download it again.")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = _IDX_DTYPES[type_code]
-    expected = int(np.prod(shape)) * dtype.itemsize
+    # Python ints: np.prod would wrap around in int64 for a hostile header (e.g. 2**32 x 2**32).
+    expected = math.prod(shape) * dtype.itemsize
     if len(raw) - header != expected:
         raise DatasetError(
             f"{path} holds {len(raw) - header} data bytes but its header promises {expected} for shape "
@@ -129,28 +134,65 @@ def write_cifar_binary(path: str | os.PathLike, images: np.ndarray, labels: np.n
 
 
 def read_npz_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Load every array of an ``.npz`` file without unpickling anything."""
+    """Load every array of an ``.npz`` file without unpickling anything.
+
+    Raises:
+      DatasetError: the file is missing, not a zip archive (e.g. a text or ``.npy`` file
+        renamed to ``.npz``), damaged, holds a member that is not a ``.npy`` array, or
+        holds object arrays (those would need unpickling).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path} is a directory, not an .npz file." if path.is_dir() else f"no such file: {path}.")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(6)
+        hint = " It is a single .npy array;" if head == b"\x93NUMPY" else " It may be truncated, or not an archive;"
+        raise DatasetError(
+            f"{path} is not a valid .npz (zip) file.{hint} write it with "
+            "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)."
+        )
+    arrays = {}
     try:
         with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except FileNotFoundError as e:
-        raise DatasetError(f"no such file: {path}.") from e
-    except ValueError as e:  # object arrays need pickle: refuse them
-        raise DatasetError(
-            f"{path} holds object arrays that would need unpickling; save plain numeric arrays instead ({e})."
-        ) from e
-    except (OSError, zlib.error, EOFError) as e:
-        raise DatasetError(f"{path} is not a readable .npz file ({e}); it may be truncated.") from e
+            for key in f.files:
+                try:
+                    arrays[key] = f[key]
+                except ValueError as e:
+                    if "allow_pickle" in str(e):  # numpy's refusal of object arrays
+                        raise DatasetError(
+                            f"{path} holds object arrays ({key!r}) that would need unpickling; save plain "
+                            f"numeric arrays instead ({e})."
+                        ) from e
+                    raise DatasetError(f"{path}: member {key!r} is not a valid .npy array ({e}).") from e
+                if not isinstance(arrays[key], np.ndarray):  # np.load hands non-.npy members back as bytes
+                    raise DatasetError(f"{path}: member {key!r} is not a .npy array; write the file with np.savez.")
+    except DatasetError:
+        raise
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError) as e:
+        raise DatasetError(f"{path} is not a readable .npz file ({e}); it may be truncated or corrupt.") from e
+    return arrays
 
 
-def to_unit_float(images: np.ndarray) -> np.ndarray:
-    """uint8 (or already-[0,1] float) images to float32 in [0, 1]."""
+def to_unit_float(images: np.ndarray, name: str = "images") -> np.ndarray:
+    """uint8 (or already-[0,1] float) images to float32 in [0, 1].
+
+    The one scaling rule: uint8 is divided by 255. Float images must already lie in
+    [0, 1] and be finite; any other dtype (wider integers, bool) is refused, as its
+    range cannot be known.
+    """
     images = np.asarray(images)
     if images.dtype == np.uint8:
-        return images.astype(np.float32) / 255.0
+        out = images.astype(np.float32)
+        out /= 255.0  # in place: one float copy of a 60k-image array is enough
+        return out
     if np.issubdtype(images.dtype, np.floating):
-        return images.astype(np.float32)
-    raise DatasetError(f"images must be uint8 or float in [0, 1]; got dtype {images.dtype}.")
+        check_unit_range(images, name)
+        return images.astype(np.float32, copy=False)
+    raise DatasetError(
+        f"{name} must be uint8 (0-255) or float in [0, 1]; got dtype {images.dtype}. "
+        "Convert it before saving, e.g. x.astype(np.uint8) for 0-255 integer pixels."
+    )
 
 
 def load_image_folder(

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpoison.data.dataset import Dataset, DatasetError, Provenance
+from jaxpoison.data.dataset import Dataset, DatasetError, Provenance, check_image_layout, check_labels
 from jaxpoison.data.formats import (
     load_image_folder,
     read_cifar_binary,
@@ -77,6 +77,8 @@ class DatasetSpec:
       loader: ``(split, **options) -> Dataset``.
       how_to_get: instructions printed when the data is missing.
       locate: ``() -> str | None``, where the data would be read from, without reading it.
+      options: the keyword options ``loader`` takes; :func:`load_dataset` refuses others
+        rather than ignore them.
     """
 
     name: str
@@ -87,6 +89,7 @@ class DatasetSpec:
     loader: Callable[..., Dataset]
     how_to_get: str
     locate: Callable[[], str | None]
+    options: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
@@ -114,10 +117,16 @@ def _check_split(split: str) -> None:
         raise DatasetError(f"unknown split {split!r}; choose 'train' or 'test'.")
 
 
-def _make(name, split, source, location, images, labels, class_names, mean, std) -> Dataset:
+def _make(name, split, source, location, images, labels, class_names, mean, std,
+          image_name: str | None = None, label_name: str | None = None) -> Dataset:  # fmt: skip
+    # Checked here, with the file in the message, before Dataset repeats the checks anonymously.
+    image_name = image_name or f"{split} images of {location}"
+    images = to_unit_float(images, image_name)
+    check_image_layout(images.shape, image_name)
+    labels = check_labels(labels, label_name or f"{split} labels of {location}", len(class_names))
     return Dataset(
-        images=to_unit_float(images),
-        labels=np.asarray(labels).astype(np.int32),
+        images=images,
+        labels=labels,
         class_names=tuple(class_names),
         mean=np.asarray(mean, np.float32),
         std=np.asarray(std, np.float32),
@@ -285,7 +294,8 @@ def _mnist_family(name: str, classes, mean, std, debian_package: str | None):
                     f"{image_file} and {label_file} do not pair up: image array {images.shape}, "
                     f"label array {labels.shape}. Use matching IDX files."
                 )
-            return _make(name, split, "idx", d, images[..., None], labels, classes, mean, std)
+            return _make(name, split, "idx", d, images[..., None], labels, classes, mean, std,
+                         image_name=str(image_file), label_name=str(label_file))  # fmt: skip
         return _from_tfds(name, name, split, classes, mean, std)
 
     apt = f"  * as root on Debian/Ubuntu: apt-get install {debian_package}\n" if debian_package else ""
@@ -380,6 +390,8 @@ def _find_imagenette_dir() -> Path | None:
 
 
 def _load_imagenette(split: str, image_size: int = 160, **_) -> Dataset:
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise DatasetError(f"imagenette image_size must be a positive integer (pixels); got {image_size!r}.")
     classes = tuple(IMAGENETTE_WNIDS.values())
     d = _find_imagenette_dir()
     if d is not None:
@@ -407,6 +419,7 @@ _register(
         ),
         locate=lambda: (str(_find_imagenette_dir()) if _find_imagenette_dir() else None)
         or (f"tfds:{_IMAGENETTE_TFDS}" if _tfds_prepared(_IMAGENETTE_TFDS) else None),
+        options=("image_size",),
     )
 )
 
@@ -414,30 +427,91 @@ _register(
 # --------------------------------------------------------------------------- user arrays (.npz)
 
 
+def _npz_images(path, key: str, x: np.ndarray) -> np.ndarray:
+    where = f"{path}: {key}"
+    if x.ndim >= 1 and x.shape[0] == 0:
+        raise DatasetError(f"{where} holds no examples (shape {x.shape}); each split needs at least one image.")
+    if x.ndim not in (3, 4):
+        raise DatasetError(
+            f"{where} must be 4-D NHWC [N, H, W, C] (or 3-D [N, H, W] for grayscale); got shape {x.shape}. "
+            "Reshape flat vectors to images before saving."
+        )
+    x = x[..., None] if x.ndim == 3 else x
+    check_image_layout(x.shape, where)
+    return to_unit_float(x, where)
+
+
+def _npz_class_names(path, labels: dict[str, np.ndarray], class_names) -> list[str]:
+    if class_names is not None:
+        if isinstance(class_names, (str, bytes)):
+            raise DatasetError(f"class_names must be a list of names, not one string; got {class_names!r}.")
+        names = [str(c) for c in class_names]
+        for split, y in labels.items():
+            if y.max() >= len(names):
+                raise DatasetError(
+                    f"{path}: y_{split} holds label {y.max()} but only {len(names)} class_names were given; "
+                    "give one name per class."
+                )
+        return names
+    present = np.unique(labels["train"])
+    n = int(present[-1]) + 1
+    if n < 2:
+        raise DatasetError(f"{path}: y_train holds a single class ({present[0]}); a dataset needs at least 2.")
+    if present.size != n:
+        # Among the first present.size + 5 integers at least 5 are absent: enough examples, bounded work.
+        absent = np.setdiff1d(np.arange(min(n, present.size + 5)), present)
+        raise DatasetError(
+            f"{path}: y_train uses labels up to {n - 1} but {n - present.size} of those {n} classes have no "
+            f"training example (e.g. {absent[:5].tolist()}). Labels must run 0..K-1 with every class in y_train "
+            "(1-based labels? subtract 1), or pass class_names to name every class."
+        )
+    if labels["test"].max() >= n:
+        raise DatasetError(
+            f"{path}: y_test holds label {labels['test'].max()} but the training labels only cover classes "
+            f"0..{n - 1}; train and test must share one set of classes. Fix the labels, or pass class_names."
+        )
+    return [str(c) for c in range(n)]
+
+
 def _load_npz(split: str, path: str | os.PathLike | None = None, class_names=None, **_) -> Dataset:
-    """``.npz`` with ``x_train, y_train, x_test, y_test`` (uint8 or [0,1] float, NHWC or NHW)."""
+    """``.npz`` with ``x_train, y_train, x_test, y_test``.
+
+    Images are uint8 (divided by 255) or float already in [0, 1], NHWC or NHW (grayscale);
+    channel-first arrays are refused. Labels must be an integer array (float labels are
+    refused, never truncated). Without ``class_names`` the classes are ``0..max(y_train)``,
+    each present in ``y_train``. Both splits are checked whichever is loaded: they must share
+    an image shape and classes.
+    """
     if path is None:
         raise DatasetError("the npz dataset needs a file: load_dataset('npz', split, path='arrays.npz').")
     arrays = read_npz_arrays(path)
     needed = ("x_train", "y_train", "x_test", "y_test")
     missing = [k for k in needed if k not in arrays]
     if missing:
-        raise DatasetError(f"{path} lacks arrays {missing}; it must hold {', '.join(needed)}. Found {sorted(arrays)}.")
-
-    def nhwc(x):
-        if x.ndim not in (3, 4):
+        found = f"Found {sorted(arrays)}" if arrays else "It holds no arrays at all"
+        raise DatasetError(f"{path} lacks arrays {missing}; it must hold {', '.join(needed)}. {found}.")
+    images = {s: _npz_images(path, f"x_{s}", arrays[f"x_{s}"]) for s in SPLITS}
+    labels = {s: check_labels(arrays[f"y_{s}"], f"{path}: y_{s}") for s in SPLITS}
+    for s in SPLITS:
+        if labels[s].shape[0] != images[s].shape[0]:
             raise DatasetError(
-                f"{path}: image arrays must be 4-D NHWC [N, H, W, C] (or 3-D [N, H, W] for grayscale); "
-                f"got shape {x.shape}. Reshape flat vectors to images before saving."
+                f"{path}: x_{s} holds {images[s].shape[0]} images but y_{s} holds {labels[s].shape[0]} labels; "
+                "they must pair up one to one."
             )
-        return x[..., None] if x.ndim == 3 else x
-
-    x_train = nhwc(arrays["x_train"])
-    images, labels = nhwc(arrays[f"x_{split}"]), arrays[f"y_{split}"]
-    n_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
-    names = class_names or [str(c) for c in range(n_classes)]
-    mean, std = _channel_stats(x_train)
-    return _make("npz", split, "npz", path, images, labels, names, mean, std)
+    if images["train"].shape[1:] != images["test"].shape[1:]:
+        raise DatasetError(
+            f"{path}: x_train images have shape {images['train'].shape[1:]} but x_test images "
+            f"{images['test'].shape[1:]}; both splits must share one image shape (H, W, C)."
+        )
+    names = _npz_class_names(path, labels, class_names)
+    mean, std = images["train"].mean(axis=(0, 1, 2)), images["train"].std(axis=(0, 1, 2))
+    if np.any(std == 0):
+        raise DatasetError(
+            f"{path}: x_train is constant in channel(s) {np.flatnonzero(std == 0).tolist()} (std 0), so it cannot "
+            "be normalised; check that the array holds the real images."
+        )
+    return _make("npz", split, "npz", path, images[split], labels[split], names, mean, std,
+                 image_name=f"{path}: x_{split}", label_name=f"{path}: y_{split}")  # fmt: skip
 
 
 _register(
@@ -450,6 +524,7 @@ _register(
         loader=_load_npz,
         how_to_get="pass path=... to load_dataset (or --data-path on the command line).",
         locate=lambda: None,
+        options=("path", "class_names"),
     )
 )
 
@@ -475,7 +550,7 @@ def load_dataset(name: str, split: str = "train", **options) -> Dataset:
       name: one of :func:`dataset_names`.
       split: ``"train"`` or ``"test"``.
       **options: loader options: ``path`` and ``class_names`` for ``npz``,
-        ``image_size`` for ``imagenette``.
+        ``image_size`` for ``imagenette``; any other option is refused.
 
     Raises:
       DatasetError: unknown name or split, unreadable files, or data not
@@ -483,6 +558,12 @@ def load_dataset(name: str, split: str = "train", **options) -> Dataset:
     """
     spec = get_spec(name)
     _check_split(split)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        # An ignored option (a path, a size) would leave the caller believing it was applied.
+        takes = f"it takes {', '.join(spec.options)}" if spec.options else "it takes none"
+        hint = " (--data-path is only for --dataset npz)" if "path" in unknown else ""
+        raise DatasetError(f"dataset {name!r} has no option {', '.join(unknown)}; {takes}{hint}.")
     return spec.loader(split, **options)
 
 

@@ -379,9 +379,10 @@ def _check_images(images, expected_shape: tuple[int, int, int] | None, what: str
     if not np.issubdtype(images.dtype, np.floating):
         raise InputError(f"The {what} must be floating point in [0, 1]; got dtype {images.dtype}.")
     images = images.astype(np.float32, copy=False)
-    if images.min() < 0.0 or images.max() > 1.0:
+    if not np.all((images >= 0.0) & (images <= 1.0)):  # written so that NaN fails too
         raise InputError(
-            f"The {what} must be pixel-space images in [0, 1]; got range [{images.min():.3g}, {images.max():.3g}]."
+            f"The {what} must be finite pixel-space images in [0, 1]; got range [{np.nanmin(images):.3g}, "
+            f"{np.nanmax(images):.3g}]{' with NaN' if np.isnan(images).any() else ''}."
         )
     return images
 

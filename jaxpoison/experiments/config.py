@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from typing import Any
@@ -214,6 +215,7 @@ class RunConfig:
 
 def validate(config: RunConfig) -> None:
     """Refuse values no stage could use, naming the key to change."""
+    _check_finite(config)
     if config.attack.name not in ATTACKS:
         raise ConfigError(f"attack.name must be one of {ATTACKS}; got {config.attack.name!r}.")
     for key, values, allowed in (("detection.methods", config.detection.methods, DETECTORS),
@@ -242,6 +244,85 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"detection.test_points must be at least 1; got {config.detection.test_points}.")
     if config.attack.name == "brew" and config.detection.test_points != 1:
         raise ConfigError("Witches' Brew poisons one target test image: set detection.test_points=1.")
+    for key, ok, want in _ranges(config):
+        if not ok:
+            raise ConfigError(f"{key} must be {want}; got {_get(config, key)!r}.")
+
+
+def _get(config: Any, key: str) -> Any:
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def _check_finite(node: Any, prefix: str = "") -> None:
+    """Every float anywhere in the tree is finite: NaN compares false and would slip past every range check."""
+    for field in dataclasses.fields(node):
+        value, key = getattr(node, field.name), f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{key}.")
+            continue
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"{key} must be a finite number; got {value!r}.")
+
+
+def _ranges(c: RunConfig) -> list[tuple[str, bool, str]]:
+    """``(key, holds, what it must be)`` for every bounded field (finiteness is checked before)."""
+    a, v, d, u = c.attack, c.victim, c.detection, c.unlearning
+
+    def optional(value, test):
+        return value is None or test(value)
+
+    return [
+        ("seed", c.seed >= 0, "a non-negative integer"),
+        ("data.train_size", optional(c.data.train_size, lambda n: n >= 1), "at least 1 (or None for all)"),
+        ("data.test_size", optional(c.data.test_size, lambda n: n >= 1), "at least 1 (or None for all)"),
+        ("attack.target", a.target >= 0, "a class index ≥ 0"),
+        ("attack.source", optional(a.source, lambda s: s >= 0 and s != a.target),
+         "a class index ≥ 0 other than attack.target (or None for all classes)"),
+        ("attack.epsilon", optional(a.epsilon, lambda e: 0 < e <= 1), "in (0, 1] (or None for the attack's default)"),
+        ("attack.brew_steps", a.brew_steps >= 1, "at least 1"),
+        ("attack.brew_restarts", a.brew_restarts >= 1, "at least 1"),
+        ("victim.optimizer", v.optimizer in ("adam", "sgd"), "'adam' or 'sgd'"),
+        ("victim.learning_rate", v.learning_rate > 0, "positive"),
+        ("victim.epochs", v.epochs >= 1, "at least 1"),
+        ("victim.batch_size", v.batch_size >= 1, "at least 1"),
+        ("victim.weight_decay", v.weight_decay >= 0, "≥ 0"),
+        ("victim.milestones", all(0 < m < v.epochs for m in v.milestones) and sorted(set(v.milestones)) == list(
+            v.milestones), f"increasing epochs inside (0, victim.epochs={v.epochs})"),
+        ("victim.crop_padding", v.crop_padding >= 0, "≥ 0"),
+        ("detection.factor_batch_size", d.factor_batch_size >= 1, "at least 1"),
+        ("detection.score_batch_size", d.score_batch_size >= 1, "at least 1"),
+        ("detection.damping", optional(d.damping, lambda x: x > 0), "positive (or None for 0.1 × the mean eigenvalue)"),
+        ("detection.trak_projection_dim", d.trak_projection_dim >= 1, "at least 1"),
+        ("detection.freqdef_epochs", d.freqdef_epochs >= 1, "at least 1"),
+        ("detection.freqdef_train_size", optional(d.freqdef_train_size, lambda n: n >= 1), "at least 1 (or None)"),
+        ("detection.freqdef_width", d.freqdef_width >= 1, "at least 1"),
+        ("unlearning.cf_optimizer", u.cf_optimizer in (None, "adam", "sgd"), "'adam', 'sgd' or None"),
+        ("unlearning.cf_learning_rate", optional(u.cf_learning_rate, lambda x: x > 0), "positive (or None)"),
+        ("unlearning.cf_weight_decay", optional(u.cf_weight_decay, lambda x: x >= 0), "≥ 0 (or None)"),
+        ("unlearning.cf_epochs", optional(u.cf_epochs, lambda n: n >= 1), "at least 1 (or None)"),
+        ("unlearning.cf_short_epochs", u.cf_short_epochs >= 1, "at least 1"),
+        ("unlearning.ssd_alphas", bool(u.ssd_alphas) and all(x > 0 for x in u.ssd_alphas), "positive numbers"),
+        ("unlearning.ssd_lambda_factors", bool(u.ssd_lambda_factors) and all(x > 0 for x in u.ssd_lambda_factors),
+         "positive numbers"),
+        ("unlearning.scrub_max_steps", u.scrub_max_steps >= 1, "at least 1"),
+        ("unlearning.scrub_lr", u.scrub_lr > 0, "positive"),
+        ("unlearning.scrub_alpha", u.scrub_alpha >= 0, "≥ 0"),
+        ("unlearning.scrub_temperature", u.scrub_temperature > 0, "positive"),
+        ("unlearning.badt_lr", u.badt_lr > 0, "positive"),
+        ("unlearning.max_psr", 0 <= u.max_psr <= 1, "in [0, 1]"),
+    ]
+
+
+def validate_classes(config: RunConfig, num_classes: int) -> None:
+    """The attack's classes exist in the dataset — checked once the data is known, before any stage runs."""
+    for key in ("attack.target", "attack.source"):
+        value = _get(config, key)
+        if value is not None and value >= num_classes:
+            raise ConfigError(f"{key}={value} is not a class of {config.data.name} "
+                              f"({num_classes} classes: 0–{num_classes - 1}).")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- (de)serialisation
@@ -282,12 +363,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if hint is bool:
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0"):
-                    raise InputError
+                    raise ValueError
                 return value.lower() in ("true", "1")
             return bool(value)
         if hint is int:
             if isinstance(value, float) and not value.is_integer():
-                raise InputError
+                raise ValueError
             return int(value)
         if hint is float:
             return float(value)

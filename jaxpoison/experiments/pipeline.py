@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -20,7 +21,7 @@ import numpy as np
 from jaxpoison.attacks import attack_metrics
 from jaxpoison.detection.metrics import detection_metrics
 from jaxpoison.errors import InputError
-from jaxpoison.experiments.config import RunConfig, UnlearnConfig, config_hash, to_dict
+from jaxpoison.experiments.config import RunConfig, UnlearnConfig, config_hash, to_dict, validate_classes
 from jaxpoison.experiments.detectors import INFLUENCE_BASED, NEEDS_FACTORS, Detection, Victim, run_detector
 from jaxpoison.experiments.report import write_report
 from jaxpoison.experiments.store import RunStore
@@ -72,10 +73,28 @@ class Prepared(NamedTuple):
     factors: Factors | None
 
 
+PARTIAL = "partial"  # factor partial sums inside the factors stage: kept when an interrupted fit reruns
+
+
 def prepare(config: RunConfig, out: str | Path, *, force: bool = False, progress: bool = True) -> Prepared:
-    """Run (or reuse) the data, clean-model, poison, victim, test-point and factor stages."""
-    store = RunStore(out, to_dict(config), force=force)
+    """Run (or reuse) the data, clean-model, poison, victim, test-point and factor stages.
+
+    Everything that can be checked before work starts is checked before the run directory is
+    claimed: the configuration (on construction), the dataset, and the attack's classes
+    against it. Close ``Prepared.store`` (or let :func:`run_pipeline` do it) to release the
+    directory's lock.
+    """
     splits = load_data(config.data, config.seed)
+    validate_classes(config, splits.train.num_classes)
+    store = RunStore(out, to_dict(config), force=force)
+    try:
+        return _prepare_stages(config, store, splits, progress)
+    except BaseException:
+        store.close()
+        raise
+
+
+def _prepare_stages(config: RunConfig, store: RunStore, splits: Splits, progress: bool) -> Prepared:
     clean_key, clean = clean_stage(store, config, splits, progress)
     poison_key, poisoning = poison_stage(store, config, splits, clean, clean_key, progress)
     victim_key, model, victim_record = victim_stage(store, config, splits, poisoning, poison_key, progress)
@@ -97,13 +116,16 @@ def prepare(config: RunConfig, out: str | Path, *, force: bool = False, progress
                                      batch_size=config.detection.factor_batch_size, seed=config.seed)  # fmt: skip
 
         def fit(directory: Path) -> dict:
-            fitted = fit_factors(model, poisoning.dataset, factor_config, checkpoint_dir=directory / "partial",
+            # Partial sums carry their own parameter/data/config hashes, so an interrupted fit
+            # resumes from them and sums for anything else are discarded by fit_factors itself.
+            fitted = fit_factors(model, poisoning.dataset, factor_config, checkpoint_dir=directory / PARTIAL,
                                  progress=progress)  # fmt: skip
             save_factors(directory / "factors", fitted)
-            return {"fisher": factor_config.fisher}
+            shutil.rmtree(directory / PARTIAL, ignore_errors=True)  # the finished factors supersede them
+            return {"fisher": factor_config.fisher, "resumed": fitted.meta.get("resumed_from")}
 
         factor_key, _ = store.run("factors", {"victim": victim_key, "factors": dataclasses.asdict(factor_config),
-                                              "numerics": NUMERICS_VERSION}, fit)  # fmt: skip
+                                              "numerics": NUMERICS_VERSION}, fit, keep=(PARTIAL,))  # fmt: skip
         factors = load_factors(store.path("factors") / "factors", model)
     keys = {"clean": clean_key, "poison": poison_key, "victim": victim_key, "test_point": point_key,
             "factors": factor_key}  # fmt: skip
@@ -299,6 +321,12 @@ def run_pipeline(config: RunConfig, out: str | Path, *, force: bool = False, pro
     """Poison → train → detect → unlearn → evaluate; writes ``report.json``, ``report.md`` and plots in ``out``."""
     start = time.perf_counter()
     prepared = prepare(config, out, force=force, progress=progress)
+    with prepared.store:
+        return _run_prepared(prepared, start, progress)
+
+
+def _run_prepared(prepared: Prepared, start: float, progress: bool) -> dict:
+    config = prepared.config
     detections, detection_records = {}, {}
     for method in config.detection.methods:
         record, detection = detect_stage(prepared, method, progress=progress)

@@ -10,6 +10,7 @@ from jaxpoison.detection.metrics import mask_from_indices
 from jaxpoison.experiments.config import to_dict
 from jaxpoison.experiments.detectors import LABELS
 from jaxpoison.experiments.plots import detection_plots
+from jaxpoison.experiments.store import atomic_write_text
 from jaxpoison.runinfo import environment
 
 
@@ -115,7 +116,7 @@ def write_report(prepared, detection_records: dict, detections: dict, unlearn_re
         "unlearning_selection": config.unlearning.selection,
         "plots": {k: str(Path(v).relative_to(root)) for k, v in plots.items()},
     }
-    (root / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    atomic_write_text(root / "report.json", json.dumps(report, indent=2, default=float))
     victim, clean = prepared.victim_record, prepared.clean_record
     lines = [
         f"# jaxpoison run: {config.attack.name} on {config.data.name}",
@@ -142,5 +143,5 @@ def write_report(prepared, detection_records: dict, detections: dict, unlearn_re
         *[f"- {k}: `{v}`" for k, v in report["plots"].items()],
         "",
     ]
-    (root / "report.md").write_text("\n".join(lines))
+    atomic_write_text(root / "report.md", "\n".join(lines))
     return report

@@ -2,87 +2,250 @@
 
 ``DIR/run.json`` names the run's configuration. Each stage writes into
 ``DIR/stages/NAME/`` and, only once everything is written, ``stage.json`` with its
-key and record. A later run reuses a stage whose ``stage.json`` carries the same key
-and recomputes one whose key changed or that never finished (an interrupted stage
-leaves no ``stage.json``), so re-running a finished run is free and an interrupted
-one resumes at the first unfinished stage. A directory holding another configuration is
-refused unless ``force``; even then, stages whose inputs did not change are reused.
+key, its record and a SHA-256 of every file it wrote. A later run reuses a stage whose
+``stage.json`` carries the same key *and* whose files still match their hashes; a stage
+whose key changed, that never finished (an interrupted stage leaves no ``stage.json``)
+or whose files were damaged is recomputed, with a note naming the file. Re-running a
+finished run is therefore free, an interrupted one resumes at the first unfinished
+stage, and nothing downstream ever reads an artifact its record does not describe.
+
+A directory holding another configuration is refused unless ``force``; even then, stages
+whose inputs did not change are reused. One process at a time may use a run directory:
+a second one is refused while the first holds the lock.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
 import shutil
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import config_hash
 
+STAGE_FILE = "stage.json"
+LOCK_FILE = ".lock"
+
 
 class RunDirectoryError(InputError):
-    """The output directory holds something this run must not overwrite."""
+    """The output directory holds something this run must not overwrite, or another process is using it."""
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` so that a reader sees the old file or the new one, never half of either."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _stage_files(directory: Path, keep: Iterable[str]) -> dict[str, str]:
+    """``relative path -> SHA-256`` of every artifact in a stage (the marker and kept scratch excluded)."""
+    skip = {STAGE_FILE, *keep}
+    files = {}
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory)
+        if path.is_file() and relative.parts[0] not in skip:
+            files[relative.as_posix()] = file_digest(path)
+    return files
+
+
+def damage(directory: Path, files: dict[str, str]) -> str | None:
+    """Why a finished stage's artifacts cannot be trusted (a missing, changed or unreadable file), or ``None``."""
+    for name, digest in files.items():
+        path = directory / name
+        try:
+            if file_digest(path) != digest:
+                return f"file {name} changed since the stage finished"
+        except FileNotFoundError:
+            return f"file {name} is missing"
+        except OSError as e:
+            return f"file {name} cannot be read ({e.strerror or e})"
+    return None
+
+
+# Process-wide: which run directories this process has locked, and how many stores use each.
+_LOCKS: dict[Path, list] = {}
+
+
+def _acquire(root: Path) -> None:
+    """Lock ``root`` for this process (re-entrant within it), or refuse if another process holds it."""
+    key = root.resolve()
+    if key in _LOCKS:
+        _LOCKS[key][1] += 1
+        return
+    handle = open(root / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunDirectoryError(
+            f"{root} is in use by another jaxpoison process (pid {holder}); wait for it to finish or choose "
+            "another --out directory."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _LOCKS[key] = [handle, 1]
+
+
+def _release(root: Path) -> None:
+    key = root.resolve()
+    entry = _LOCKS.get(key)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] == 0:
+        fcntl.flock(entry[0], fcntl.LOCK_UN)
+        entry[0].close()
+        del _LOCKS[key]
 
 
 class RunStore:
     """Stage bookkeeping for one run directory.
 
+    Use it as a context manager (or call :meth:`close`) to release the directory's lock.
+
     Attributes:
       root: the run directory.
-      events: ``(stage, "computed" | "reused")`` in order, for reports and tests.
+      events: ``(stage, "computed" | "reused" | "damaged")`` in order, for reports and tests.
     """
 
-    def __init__(self, root: str | Path, config: dict, *, force: bool = False):
+    def __init__(self, root: str | os.PathLike, config: dict, *, force: bool = False):
         self.root = Path(root)
         self.events: list[tuple[str, str]] = []
+        self._open = False
+        if self.root.exists() and not self.root.is_dir():
+            raise RunDirectoryError(f"--out {self.root} is a file, not a directory; choose a directory path.")
         run_file = self.root / "run.json"
         key = config_hash(config)
         if run_file.exists():
-            previous = json.loads(run_file.read_text())
+            try:
+                previous = json.loads(run_file.read_text())
+            except (OSError, ValueError) as e:
+                previous = {}
+                if not force:
+                    raise RunDirectoryError(
+                        f"{run_file} is damaged ({e}); pass --force to reuse the directory (its stages are still "
+                        "verified one by one) or choose another --out."
+                    ) from None
             if previous.get("config_hash") != key and not force:
                 raise RunDirectoryError(
                     f"{self.root} holds another run (config hash {previous.get('config_hash')}, this one {key}); "
                     "choose another --out directory or pass --force to replace its artifacts."
                 )
-        elif self.root.exists() and any(self.root.iterdir()) and not force:
+        elif self.root.exists() and any(p.name != LOCK_FILE for p in self.root.iterdir()) and not force:
             raise RunDirectoryError(
                 f"{self.root} is not empty and is not a jaxpoison run directory; choose an empty or new --out "
                 "directory, or pass --force."
             )
         self.root.mkdir(parents=True, exist_ok=True)
-        run_file.write_text(json.dumps({"config_hash": key, "config": config}, indent=2))
+        _acquire(self.root)
+        self._open = True
+        atomic_write_text(run_file, json.dumps({"config_hash": key, "config": config}, indent=2))
+
+    def close(self) -> None:
+        """Release the run directory's lock (idempotent)."""
+        if self._open:
+            self._open = False
+            _release(self.root)
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the OS drops the lock with the process anyway
+            pass
 
     def path(self, name: str) -> Path:
         return self.root / "stages" / name.replace(":", "__")
 
-    def record(self, name: str) -> dict | None:
-        """The finished stage's record, or ``None``."""
-        marker = self.path(name) / "stage.json"
-        return json.loads(marker.read_text())["record"] if marker.exists() else None
+    def _finished(self, name: str) -> dict | None:
+        """The stage's marker if it finished and every artifact still matches its hash; else ``None`` (with a note)."""
+        directory = self.path(name)
+        marker = directory / STAGE_FILE
+        if not marker.exists():
+            return None
+        try:
+            saved = json.loads(marker.read_text())
+            files = saved.get("files") if isinstance(saved, dict) else None
+        except (OSError, ValueError) as e:
+            problem = f"file {STAGE_FILE} is unreadable ({type(e).__name__})"
+        else:
+            problem = "it predates artifact checksums" if not isinstance(files, dict) else None
+        if problem is None:
+            problem = damage(directory, files)
+            if problem is None:
+                return saved
+        print(f"jaxpoison: stage {name} is damaged ({problem}): recomputing it.", file=sys.stderr)
+        self.events.append((name, "damaged"))
+        return None
 
-    def run(self, name: str, key_inputs: dict, compute: Callable[[Path], dict]) -> tuple[str, dict]:
+    def record(self, name: str) -> dict | None:
+        """The finished, intact stage's record, or ``None``."""
+        saved = self._finished(name)
+        return None if saved is None else saved["record"]
+
+    def run(
+        self, name: str, key_inputs: dict, compute: Callable[[Path], dict], *, keep: Iterable[str] = ()
+    ) -> tuple[str, dict]:
         """Run (or reuse) stage ``name``; ``compute(directory) -> record`` writes its artifacts.
+
+        Args:
+          keep: entries of the stage directory that survive a recomputation (e.g. partial sums
+            that carry their own hashes and resume an interrupted pass); they are not artifacts
+            of the finished stage and are not hashed.
 
         Returns:
           ``(key, record)``; pass ``key`` into the inputs of downstream stages.
         """
+        if not self._open:
+            raise RunDirectoryError(f"the run store for {self.root} was closed; open a new one.")
+        keep = tuple(keep)
         key = config_hash(key_inputs)
         directory = self.path(name)
-        marker = directory / "stage.json"
-        if marker.exists():
-            saved = json.loads(marker.read_text())
-            if saved.get("key") == key:
-                self.events.append((name, "reused"))
-                return key, saved["record"]
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True)
+        saved = self._finished(name)
+        if saved is not None and saved.get("key") == key:
+            self.events.append((name, "reused"))
+            return key, saved["record"]
+        if directory.exists():
+            for entry in directory.iterdir():
+                if entry.name in keep:
+                    continue
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        directory.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         record = compute(directory)
         seconds = time.perf_counter() - start
         record = {**record, "stage_seconds": seconds}
-        tmp = directory / "stage.json.tmp"
-        tmp.write_text(json.dumps({"key": key, "inputs": key_inputs, "record": record}, indent=2, default=str))
-        tmp.replace(marker)  # the stage counts as finished only once this lands
+        files = _stage_files(directory, keep)
+        blob = json.dumps({"key": key, "inputs": key_inputs, "record": record, "files": files}, indent=2, default=str)
+        atomic_write_text(directory / STAGE_FILE, blob)  # the stage counts as finished only once this lands
         self.events.append((name, "computed"))
-        return key, json.loads(marker.read_text())["record"]  # as a later run will read it
+        return key, json.loads(blob)["record"]  # as a later run will read it

@@ -50,6 +50,11 @@ def run_train_job(
 
     Returns:
       The metrics dict that was written.
+
+    Raises:
+      DivergenceError: training reached a non-finite loss or parameters.
+      NonFiniteOutputError: the trained model outputs NaN or infinite logits on the test split.
+      Either way no ``metrics.json`` is written: a diverged model has no accuracy to report.
     """
     recipe = recipe or default_recipe(model)
     out = Path(out)
@@ -88,5 +93,5 @@ def run_train_job(
         "test_data": _describe(test_set),
         "environment": environment(),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     return metrics

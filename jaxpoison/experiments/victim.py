@@ -68,9 +68,9 @@ def load_data(config: DataConfig, seed: int = 0) -> Splits:
     """Load, optionally shorten, and split off the validation share of the training set."""
     train_set, test_set = load_splits(config.name)
     if config.train_size is not None:
-        train_set = train_set.subset(np.arange(min(config.train_size, len(train_set))))
+        train_set = train_set.first(config.train_size)
     if config.test_size is not None:
-        test_set = test_set.subset(np.arange(min(config.test_size, len(test_set))))
+        test_set = test_set.first(config.test_size)
     validation = None
     if config.validation_fraction > 0:
         train_set, validation = split_train_validation(train_set, config.validation_fraction, seed)

@@ -13,6 +13,8 @@ Two presets:
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
 import optax
 
@@ -31,11 +33,16 @@ class TrainRecipe:
       momentum: SGD momentum (ignored by Adam).
       nesterov: Nesterov momentum for SGD.
       weight_decay: coupled L2 decay added to the gradient (PyTorch semantics).
-      milestones: epochs at which the learning rate is multiplied by ``gamma``.
+      milestones: epochs at which the learning rate is multiplied by ``gamma``; strictly
+        increasing, each inside ``(0, epochs)``.
       gamma: the learning-rate factor at each milestone.
       crop_padding: random-crop padding in pixels (0 disables the crop).
       flip: random horizontal flips.
       vflip: random vertical flips (the Δ-Influence reference trains its CIFAR victims with both).
+
+    Raises:
+      InputError: at construction, naming the first field out of range (a non-finite or
+        non-positive learning rate, an unknown optimiser, ...).
     """
 
     optimizer: str = "adam"
@@ -52,23 +59,35 @@ class TrainRecipe:
     vflip: bool = False
 
     def __post_init__(self):
+        # Refused here, before any step runs: a NaN learning rate trains to NaN without a word.
         if self.optimizer not in ("sgd", "adam"):
             raise InputError(f"unknown optimizer {self.optimizer!r}; choose 'sgd' or 'adam'.")
-        if self.learning_rate <= 0:
-            raise InputError(f"learning_rate must be positive; got {self.learning_rate}.")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise InputError(f"epochs and batch_size must be ≥ 1; got {self.epochs} and {self.batch_size}.")
-        if self.weight_decay < 0 or self.crop_padding < 0:
-            raise InputError("weight_decay and crop_padding must be non-negative.")
-        if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
-            raise InputError(f"milestones must be increasing epochs ≥ 1; got {self.milestones}.")
+        _require("learning_rate", self.learning_rate, _real(self.learning_rate) and self.learning_rate > 0,
+                 "a finite number > 0")  # fmt: skip
+        _require("weight_decay", self.weight_decay, _real(self.weight_decay) and self.weight_decay >= 0,
+                 "a finite number ≥ 0")  # fmt: skip
+        _require("momentum", self.momentum, _real(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)")
+        _require("gamma", self.gamma, _real(self.gamma) and self.gamma > 0, "a finite number > 0")
+        _require("epochs", self.epochs, _integer(self.epochs) and self.epochs >= 1, "an integer ≥ 1")
+        _require("batch_size", self.batch_size, _integer(self.batch_size) and self.batch_size >= 1, "an integer ≥ 1")
+        _require("crop_padding", self.crop_padding, _integer(self.crop_padding) and self.crop_padding >= 0,
+                 "an integer ≥ 0")  # fmt: skip
+        milestones = tuple(self.milestones) if isinstance(self.milestones, (tuple, list)) else (None,)
+        # A milestone at or past the last epoch would never fire; a repeated one would fire once, not twice.
+        inside = all(_integer(m) and 0 < m < self.epochs for m in milestones)
+        _require("milestones", self.milestones, inside and list(milestones) == sorted(set(milestones)),
+                 f"strictly increasing epochs inside (0, epochs={self.epochs})")  # fmt: skip
 
     def replace(self, **changes) -> TrainRecipe:
+        """A copy with ``changes``; shortening ``epochs`` alone drops the milestones the shorter run never reaches."""
+        epochs = changes.get("epochs")
+        if "milestones" not in changes and _integer(epochs):
+            changes["milestones"] = tuple(m for m in self.milestones if m < epochs)
         return dataclasses.replace(self, **changes)
 
     def schedule(self, steps_per_epoch: int) -> optax.Schedule:
         """Piecewise-constant learning rate, stepped at epoch boundaries."""
-        boundaries = {m * steps_per_epoch: self.gamma for m in self.milestones if m < self.epochs}
+        boundaries = {m * steps_per_epoch: self.gamma for m in self.milestones}
         return optax.piecewise_constant_schedule(self.learning_rate, boundaries)
 
     def optimizer_for(self, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -81,6 +100,19 @@ class TrainRecipe:
         if self.weight_decay:
             return optax.chain(optax.add_decayed_weights(self.weight_decay), base)
         return base
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _require(field: str, value, holds: bool, what: str) -> None:
+    if not holds:
+        raise InputError(f"TrainRecipe.{field} must be {what}; got {value!r}.")
 
 
 def reference_recipe(epochs: int = 40) -> TrainRecipe:

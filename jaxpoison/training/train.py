@@ -31,8 +31,12 @@ from jaxpoison.errors import InputError
 from jaxpoison.models import FunctionalModel
 from jaxpoison.sharding import data_mesh, replicate, shard_batch
 from jaxpoison.training import checkpoint as ckpt
-from jaxpoison.training.evaluate import evaluate
+from jaxpoison.training.evaluate import NonFiniteOutputError, evaluate
 from jaxpoison.training.recipes import TrainRecipe
+
+
+class DivergenceError(NonFiniteOutputError):
+    """Training reached a non-finite loss or parameters: usually too high a learning rate, or non-finite data."""
 
 
 class TrainResult(NamedTuple):
@@ -89,6 +93,30 @@ def _checkpoint_meta(recipe: TrainRecipe, dataset: Dataset, seed: int) -> dict:
     return json.loads(json.dumps(meta))  # as it reads back from disk (tuples become lists)
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _check_finite(epoch_losses: np.ndarray, params, state, epoch: int, recipe: TrainRecipe) -> None:
+    """Raise :class:`DivergenceError` naming the first non-finite step of ``epoch`` (counted from 0)."""
+    steps = epoch_losses.size
+    advice = f"lower the learning rate (now {recipe.learning_rate:g}) or check the data for non-finite values."
+    bad = np.flatnonzero(~np.isfinite(epoch_losses))
+    if bad.size:
+        s = int(bad[0])
+        raise DivergenceError(
+            f"training diverged: loss is {epoch_losses[s]} at epoch {epoch + 1}, step {s + 1} of {steps}; {advice}"
+        )
+    # The last step of an epoch can blow up the parameters with a finite loss; its epoch must not be saved.
+    if not bool(_all_finite((params, state))):
+        raise DivergenceError(
+            f"training diverged: the parameters are non-finite after epoch {epoch + 1}, step {steps} of {steps} "
+            f"(every loss was finite); {advice}"
+        )
+
+
 def train(
     model: FunctionalModel,
     dataset: Dataset,
@@ -123,6 +151,8 @@ def train(
     Raises:
       ValueError: a batch larger than the dataset, or not divisible by the devices.
       CheckpointError: the checkpoint directory belongs to another run.
+      DivergenceError: a loss or, at an epoch's end, a parameter is NaN or infinite; the
+        message names the epoch and step. That epoch is not checkpointed.
     """
     mesh = data_mesh() if mesh is None else mesh
     n = len(dataset)
@@ -176,7 +206,10 @@ def train(
             corrects.append(correct)
             if progress and s % 50 == 0:
                 bar.set_postfix(loss=f"{float(loss):.4f}")
+        # The epoch's losses come to the host here anyway, so checking them costs no extra sync per step;
+        # it runs before the evaluation and the checkpoint, which would record a diverged epoch.
         epoch_losses = np.asarray(jax.device_get(losses), np.float32)
+        _check_finite(epoch_losses, params, state, epoch, recipe)
         step_losses.extend(losses)
         record = {
             "epoch": epoch + 1,

@@ -1,0 +1,130 @@
+"""Faults in a run directory: every damaged artifact is detected, redone, and the report equals an undamaged run's.
+
+One finished tiny run is copied per case; the case damages one artifact the way a full disk,
+a killed copy or a careless hand would (truncated, emptied, replaced by valid-looking
+content), then reruns. The stage that owns the artifact must be recomputed, the note must
+name the file, and the detection and unlearning results must equal the undamaged run's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from jaxpoison.experiments import get_preset, run_pipeline
+
+TINY = "digits-badnet-tiny"
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_run, tmp_path_factory):
+    """A finished tiny run and its report (detection and unlearning results, timings left out)."""
+    root = tmp_path_factory.mktemp("finished") / "run"
+    shutil.copytree(tiny_run.prepared.store.root, root)
+    report = run_pipeline(get_preset(TINY), root, progress=False)
+    return root, _results(report)
+
+
+def _results(report: dict) -> dict:
+    """What a run found: everything but wall-clock times (``seconds`` fields and Δ-Influence's ``phases``)."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if "seconds" not in k and k != "phases"}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return strip({k: report[k] for k in ("victim", "test_point", "detection", "unlearning", "data")})
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+def _five_valid_indices(path):
+    np.save(path, np.arange(5, dtype=np.int64))  # a well-formed npy that says something else
+
+
+def _zero_images(path):
+    np.save(path, np.zeros_like(np.load(path)))
+
+
+def _flip_one_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _largest(directory):
+    return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+# (stage, how to find the artifact inside the stage directory, damage)
+CASES = [
+    ("detect:delta_influence", lambda d: d / "flagged.npy", _five_valid_indices),
+    ("detect:delta_influence", lambda d: d / "scores.npy", _truncate),
+    ("detect:delta_influence", lambda d: d / "extra.npz", _truncate),
+    ("detect:delta_influence", lambda d: d / "detection.json", _empty),
+    ("detect:ekfac", lambda d: d / "stage.json", _truncate),
+    ("test_point", lambda d: d / "images.npy", _zero_images),
+    ("poison", lambda d: d / "poisons.npz", _truncate),
+    ("victim", lambda d: _largest(d / "model"), _flip_one_byte),  # an Orbax/TensorStore data file
+    ("victim", lambda d: d / "model" / "_METADATA", _truncate),
+    ("factors", lambda d: d / "factors" / "factors.json", _empty),
+    ("factors", lambda d: _largest(d / "factors" / "blocks"), _truncate),
+]
+
+
+@pytest.mark.parametrize("stage, locate, damage", CASES, ids=[f"{s}-{d.__name__.strip('_')}" for s, _, d in CASES])
+def test_a_damaged_artifact_is_redone_and_the_report_equals_an_undamaged_runs(finished, tmp_path, capsys, stage,
+                                                                                locate, damage):  # fmt: skip
+    root, expected = finished
+    copy = tmp_path / "run"
+    shutil.copytree(root, copy)
+    directory = copy / "stages" / stage.replace(":", "__")
+    artifact = locate(directory)
+    damage(artifact)
+
+    report = run_pipeline(get_preset(TINY), copy, progress=False)
+
+    note = capsys.readouterr().err
+    assert f"stage {stage} is damaged" in note and "recomputing" in note
+    if artifact.name != "stage.json":
+        assert artifact.relative_to(directory).as_posix() in note  # the note names the file
+    assert report["stages"][stage]["this_run"] == "computed"
+    assert _results(report) == expected
+    # the report on disk agrees with itself: its detection table and the flags unlearning used
+    saved = json.loads((copy / "report.json").read_text())
+    flagged = np.load(directory.parent / "detect__delta_influence" / "flagged.npy")
+    assert saved["detection"]["delta_influence"]["n_flagged"] == flagged.size
+
+
+def test_the_issue_scenario_flags_replaced_on_disk_no_longer_contradict_the_report(finished, tmp_path, capsys):
+    """Five valid indices written over Δ-Influence's flags: the table and the unlearning rows must still agree."""
+    root, expected = finished
+    copy = tmp_path / "run"
+    shutil.copytree(root, copy)
+    np.save(copy / "stages" / "detect__delta_influence" / "flagged.npy", np.arange(5))
+    report = run_pipeline(get_preset(TINY), copy, progress=False)
+    assert "flagged.npy changed since the stage finished" in capsys.readouterr().err
+    assert report["detection"]["delta_influence"]["n_flagged"] == expected["detection"]["delta_influence"]["n_flagged"]
+    assert [r["psr"] for r in report["unlearning"]] == [r["psr"] for r in expected["unlearning"]]
+
+
+def test_an_intact_rerun_reuses_everything_and_reports_no_damage(finished, tmp_path, capsys):
+    root, expected = finished
+    copy = tmp_path / "run"
+    shutil.copytree(root, copy)
+    report = run_pipeline(get_preset(TINY), copy, progress=False)
+    assert "damaged" not in capsys.readouterr().err
+    assert all(v["this_run"] == "reused" for v in report["stages"].values())
+    assert _results(report) == expected
