@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -127,4 +131,36 @@ def test_an_intact_rerun_reuses_everything_and_reports_no_damage(finished, tmp_p
     report = run_pipeline(get_preset(TINY), copy, progress=False)
     assert "damaged" not in capsys.readouterr().err
     assert all(v["this_run"] == "reused" for v in report["stages"].values())
+    assert _results(report) == expected
+
+
+def test_kill_9_during_factor_fitting_resumes_from_the_partial_sums(finished, tmp_path):
+    """``jaxpoison run`` killed with SIGKILL inside the factor fit: the rerun uses the sums already on disk."""
+    root, expected = finished
+    copy = tmp_path / "run"
+    shutil.copytree(root, copy)
+    shutil.rmtree(copy / "stages" / "factors")  # the factors were never fitted in this copy
+    # Die on the first batch of the second (eigenvalue) pass: the covariance pass is complete and saved by then.
+    killer = textwrap.dedent(f"""
+        import os, signal
+        from jaxpoison.influence import kfac
+
+        def die(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        kfac._lambda_step = die
+        from jaxpoison.cli import main
+        main(["run", {TINY!r}, "--out", {str(copy)!r}, "--no-progress"])
+    """)
+    killed = subprocess.run([sys.executable, "-c", killer], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    factors = copy / "stages" / "factors"
+    assert not (factors / "stage.json").exists()
+    assert (factors / "partial" / "covariance").is_dir()  # the interrupted stage kept its partial sums
+
+    report = run_pipeline(get_preset(TINY), copy, progress=False)
+    record = json.loads((factors / "stage.json").read_text())["record"]
+    assert record["resumed"] and record["resumed"].get("covariance", 0) > 0  # the saved sums were used
+    assert "lambda" not in record["resumed"]  # that pass never saved anything
+    assert not (factors / "partial").exists()  # superseded by the finished factors
     assert _results(report) == expected

@@ -27,7 +27,7 @@ def test_select_writes_indices_and_manifest(tmp_path, capsys):
 def test_select_refuses_a_strength_outside_unit_interval(tmp_path, capsys):
     assert main(["select", "--method", "rs", "--dataset", "digits", "--attack", "blended", "--epsilon", "1.5",
                  "--rate", "0.03", "--out", str(tmp_path / "x")]) == 2  # fmt: skip
-    assert "[0, 1]" in capsys.readouterr().err
+    assert "(0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

@@ -42,6 +42,8 @@ from jaxpoison.data import Dataset, normalize
 from jaxpoison.detection.transforms import TRANSFORM_NAMES, flip_labels, transform_batch
 from jaxpoison.errors import InputError
 from jaxpoison.influence import Factors, ScoreConfig, pairwise_scores
+from jaxpoison.influence.kfac import is_finite_real, is_integer
+from jaxpoison.influence.scores import check_images
 from jaxpoison.models import FunctionalModel
 
 MODIFICATIONS = ("both", "label", "image")
@@ -59,7 +61,8 @@ MAX_REDRAWS = 16
 class DeltaConfig:
     """Attributes:
     n_b: modified queries per test point.
-    tau: ``ΔInfl < tau`` counts as a collapse.
+    tau: ``ΔInfl < tau`` counts as a collapse; any finite number (NaN would never compare
+      true, so nothing would be flagged).
     n_tol: collapses may be missing in up to ``n_tol`` of the ``n_b`` rows.
     modify: ``"both"`` (transform and relabel), ``"label"`` (relabel only) or
       ``"image"`` (transform only, label kept at the target).
@@ -87,6 +90,14 @@ class DeltaConfig:
     seed: int = 0
 
     def __post_init__(self):
+        for name in ("n_b", "n_tol", "seed"):
+            if not is_integer(getattr(self, name)):
+                raise InputError(f"DeltaConfig.{name} must be an integer; got {getattr(self, name)!r}.")
+        if not is_finite_real(self.tau):
+            raise InputError(
+                f"DeltaConfig.tau must be a finite number; got {self.tau!r}. ΔInfl < NaN is never true, so nothing "
+                "would be flagged; use tau=0 (the paper's default) or another finite threshold."
+            )
         if self.n_b < 1:
             raise InputError(f"n_b must be ≥ 1; got {self.n_b}.")
         if not 0 <= self.n_tol < self.n_b:
@@ -100,6 +111,8 @@ class DeltaConfig:
                                      ("aggregate", self.aggregate, AGGREGATIONS)):  # fmt: skip
             if value not in allowed:
                 raise InputError(f"{name} must be one of {allowed}; got {value!r}.")
+        if isinstance(self.transforms, str) or not all(isinstance(t, str) for t in self.transforms):
+            raise InputError(f"transforms must be a tuple of names from {TRANSFORM_NAMES}; got {self.transforms!r}.")
         unknown = set(self.transforms) - set(TRANSFORM_NAMES)
         if not self.transforms or unknown:
             raise InputError(f"transforms must be a non-empty subset of {TRANSFORM_NAMES}; unknown: {sorted(unknown)}.")
@@ -267,17 +280,14 @@ def delta_influence(
     Returns:
       A :class:`DeltaResult`.
     """
+    if not isinstance(config, DeltaConfig):
+        raise InputError(f"config must be a DeltaConfig; got {type(config).__name__}.")
     if len(train) == 0:
         raise InputError("the training set is empty; there is nothing to detect.")
-    test_images = np.asarray(test_images, np.float32)
-    if test_images.ndim == 3:
-        test_images = test_images[None]
-    if test_images.ndim != 4 or test_images.shape[1:] != train.image_shape:
-        raise InputError(
-            f"test_images must be [k, *{train.image_shape}] (the training image shape); got {test_images.shape}."
-        )
-    if not 0 <= target < train.num_classes:
-        raise InputError(f"target {target} is not a class of the {train.num_classes}-class training set.")
+    test_images = check_images(test_images, train.image_shape, "test images")
+    if not (is_integer(target) and 0 <= target < train.num_classes):
+        raise InputError(f"target {target!r} is not a class of the {train.num_classes}-class training set.")
+    target = int(target)
     check_test_points(model, test_images, target, train.mean, train.std)
 
     start = time.perf_counter()

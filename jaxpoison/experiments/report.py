@@ -10,7 +10,7 @@ from jaxpoison.detection.metrics import mask_from_indices
 from jaxpoison.experiments.config import to_dict
 from jaxpoison.experiments.detectors import LABELS
 from jaxpoison.experiments.plots import detection_plots
-from jaxpoison.experiments.store import atomic_write_text
+from jaxpoison.fileio import atomic_write_text
 from jaxpoison.runinfo import environment
 
 

@@ -17,7 +17,6 @@ a second one is refused while the first holds the lock.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import config_hash
+from jaxpoison.fileio import atomic_write_text, file_digest
 
 STAGE_FILE = "stage.json"
 LOCK_FILE = ".lock"
@@ -35,26 +35,6 @@ LOCK_FILE = ".lock"
 
 class RunDirectoryError(InputError):
     """The output directory holds something this run must not overwrite, or another process is using it."""
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` so that a reader sees the old file or the new one, never half of either."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _stage_files(directory: Path, keep: Iterable[str]) -> dict[str, str]:

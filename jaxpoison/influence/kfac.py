@@ -30,7 +30,11 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
+import numbers
 import os
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,7 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison.data import Dataset, normalize
-from jaxpoison.errors import InputError
+from jaxpoison.errors import ArtifactError, InputError
+from jaxpoison.fileio import atomic_write_text
 from jaxpoison.influence.capture import (
     Layer,
     capture,
@@ -59,6 +64,37 @@ FISHER_TYPES = ("true", "empirical")
 
 class FactorError(InputError):
     """Factors are invalid, or do not belong to the model / data they are used with."""
+
+
+class FactorArtifactError(FactorError, ArtifactError):
+    """Saved factors are missing, damaged, or were written for other inputs."""
+
+
+# The format of factors.json; format 1 (no content hashes) cannot be verified and is refused.
+FACTORS_FORMAT = 2
+
+
+def is_integer(value: Any) -> bool:
+    """An integer (Python or NumPy), not a bool: what counts, sizes and seeds must be."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def is_finite_real(value: Any) -> bool:
+    """A finite real number (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+
+
+def check_damping(damping: Any, where: str = "damping") -> None:
+    """Refuse a damping that is not ``None`` or a finite number > 0.
+
+    ``inf`` would zero every score and ``0`` divides by the zero eigenvalues of
+    rank-deficient factors; both give numbers that look like results.
+    """
+    if damping is not None and not (is_finite_real(damping) and damping > 0):
+        raise InputError(
+            f"{where} must be a finite number > 0, or None for 0.1 × the mean eigenvalue of each layer; "
+            f"got {damping!r}."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +123,17 @@ class FactorConfig:
             raise InputError(f"unknown factor strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}.")
         if self.fisher not in FISHER_TYPES:
             raise InputError(f"unknown fisher {self.fisher!r}; choose 'true' or 'empirical'.")
-        if self.batch_size < 1 or (self.max_examples is not None and self.max_examples < 1):
-            raise InputError("batch_size and max_examples must be ≥ 1.")
+        for name, value in (("batch_size", self.batch_size), ("max_examples", self.max_examples)):
+            if not (value is None and name == "max_examples") and not (is_integer(value) and value >= 1):
+                raise InputError(f"FactorConfig.{name} must be an integer ≥ 1; got {value!r}.")
+        if not is_integer(self.seed):
+            raise InputError(f"FactorConfig.seed must be an integer; got {self.seed!r}.")
+
+    def sums_hash(self) -> str:
+        """SHA-256 (16 hex chars) of the fields the fitted sums depend on (not ``on_untracked``)."""
+        fields = dataclasses.asdict(self)
+        fields.pop("on_untracked")
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=int).encode()).hexdigest()[:16]
 
 
 class Factors(NamedTuple):
@@ -116,12 +161,40 @@ def params_hash(params: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def check_finite(tree: Any, what: str) -> None:
-    """Raise :class:`FactorError` if any leaf of ``tree`` holds NaN or Inf."""
+def array_sha256(array: Any) -> str:
+    """SHA-256 (hex) of an array's shape, dtype and bytes."""
+    array = np.ascontiguousarray(np.asarray(array))
+    h = hashlib.sha256(str((array.shape, array.dtype.str)).encode())
+    h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def check_finite(tree: Any, what: str, hint: str = "the model may have diverged", error: type = FactorError) -> None:
+    """Raise ``error`` (a :class:`FactorError` by default) if any leaf of ``tree`` holds NaN or Inf."""
     bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
            if not bool(jnp.all(jnp.isfinite(leaf)))]  # fmt: skip
     if bad:
-        raise FactorError(f"{what} contain NaN or Inf in {', '.join(bad[:8])}; the model may have diverged.")
+        where = f" in {', '.join(bad[:8])}" if any(bad) else ""  # a bare array has the empty path
+        raise error(f"{what} contain NaN or Inf{where}; {hint}.")
+
+
+def check_params(params: Any) -> None:
+    """Refuse parameters that are not all floating point and finite, naming the offending leaves.
+
+    Influence differentiates through every parameter, and the gradient of an integer leaf
+    is silently zero (or float0), so an int32 model would score without complaint.
+    """
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    if not leaves:
+        raise InputError("the model has no parameters; pass the params produced by to_functional (or by training).")
+    bad = [f"{jax.tree_util.keystr(path)} ({jnp.result_type(leaf)})" for path, leaf in leaves
+           if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating)]  # fmt: skip
+    if bad:
+        raise InputError(
+            f"model parameters must be floating point; not floating: {', '.join(bad[:8])}. Influence needs their "
+            "gradients: cast them, e.g. jax.tree.map(lambda a: a.astype(jnp.float32), params)."
+        )
+    check_finite(params, "the model parameters")
 
 
 def check_model(model: FunctionalModel, image_shape: tuple[int, ...]) -> None:
@@ -211,6 +284,70 @@ def rotated_gradients(a: jax.Array, g: jax.Array, qa: jax.Array, qs: jax.Array) 
     return jnp.swapaxes(qa, 0, 1) @ per_example_layer_gradients(a, g) @ qs
 
 
+# What a mismatching fingerprint field means, for the note printed when partial sums are discarded.
+_FINGERPRINT_WORDS = {
+    "params_hash": "other parameters",
+    "data_hash": "other data",
+    "config_hash": "another FactorConfig (fisher, batch size, seed, example cap or strategy)",
+    "examples": "another number of examples",
+    "dtype": "another dtype",
+    "layers": "other layers",
+    "rotations_sha256": "other covariance eigenbases",
+    "stage": "another stage",
+}
+
+
+def _discard_stage(directory: Path, reason: str) -> None:
+    # stacklevel 5: past _resumable_stage, fit_factors' manager and fit_factors, to its caller.
+    warnings.warn(f"partial factor sums in {directory} {reason}: discarding them and starting over.", stacklevel=5)
+    shutil.rmtree(directory)
+
+
+def _stale_reason(directory: Path, fingerprint: dict, template: Any, total: int) -> tuple[str | None, int]:
+    """Why the sums in ``directory`` must not be resumed (``None``: they may), and how many batches they hold."""
+    from jaxpoison.training import checkpoint as ckpt
+
+    try:
+        record = json.loads((directory / "fingerprint.json").read_text())
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict):
+        return "have no readable fingerprint (written by another fit or an older jaxpoison)", 0
+    differ = [key for key in sorted(set(fingerprint) | set(record)) if record.get(key) != fingerprint.get(key)]
+    if differ:
+        return f"were fitted for {', '.join(_FINGERPRINT_WORDS.get(key, key) for key in differ)}", 0
+    manager = ckpt.checkpoint_manager(directory, max_to_keep=1)
+    try:
+        found = ckpt.restore_latest(manager, template)
+        done = 0 if found is None else found[2].get("next_batch")
+        if not (is_integer(done) and 0 <= done <= total):
+            raise ValueError(f"next_batch {done!r} is not in [0, {total}]")
+    except Exception as e:  # whatever makes a cache unreadable, it is recomputed, never trusted
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        return f"cannot be read back ({type(e).__name__}: {first})", 0
+    finally:
+        manager.close()
+    return None, int(done)
+
+
+def _resumable_stage(directory: Path, fingerprint: dict, template: Any, total: int) -> int:
+    """Make ``directory`` safe to resume a pass from; return how many of its batches are already summed.
+
+    The partial sums of a pass are only valid for the exact parameters, data, config and
+    dtype that produced them, recorded as ``fingerprint.json`` beside the Orbax steps. Sums
+    with another (or no) fingerprint, or that cannot be read back, are deleted with a
+    warning and the pass starts from batch 0; they are never reused.
+    """
+    if directory.is_dir() and any(directory.iterdir()):
+        reason, done = _stale_reason(directory, fingerprint, template, total)
+        if reason is None:
+            return done
+        _discard_stage(directory, reason)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(directory / "fingerprint.json", json.dumps(fingerprint, indent=2))
+    return 0
+
+
 def fit_factors(
     model: FunctionalModel,
     dataset: Dataset,
@@ -229,19 +366,30 @@ def fit_factors(
       config: strategy, Fisher type, batch size, example cap, seed.
       mesh: data mesh for the streaming passes (default: all devices).
       checkpoint_dir: if given, each pass saves its partial sums every
-        ``checkpoint_every`` batches; an interrupted fit resumes from them.
+        ``checkpoint_every`` batches; an interrupted fit resumes from them. Partial sums
+        fitted for other parameters, data or config (or unreadable ones) are discarded
+        with a warning and recomputed.
       progress: show progress bars.
 
     Returns:
-      The fitted :class:`Factors`.
+      The fitted :class:`Factors`. ``meta["resumed_from"]`` maps each pass that resumed
+      from partial sums in ``checkpoint_dir`` to the number of batches it reused (empty
+      when nothing was reused).
 
     Raises:
       FactorError: NaN/Inf in the parameters or the fitted factors.
+      InputError: non-floating parameters, an empty dataset.
       UntrackedParametersError: with ``on_untracked="error"`` and parameters no factor covers.
     """
+    if not isinstance(config, FactorConfig):
+        raise InputError(f"config must be a FactorConfig; got {type(config).__name__}.")
+    if not (is_integer(checkpoint_every) and checkpoint_every >= 1):
+        raise InputError(f"checkpoint_every must be an integer ≥ 1; got {checkpoint_every!r}.")
+    if len(dataset) == 0:
+        raise InputError("the training set is empty; factors need at least one example.")
     mesh = data_mesh() if mesh is None else mesh
+    check_params(model.params)
     check_model(model, dataset.image_shape)
-    check_finite(model.params, "the model parameters")
     layers, untracked = find_layers(model.graphdef, model.params, model.state)
     if not layers:
         raise FactorError("the model has no nnx.Linear or nnx.Conv layer to fit factors for.")
@@ -249,20 +397,36 @@ def fit_factors(
     params, state = replicate(mesh, (model.params, model.state))
     base_key = jax.random.key(config.seed)
     n = len(dataset) if config.max_examples is None else min(config.max_examples, len(dataset))
+    total = -(-n // config.batch_size)
+    dtype = jax.tree.leaves(params)[0].dtype
+    model_hash = params_hash(model.params)
+    # Everything the partial sums depend on; a checkpoint with another fingerprint is never resumed.
+    fingerprint = {
+        "params_hash": model_hash,
+        "data_hash": dataset.content_hash,
+        "config_hash": config.sums_hash(),
+        "examples": n,
+        "dtype": str(dtype),
+        "layers": [layer.name for layer in layers],
+    }
+    resumed_from: dict[str, int] = {}
 
-    def manager(stage):
+    def manager(stage, template, **extra):
         if checkpoint_dir is None:
             return None
         from jaxpoison.training import checkpoint as ckpt
 
-        return (ckpt.checkpoint_manager(Path(checkpoint_dir) / stage, max_to_keep=1), checkpoint_every)
+        directory = Path(checkpoint_dir).absolute() / stage
+        done = _resumable_stage(directory, {**fingerprint, "stage": stage, **extra}, template, total)
+        if done:
+            resumed_from[stage] = done
+        return (ckpt.checkpoint_manager(directory, max_to_keep=1), checkpoint_every)
 
     static = {"graphdef": model.graphdef, "layers": tuple(layers), "fisher": config.fisher}
     consts = (dataset.mean, dataset.std)
 
     # Stage 1: covariances. A averages inputs over examples and positions; S sums output
     # gradients over positions and averages over examples (KFC).
-    dtype = jax.tree.leaves(params)[0].dtype
     init = {
         layer.name: {
             "a": jnp.zeros((layer.in_dim, layer.in_dim), dtype),
@@ -274,7 +438,7 @@ def fit_factors(
         lambda acc, b, x, y, m: _covariance_step(acc, params, state, jax.random.fold_in(base_key, b), x, y, m,
                                                  *consts, **static),
         init, dataset, config.batch_size, mesh, desc="covariance", progress=progress, limit=n,
-        checkpoint=manager("covariance"),
+        checkpoint=manager("covariance", init),
     )  # fmt: skip
     cov = jax.tree.map(lambda c: np.asarray(c, np.float64) / n, jax.device_get(cov))
 
@@ -293,8 +457,12 @@ def fit_factors(
 
     # Stage 3 (EK-FAC): Lambda, the second moment of per-example gradients in the eigenbasis.
     if config.strategy == "ekfac":
-        rotations = replicate(mesh, {name: (jnp.asarray(b["a_eigvecs"], dtype), jnp.asarray(b["s_eigvecs"], dtype))
-                                     for name, b in blocks.items()})  # fmt: skip
+        rotations = {name: (jnp.asarray(b["a_eigvecs"], dtype), jnp.asarray(b["s_eigvecs"], dtype))
+                     for name, b in blocks.items()}  # fmt: skip
+        # Lambda's partial sums are only valid in the eigenbases they were rotated into.
+        rotation_hash = hashlib.sha256("".join(array_sha256(q) for name in sorted(rotations)
+                                               for q in rotations[name]).encode()).hexdigest()[:16]  # fmt: skip
+        rotations = replicate(mesh, rotations)
 
         init = {layer.name: jnp.zeros((layer.in_dim, layer.out_features), dtype) for layer in layers}
         lam = reduce_dataset(
@@ -302,7 +470,7 @@ def fit_factors(
                 acc, params, state, rotations, jax.random.fold_in(base_key, 10**9 + b), x, y, m, *consts, **static
             ),
             init, dataset, config.batch_size, mesh, desc="lambda", progress=progress, limit=n,
-            checkpoint=manager("lambda"),
+            checkpoint=manager("lambda", init, rotations_sha256=rotation_hash),
         )  # fmt: skip
         for name, value in jax.device_get(lam).items():
             blocks[name]["eigenvalues"] = np.asarray(value, np.float64) / n
@@ -313,21 +481,21 @@ def fit_factors(
         "strategy": config.strategy,
         "fisher": config.fisher,
         "examples": n,
-        "seed": config.seed,
-        "params_hash": params_hash(params),
+        "seed": int(config.seed),
+        "params_hash": model_hash,
         "data_hash": dataset.content_hash,
         "layers": [layer.name for layer in layers],
         "untracked": untracked,
+        "resumed_from": resumed_from,
     }
     return Factors(tuple(layers), blocks, meta)
 
 
 def layer_damping(eigenvalues: jax.Array, damping: float | None) -> jax.Array:
     """The damping λ of one layer: a constant, or ``0.1 × mean(eigenvalues)`` when ``None``."""
+    check_damping(damping)
     if damping is None:
         return 0.1 * jnp.mean(eigenvalues)
-    if not damping >= 0:
-        raise InputError(f"damping must be ≥ 0 (or None for 0.1 × mean eigenvalue); got {damping}.")
     return jnp.asarray(damping, eigenvalues.dtype)
 
 
@@ -356,39 +524,92 @@ def dense_block(factors: Factors, name: str) -> jax.Array:
 # --------------------------------------------------------------------------- persistence
 
 
+def _block_hashes(blocks: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
+    return {name: {key: array_sha256(value) for key, value in block.items()} for name, block in blocks.items()}
+
+
 def save_factors(directory: str | os.PathLike, factors: Factors) -> None:
-    """Write factors with Orbax (arrays) plus ``factors.json`` (metadata)."""
-    import orbax.checkpoint as ocp
+    """Write factors with Orbax (arrays) plus ``factors.json`` (metadata and a SHA-256 per array).
 
-    directory = Path(directory).absolute()
-    directory.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as saver:
-        saver.save(directory / "blocks", factors.blocks, force=True)
-    (directory / "factors.json").write_text(json.dumps(factors.meta, indent=2))
-
-
-def load_factors(directory: str | os.PathLike, model: FunctionalModel) -> Factors:
-    """Read factors saved by :func:`save_factors` for ``model``.
-
-    Raises:
-      FactorError: the files are missing, were fitted on other parameters, or name
-        other layers than the model has.
+    ``factors.json`` is removed first and written last, atomically, so a save that dies
+    half-way leaves no factors that look valid.
     """
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
-    if not (directory / "factors.json").is_file():
-        raise FactorError(f"no factors in {directory} (factors.json missing); fit them with fit_factors first.")
-    meta = json.loads((directory / "factors.json").read_text())
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "factors.json").unlink(missing_ok=True)
+    blocks = jax.device_get(factors.blocks)
+    with ocp.StandardCheckpointer() as saver:
+        saver.save(directory / "blocks", blocks, force=True)
+    record = {"format": FACTORS_FORMAT, "meta": factors.meta, "sha256": _block_hashes(blocks)}
+    atomic_write_text(directory / "factors.json", json.dumps(record, indent=2))
+
+
+def _read_record(directory: Path) -> dict:
+    """The parsed ``factors.json`` of ``directory``, or :class:`FactorArtifactError` saying what is wrong."""
+    path = directory / "factors.json"
+    if not path.is_file():
+        raise FactorArtifactError(f"no factors in {directory} (factors.json missing); fit them with fit_factors first.")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise FactorArtifactError(
+            f"{path} is not valid JSON ({e}); the save was interrupted or the file is damaged. "
+            f"Delete {directory} and fit the factors again."
+        ) from e
+    if not isinstance(record, dict) or record.get("format") != FACTORS_FORMAT:
+        raise FactorArtifactError(
+            f"{path} is not a factors.json of format {FACTORS_FORMAT} (older versions recorded no content hashes, so "
+            f"their arrays cannot be verified). Delete {directory} and fit the factors again."
+        )
+    meta, hashes = record.get("meta"), record.get("sha256")
+    if not (isinstance(meta, dict) and isinstance(meta.get("layers"), list) and "params_hash" in meta
+            and isinstance(hashes, dict)):  # fmt: skip
+        raise FactorArtifactError(f"{path} lacks its meta/sha256 records; delete {directory} and refit the factors.")
+    return record
+
+
+def load_factors(directory: str | os.PathLike, model: FunctionalModel) -> Factors:
+    """Read factors saved by :func:`save_factors` for ``model``, verifying every array's SHA-256.
+
+    Raises:
+      FactorArtifactError: the files are missing, damaged or unreadable, the arrays are not
+        the ones ``factors.json`` records (e.g. ``blocks/`` of another fit), or they were
+        fitted on other parameters or name other layers than the model has.
+    """
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    record = _read_record(directory)
+    meta = record["meta"]
     layers, _ = find_layers(model.graphdef, model.params, model.state)
     if [layer.name for layer in layers] != meta["layers"]:
-        raise FactorError(f"the factors in {directory} were fitted for other layers: {meta['layers'][:5]}…")
+        raise FactorArtifactError(f"the factors in {directory} were fitted for other layers: {meta['layers'][:5]}…")
     if meta["params_hash"] != params_hash(model.params):
-        raise FactorError(
+        raise FactorArtifactError(
             f"the factors in {directory} were fitted for other parameters (hash {meta['params_hash']}, "
             f"model {params_hash(model.params)}); refit them for this model."
         )
-    with ocp.StandardCheckpointer() as loader:
-        blocks = loader.restore(directory / "blocks")
+    try:
+        with ocp.StandardCheckpointer() as loader:
+            blocks = loader.restore(directory / "blocks")
+        blocks = {name: {k: np.asarray(v) for k, v in b.items()} for name, b in blocks.items()}
+    except Exception as e:  # Orbax/TensorStore raise many types; all mean the same damaged directory
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise FactorArtifactError(
+            f"the factor arrays in {directory / 'blocks'} cannot be read ({type(e).__name__}: {first}); the directory "
+            f"is damaged or incomplete. Delete {directory} and fit the factors again."
+        ) from e
+    found = _block_hashes(blocks)
+    if found != record["sha256"]:
+        names = sorted({f"{n}/{k}" for n in set(found) | set(record["sha256"])
+                        for k in set(found.get(n, {})) | set(record["sha256"].get(n, {}))
+                        if found.get(n, {}).get(k) != record["sha256"].get(n, {}).get(k)})  # fmt: skip
+        raise FactorArtifactError(
+            f"the factor arrays in {directory / 'blocks'} are not the ones its factors.json records (content hash "
+            f"differs for {', '.join(names[:5])}): they come from another fit or are damaged. Delete {directory} "
+            "and fit the factors again."
+        )
     blocks = {name: {k: jnp.asarray(v) for k, v in b.items()} for name, b in blocks.items()}
     return Factors(tuple(layers), blocks, meta)

@@ -44,8 +44,11 @@ from jaxpoison.influence.capture import (
 from jaxpoison.influence.kfac import (
     FactorError,
     Factors,
+    check_damping,
     check_finite,
     check_model,
+    check_params,
+    is_integer,
     layer_damping,
     params_hash,
     precondition,
@@ -57,6 +60,11 @@ from jaxpoison.models import FunctionalModel
 from jaxpoison.sharding import data_mesh, replicate
 
 SIGN_CONVENTION = "positive = the training point supports the query's prediction (lowers its measurement)"
+# Why scores can be non-finite when every input was finite; said whenever they are refused.
+NON_FINITE_HINT = (
+    "the model or data produced non-finite values (a diverged model with overflowing logits, or a damping too small "
+    "for zero eigenvalues); check the model and data, or raise the damping"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +87,9 @@ class ScoreConfig:
 
     def __post_init__(self):
         get_measurement(self.measurement)
-        if self.damping is not None and not self.damping >= 0:
-            raise InputError(f"damping must be ≥ 0 or None; got {self.damping}.")
-        if self.batch_size < 1:
-            raise InputError(f"batch_size must be ≥ 1; got {self.batch_size}.")
+        check_damping(self.damping, "ScoreConfig.damping")
+        if not (is_integer(self.batch_size) and self.batch_size >= 1):
+            raise InputError(f"ScoreConfig.batch_size must be an integer ≥ 1; got {self.batch_size!r}.")
 
     @property
     def measurement_name(self) -> str:
@@ -105,22 +112,70 @@ def _layers(model: FunctionalModel, factors: Factors | None, on_untracked: str) 
     return tuple(layers)
 
 
-def _check_queries(images: np.ndarray, labels: np.ndarray, train: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    images = np.asarray(images, np.float32)
-    labels = np.asarray(labels)
-    if images.ndim == 3:
-        images = images[None]
-    if images.shape[1:] != train.image_shape:
+def check_images(images: Any, image_shape: tuple[int, ...], what: str = "query images") -> np.ndarray:
+    """Pixel-space images ``[Q, *image_shape]`` as float32; one image may drop the ``Q`` axis.
+
+    Refuses, naming ``what``: integer or other non-floating dtypes (uint8 pixels in [0, 255]
+    would give scores hundreds of times too large), another per-image shape, no images at
+    all, and NaN or Inf (which give NaN scores that flag nothing).
+    """
+    try:
+        array = np.asarray(images)
+    except (TypeError, ValueError) as e:  # ragged nested lists
+        raise InputError(f"{what} cannot be read as one array ({e}); pass a [Q, H, W, C] float array.") from e
+    if not np.issubdtype(array.dtype, np.floating):
         raise InputError(
-            f"query images have shape {images.shape[1:]} per image but the training images are {train.image_shape}; "
-            "pass queries of the training set's shape, batched as [Q, H, W, C]."
+            f"{what} have dtype {array.dtype}; they must be floating-point pixels in [0, 1] like the training images. "
+            "Scale integer images first: images.astype(np.float32) / 255."
         )
-    labels = labels.reshape(-1)
-    if labels.shape[0] != images.shape[0]:
-        raise InputError(f"{images.shape[0]} query images but {labels.shape[0]} query labels.")
-    if labels.size and (labels.min() < 0 or labels.max() >= train.num_classes):
-        raise InputError(f"query labels must lie in [0, {train.num_classes}); got {labels.min()}..{labels.max()}.")
-    return images, labels.astype(np.int32)
+    if array.ndim == len(image_shape):
+        array = array[None]
+    if array.shape[1:] != tuple(image_shape):
+        raise InputError(
+            f"{what} have shape {array.shape} but must be [Q, {', '.join(map(str, image_shape))}]: Q images of the "
+            f"training image shape {tuple(image_shape)} (NHWC), batched along the first axis."
+        )
+    if array.shape[0] == 0:
+        raise InputError(f"no {what}: got an empty array of shape {array.shape}; pass at least one image.")
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes Inf, refused just below
+        array = array.astype(np.float32, copy=False)
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = np.flatnonzero(~finite.reshape(len(array), -1).all(axis=1))
+        raise InputError(
+            f"{what} contain NaN or Inf (after conversion to float32) in image(s) {bad[:8].tolist()}; "
+            "pass finite pixel values in [0, 1]."
+        )
+    return array
+
+
+def check_labels(labels: Any, count: int, num_classes: int, what: str = "query labels") -> np.ndarray:
+    """Integer labels ``[count]`` in ``[0, num_classes)`` as int32; float and bool labels are refused, not truncated."""
+    try:
+        array = np.asarray(labels)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{what} cannot be read as one array ({e}); pass a 1-D integer array.") from e
+    if not np.issubdtype(array.dtype, np.integer):
+        raise InputError(
+            f"{what} have dtype {array.dtype}; they must be integer class indices in [0, {num_classes}). "
+            "Float labels are not truncated: convert whole-number labels with labels.astype(np.int32)."
+        )
+    if array.ndim > 1:
+        raise InputError(f"{what} must be a 1-D array [Q]; got shape {array.shape}.")
+    array = array.reshape(-1)
+    if array.shape[0] != count:
+        raise InputError(f"{count} query images but {array.shape[0]} {what}; pass one label per image.")
+    if array.size and (array.min() < 0 or array.max() >= num_classes):
+        raise InputError(
+            f"{what} must lie in [0, {num_classes}) for the {num_classes}-class training set; "
+            f"got {array.min()}..{array.max()}."
+        )
+    return array.astype(np.int32)
+
+
+def _check_queries(images: Any, labels: Any, train: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    images = check_images(images, train.image_shape)
+    return images, check_labels(labels, images.shape[0], train.num_classes)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "layers", "measurement"))
@@ -217,9 +272,11 @@ def _strategy(factors: Factors | None) -> str:
 
 
 def check_factors_match(factors: Factors | None, model: FunctionalModel, train: Dataset) -> None:
-    """Refuse factors fitted for other parameters or another training set."""
+    """Refuse factors fitted for other parameters or another training set, or holding NaN/Inf."""
     if factors is None:
         return
+    if not isinstance(factors, Factors):
+        raise InputError(f"factors must be Factors (from fit_factors or load_factors) or None; got {type(factors)}.")
     if factors.meta.get("params_hash") != params_hash(model.params):
         raise FactorError("the factors were fitted for other model parameters; refit them for this model.")
     if factors.meta.get("data_hash") != train.content_hash:
@@ -227,6 +284,18 @@ def check_factors_match(factors: Factors | None, model: FunctionalModel, train: 
             "the factors were fitted on another training set (data hash "
             f"{factors.meta.get('data_hash')} vs {train.content_hash}); refit them on this dataset."
         )
+    check_finite(factors.blocks, "the factors")
+
+
+def check_score_inputs(model: FunctionalModel, train: Dataset, factors: Factors | None, config: ScoreConfig) -> None:
+    """The checks every scoring entry point runs before any computation."""
+    if not isinstance(config, ScoreConfig):
+        raise InputError(f"config must be a ScoreConfig; got {type(config).__name__}.")
+    if len(train) == 0:
+        raise InputError("the training set is empty; there is nothing to score.")
+    check_params(model.params)
+    check_model(model, train.image_shape)
+    check_factors_match(factors, model, train)
 
 
 def pairwise_scores(
@@ -259,14 +328,13 @@ def pairwise_scores(
       :class:`Scores` with ``values [Q, N]`` and metadata.
     """
     mesh = data_mesh() if mesh is None else mesh
-    check_model(model, train.image_shape)
-    check_finite(model.params, "the model parameters")
-    check_factors_match(factors, model, train)
-    layers = _layers(model, factors, config.on_untracked)
+    check_score_inputs(model, train, factors, config)
     images, labels = _check_queries(query_images, query_labels, train)
+    layers = _layers(model, factors, config.on_untracked)
     if query_grads is None:
         query_grads = query_gradients(model, layers, images, labels, train.mean, train.std,
                                       get_measurement(config.measurement))  # fmt: skip
+    check_finite(query_grads, "the query gradients", NON_FINITE_HINT, InputError)
     preconditioned = query_grads if factors is None else precondition(factors, query_grads, config.damping)
     preconditioned = replicate(mesh, {layer.name: _query_layout(layer, preconditioned[layer.name]) for layer in layers})
     params, state = replicate(mesh, (model.params, model.state))
@@ -275,6 +343,7 @@ def pairwise_scores(
         lambda b, x, y, m: _pairwise_batch(params, state, preconditioned, x, y, m, train.mean, train.std, **static),
         train, config.batch_size, mesh, desc=f"scoring {images.shape[0]} queries", progress=progress,
     )  # fmt: skip
+    check_finite(values, "the influence scores", NON_FINITE_HINT, InputError)
     meta = _meta(model, train, factors, config, _strategy(factors), n_queries=int(images.shape[0]),
                  query_labels=labels.tolist())  # fmt: skip
     return Scores(values, meta)
@@ -295,9 +364,7 @@ def self_scores(
     cross-entropy is used, as a point's self-influence is about its own loss).
     """
     mesh = data_mesh() if mesh is None else mesh
-    check_model(model, train.image_shape)
-    check_finite(model.params, "the model parameters")
-    check_factors_match(factors, model, train)
+    check_score_inputs(model, train, factors, config)
     layers = _layers(model, factors, config.on_untracked)
     params, state = replicate(mesh, (model.params, model.state))
     blocks = None
@@ -314,6 +381,7 @@ def self_scores(
         lambda b, x, y, m: _self_batch(params, state, blocks, x, y, m, train.mean, train.std, **static),
         train, config.batch_size, mesh, desc="self-influence", progress=progress,
     )  # fmt: skip
+    check_finite(values, "the self-influence scores", NON_FINITE_HINT, InputError)
     meta = _meta(model, train, factors, dataclasses.replace(config, measurement="cross_entropy"),
                  _strategy(factors), n_queries="self")  # fmt: skip
     return Scores(values, meta)

@@ -29,9 +29,9 @@ import numpy as np
 from jaxpoison.data import Dataset, normalize
 from jaxpoison.errors import InputError
 from jaxpoison.influence.grads import per_example_grads
-from jaxpoison.influence.kfac import check_finite, check_model, params_hash
+from jaxpoison.influence.kfac import check_finite, check_model, check_params, is_finite_real, is_integer, params_hash
 from jaxpoison.influence.losses import margin_measurement
-from jaxpoison.influence.scores import SIGN_CONVENTION, Scores, _check_queries
+from jaxpoison.influence.scores import NON_FINITE_HINT, SIGN_CONVENTION, Scores, _check_queries
 from jaxpoison.influence.stream import collect_dataset
 from jaxpoison.models import FunctionalModel
 from jaxpoison.sharding import data_mesh, replicate
@@ -41,7 +41,8 @@ from jaxpoison.sharding import data_mesh, replicate
 class TrakConfig:
     """Attributes:
     projection_dim: ``k``, the dimension of the projected gradients.
-    damping: ``λ`` added to the diagonal of ``ΦᵀΦ``.
+    damping: ``λ`` added to the diagonal of ``ΦᵀΦ``: finite and ≥ 0 (0, the default, is
+      fine: the kernel is solved by least squares).
     batch_size: examples per batch when featurising the training set.
     seed: seeds the projection (the same for every checkpoint, as in TRAK).
     materialize_bytes: keep the projection in memory below this size.
@@ -54,10 +55,20 @@ class TrakConfig:
     materialize_bytes: float = 2e9
 
     def __post_init__(self):
-        if self.projection_dim < 1 or self.batch_size < 1:
-            raise InputError("projection_dim and batch_size must be ≥ 1.")
-        if not self.damping >= 0:
-            raise InputError(f"damping must be ≥ 0; got {self.damping}.")
+        for name in ("projection_dim", "batch_size"):
+            value = getattr(self, name)
+            if not (is_integer(value) and value >= 1):
+                raise InputError(f"TrakConfig.{name} must be an integer ≥ 1; got {value!r}.")
+        if not (is_finite_real(self.damping) and self.damping >= 0):
+            raise InputError(
+                f"TrakConfig.damping must be a finite number ≥ 0 (inf zeroes every score); got {self.damping!r}."
+            )
+        if not is_integer(self.seed):
+            raise InputError(f"TrakConfig.seed must be an integer; got {self.seed!r}.")
+        if not (is_finite_real(self.materialize_bytes) and self.materialize_bytes >= 0):
+            raise InputError(
+                f"TrakConfig.materialize_bytes must be a finite number ≥ 0; got {self.materialize_bytes!r}."
+            )
 
 
 def _log_odds(logits: jax.Array, label: jax.Array) -> jax.Array:
@@ -105,8 +116,12 @@ def trak_features(
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Projected gradient features ``[N, k]`` and ``1 − p(correct)`` ``[N]`` of every example."""
     mesh = data_mesh() if mesh is None else mesh
+    if not isinstance(config, TrakConfig):
+        raise InputError(f"config must be a TrakConfig; got {type(config).__name__}.")
+    if len(dataset) == 0:
+        raise InputError("the dataset is empty; TRAK features need at least one example.")
+    check_params(model.params)
     check_model(model, dataset.image_shape)
-    check_finite(model.params, "the model parameters")
     projection, key = _projection(model, config)
     params, state, projection = replicate(mesh, (model.params, model.state, projection))
     out = collect_dataset(
@@ -114,6 +129,8 @@ def trak_features(
                                      apply=model.apply, k=config.projection_dim),
         dataset, config.batch_size, mesh, desc="TRAK features", progress=progress, axis=0,
     )  # fmt: skip
+    # NaN features would make the least-squares solve fail or return NaN scores.
+    check_finite(out, "the TRAK features", NON_FINITE_HINT, InputError)
     return out[:, :-1], out[:, -1]
 
 
@@ -131,6 +148,8 @@ def trak_scores(
     models = [models] if isinstance(models, FunctionalModel) else list(models)
     if not models:
         raise InputError("trak_scores needs at least one model.")
+    if not all(isinstance(m, FunctionalModel) for m in models):
+        raise InputError("trak_scores takes a FunctionalModel or a sequence of them (jaxpoison.models.to_functional).")
     images, labels = _check_queries(query_images, query_labels, train)
     queries = Dataset(images, labels, train.class_names, train.mean, train.std, train.provenance)
     kernel_part, weights = 0.0, 0.0
@@ -142,6 +161,7 @@ def trak_scores(
         kernel_part = kernel_part + phi_q @ np.linalg.lstsq(kernel, phi.T, rcond=None)[0]
         weights = weights + one_minus_p
     values = (kernel_part / len(models)) * (weights / len(models))[None, :]
+    check_finite(values, "the TRAK scores", NON_FINITE_HINT, InputError)
     meta = {
         "sign": SIGN_CONVENTION,
         "measurement": "log-odds of the query label (TRAK)",
