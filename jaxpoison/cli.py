@@ -18,6 +18,17 @@ from jaxpoison.models import MODEL_NAMES
 from jaxpoison.selection.registry import SELECTION_NAMES
 
 
+def _seed(text: str) -> int:
+    """argparse type: seeds are non-negative integers (numpy's generators refuse the rest)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer; got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer; got {value}")
+    return value
+
+
 def _cmd_datasets(args) -> int:
     print(f"{'dataset':<14} {'image':<12} {'classes':>7}  where")
     for name in dataset_names():
@@ -316,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: adam for mlp/logreg/cnn, reference (SGD, 40 epochs) for resnet18/vgg16")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--devices", type=int, default=None, help="devices to shard over (default: all)")
     p.add_argument("--data-path", default=None, help="file for --dataset npz")
     p.add_argument("--no-progress", action="store_true")
@@ -336,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, default=3)
     p.add_argument("--color", type=float, nargs="+", default=[1.0, 1.0, 0.0])
     p.add_argument("--margin", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--data-path", default=None, help="file for --dataset npz")
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true", help="overwrite an existing poisoned dataset in --out")
@@ -350,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, required=True, help="poisons as a fraction of the training set")
     p.add_argument("--target", type=int, default=0)
     p.add_argument("--patch-size", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--data-path", default=None, help="file for --dataset npz")
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true")
@@ -383,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the README's main job: BadNet -> detect -> unlearn (Fashion-MNIST, else digits)")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--force", action="store_true", help="reuse a directory that holds another run's artifacts")
     p.set_defaults(func=_cmd_demo)
     return parser

@@ -596,3 +596,12 @@ class _PixelTrigger:
 
     def describe(self):
         return {"pixel": float(self.value)}
+
+
+def test_poisoning_refuses_a_trigger_that_changes_nothing():
+    from jaxpoison.attacks import blended
+    from tests.conftest import make_dataset
+
+    data = make_dataset(n=40)
+    with pytest.raises(PoisonError, match="leaves every chosen image unchanged"):
+        poison_dataset(data, blended(data.image_shape, 0.0), PoisonConfig(target=0, count=4))

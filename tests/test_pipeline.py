@@ -130,11 +130,16 @@ def test_overrides_and_their_errors():
 
 def test_run_directory_guards(tmp_path):
     config = to_dict(get_preset("digits-badnet-tiny"))
-    RunStore(tmp_path / "a", config)
+    RunStore(tmp_path / "a", config).close()
+    (tmp_path / "a" / "report.json").write_text("{}")  # a finished run
     other = to_dict(apply_overrides(get_preset("digits-badnet-tiny"), ["seed=1"]))
     with pytest.raises(RunDirectoryError, match="another run"):
         RunStore(tmp_path / "a", other)
-    RunStore(tmp_path / "a", other, force=True)
+    RunStore(tmp_path / "a", other, force=True).close()
+    # A run that stopped before its report: the corrected command takes the directory over.
+    RunStore(tmp_path / "c", config).close()
+    RunStore(tmp_path / "c", other).close()
+    assert json.loads((tmp_path / "c" / "run.json").read_text())["config"] == other
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "thesis.tex").write_text("precious")
     with pytest.raises(RunDirectoryError, match="not empty"):

@@ -180,6 +180,10 @@ def poison_dataset(dataset: Dataset, trigger, config: PoisonConfig) -> PoisonedD
             "check its pattern, mask and parameters."
         )
     triggered = np.clip(triggered, 0.0, 1.0)
+    if np.array_equal(triggered, dataset.images[chosen]):
+        # e.g. a blend ratio or patch opacity of 0: the "poisons" would be relabelled clean images
+        raise PoisonError(f"the trigger {trigger.describe()} leaves every chosen image unchanged; give it a non-zero "
+                          "strength (blend ratio, opacity) or a pattern that differs from the images.")  # fmt: skip
     images, labels = dataset.images.copy(), dataset.labels.copy()
     if config.mode == "replace":
         images[chosen], labels[chosen] = triggered, config.target

@@ -21,7 +21,7 @@ import numpy as np
 from jaxpoison.attacks import attack_metrics
 from jaxpoison.detection.metrics import detection_metrics
 from jaxpoison.errors import InputError
-from jaxpoison.experiments.config import RunConfig, UnlearnConfig, config_hash, to_dict, validate_classes
+from jaxpoison.experiments.config import RunConfig, UnlearnConfig, config_hash, to_dict
 from jaxpoison.experiments.detectors import INFLUENCE_BASED, NEEDS_FACTORS, Detection, Victim, run_detector
 from jaxpoison.experiments.report import write_report
 from jaxpoison.experiments.store import RunStore
@@ -36,6 +36,7 @@ from jaxpoison.experiments.victim import (
     poison_stage,
     poison_success,
     recipe_of,
+    validate_against_data,
     victim_stage,
 )
 from jaxpoison.influence import NUMERICS_VERSION, FactorConfig, Factors, fit_factors, load_factors, save_factors
@@ -85,7 +86,7 @@ def prepare(config: RunConfig, out: str | Path, *, force: bool = False, progress
     directory's lock.
     """
     splits = load_data(config.data, config.seed)
-    validate_classes(config, splits.train.num_classes)
+    validate_against_data(config, splits)
     store = RunStore(out, to_dict(config), force=force)
     try:
         return _prepare_stages(config, store, splits, progress)

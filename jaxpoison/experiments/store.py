@@ -9,8 +9,9 @@ or whose files were damaged is recomputed, with a note naming the file. Re-runni
 finished run is therefore free, an interrupted one resumes at the first unfinished
 stage, and nothing downstream ever reads an artifact its record does not describe.
 
-A directory holding another configuration is refused unless ``force``; even then, stages
-whose inputs did not change are reused. One process at a time may use a run directory:
+A directory holding another *finished* run (one with a report) is refused unless ``force``;
+one whose run stopped before its report is taken over by the next command, so a corrected
+command can reuse its ``--out``. Either way, only stages whose inputs did not change are reused. One process at a time may use a run directory:
 a second one is refused while the first holds the lock.
 """
 
@@ -31,6 +32,7 @@ from jaxpoison.fileio import atomic_write_text, file_digest
 
 STAGE_FILE = "stage.json"
 LOCK_FILE = ".lock"
+FINISHED_FILE = "report.json"  # a run directory with a report holds a finished run, which is never taken over
 
 
 class RunDirectoryError(InputError):
@@ -130,7 +132,13 @@ class RunStore:
                         f"{run_file} is damaged ({e}); pass --force to reuse the directory (its stages are still "
                         "verified one by one) or choose another --out."
                     ) from None
-            if previous.get("config_hash") != key and not force:
+            finished = (self.root / FINISHED_FILE).exists()
+            if previous.get("config_hash") != key and not force and not finished and previous:
+                # A run that stopped (an error, a kill) before its report: the corrected command may take
+                # the directory over; its stages are keyed, so only those whose inputs match are reused.
+                print(f"jaxpoison: {self.root} holds an unfinished run of another configuration; reusing the "
+                      "stages whose inputs match.", file=sys.stderr)  # fmt: skip
+            elif previous.get("config_hash") != key and not force:
                 raise RunDirectoryError(
                     f"{self.root} holds another run (config hash {previous.get('config_hash')}, this one {key}); "
                     "choose another --out directory or pass --force to replace its artifacts."

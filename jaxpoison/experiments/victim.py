@@ -23,6 +23,7 @@ from jaxpoison.attacks import (
     badnet_pixels,
     blended,
     brew_poisons,
+    candidate_pool,
     load_trigger,
     make_smooth_trigger,
     poison_dataset,
@@ -31,7 +32,14 @@ from jaxpoison.attacks import (
 )
 from jaxpoison.data import Dataset, load_splits, normalize, split_train_validation
 from jaxpoison.errors import InputError
-from jaxpoison.experiments.config import AttackConfig, DataConfig, RunConfig, VictimConfig
+from jaxpoison.experiments.config import (
+    AttackConfig,
+    ConfigError,
+    DataConfig,
+    RunConfig,
+    VictimConfig,
+    validate_classes,
+)
 from jaxpoison.experiments.store import RunStore
 from jaxpoison.models import FunctionalModel, create_model, to_functional
 from jaxpoison.selection import select_poisons
@@ -136,6 +144,29 @@ def clean_stage(store: RunStore, config: RunConfig, splits: Splits, progress: bo
 def poison_budget(attack: AttackConfig, train_size: int) -> int:
     """How many training images the attack poisons: ``attack.count``, else ``attack.rate`` of them."""
     return attack.count if attack.count is not None else max(1, round(attack.rate * train_size))
+
+
+def validate_against_data(config: RunConfig, splits: Splits) -> None:
+    """Everything about ``config`` that the data decides, checked before any stage runs.
+
+    The attack's classes exist, the poison budget fits the pool it is drawn from, and a
+    training batch fits the training set — so a run never trains a clean model only to find
+    that its attack cannot be built.
+    """
+    train = splits.train
+    validate_classes(config, train.num_classes)
+    attack = config.attack
+    budget = poison_budget(attack, len(train))
+    if attack.name != "brew":  # Witches' Brew draws its class with the target image, and checks then
+        pool = candidate_pool(train, attack.target, attack.source)
+        if budget > pool.size:
+            where = f"class {attack.source}" if attack.source is not None else f"the classes other than {attack.target}"
+            key = "attack.count" if attack.count is not None else "attack.rate"
+            raise ConfigError(f"{key} asks for {budget} poisons but {where} of the {len(train)}-image training set "
+                              f"has only {pool.size}; lower {key}.")  # fmt: skip
+    if config.victim.batch_size > len(train):
+        raise ConfigError(f"victim.batch_size={config.victim.batch_size} is larger than the {len(train)}-image "
+                          "training set; lower it.")  # fmt: skip
 
 
 def make_trigger(attack: AttackConfig, train_set: Dataset, clean: FunctionalModel, seed: int, progress: bool):

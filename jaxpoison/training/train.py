@@ -156,6 +156,8 @@ def train(
     """
     mesh = data_mesh() if mesh is None else mesh
     n = len(dataset)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer; got {seed!r}.")
     if recipe.batch_size > n:
         raise InputError(f"batch_size {recipe.batch_size} exceeds the {n} training examples; lower it.")
     if recipe.batch_size % mesh.devices.size:
