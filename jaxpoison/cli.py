@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxpoison.data import dataset_location, dataset_names, get_spec
-from jaxpoison.errors import InputError
+from jaxpoison.errors import InputError, RecoveryWarning
 from jaxpoison.experiments.config import UNLEARNERS
 from jaxpoison.fileio import atomic_write_text
 from jaxpoison.models import MODEL_NAMES
@@ -178,12 +178,19 @@ def _read_indices(path: Path) -> np.ndarray:
         raise InputError(f"{path} holds a boolean mask, not indices; save np.flatnonzero(mask) instead.")
     if values.dtype.kind not in "iuf":
         raise InputError(f"{path} holds {values.dtype} values; it must hold integer training indices.")
+    if values.ndim > 1:
+        raise InputError(f"{path} holds a {values.ndim}-D array of shape {values.shape}; save a 1-D list of indices.")
     values = values.reshape(-1)
     if values.size == 0:
         raise InputError(f"{path} holds no indices; flag at least one training point to unlearn.")
     if not np.all(np.isfinite(values)) or not np.all(np.equal(np.mod(values, 1), 0)):
         raise InputError(f"{path} must hold integer training indices (found non-integer or non-finite values).")
-    return values.astype(np.int64)
+    values = values.astype(np.int64)
+    unique, counts = np.unique(values, return_counts=True)
+    if (counts > 1).any():
+        raise InputError(f"{path} repeats training indices (e.g. {unique[counts > 1][:5].tolist()}); list each "
+                         "flagged point once.")  # fmt: skip
+    return values
 
 
 def _cmd_unlearn(args) -> int:
@@ -400,10 +407,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Recovery notes read as the CLI's own lines; other warnings keep Python's format."""
+    if issubclass(category, RecoveryWarning):
+        return f"jaxpoison: {message}\n"
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)
+
+
+_PYTHON_FORMAT = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command. User mistakes (bad input, damaged or misplaced files) print one line and exit 2;
     any other exception is a bug in jaxpoison and keeps its traceback."""
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _format_warning
     try:
         return args.func(args)
     except InputError as e:

@@ -15,3 +15,14 @@ class InputError(ValueError):
 
 class ArtifactError(InputError):
     """A stored artifact (a stage file, a checkpoint, factors) is missing, damaged or belongs to other inputs."""
+
+
+class RecoveryWarning(UserWarning):
+    """A damaged or stale artifact was discarded and is being recomputed; the message names it."""
+
+
+def warn_recovery(message: str) -> None:
+    """Say that an artifact is being recomputed (the CLI prints this as one ``jaxpoison:`` line)."""
+    import warnings
+
+    warnings.warn(message, RecoveryWarning, stacklevel=3)

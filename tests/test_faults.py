@@ -14,10 +14,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 
+import jax
 import numpy as np
 import pytest
 
+from jaxpoison.errors import RecoveryWarning
 from jaxpoison.experiments import get_preset, run_pipeline
 
 TINY = "digits-badnet-tiny"
@@ -89,8 +92,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("stage, locate, damage", CASES, ids=[f"{s}-{d.__name__.strip('_')}" for s, _, d in CASES])
-def test_a_damaged_artifact_is_redone_and_the_report_equals_an_undamaged_runs(finished, tmp_path, capsys, stage,
-                                                                                locate, damage):  # fmt: skip
+def test_a_damaged_artifact_is_redone_and_the_report_equals_an_undamaged_runs(finished, tmp_path, stage, locate,
+                                                                                damage):  # fmt: skip
     root, expected = finished
     copy = tmp_path / "run"
     shutil.copytree(root, copy)
@@ -98,9 +101,10 @@ def test_a_damaged_artifact_is_redone_and_the_report_equals_an_undamaged_runs(fi
     artifact = locate(directory)
     damage(artifact)
 
-    report = run_pipeline(get_preset(TINY), copy, progress=False)
+    with pytest.warns(RecoveryWarning) as notes:
+        report = run_pipeline(get_preset(TINY), copy, progress=False)
 
-    note = capsys.readouterr().err
+    note = " ".join(str(w.message) for w in notes)
     assert f"stage {stage} is damaged" in note and "recomputing" in note
     if artifact.name != "stage.json":
         assert artifact.relative_to(directory).as_posix() in note  # the note names the file
@@ -112,24 +116,25 @@ def test_a_damaged_artifact_is_redone_and_the_report_equals_an_undamaged_runs(fi
     assert saved["detection"]["delta_influence"]["n_flagged"] == flagged.size
 
 
-def test_the_issue_scenario_flags_replaced_on_disk_no_longer_contradict_the_report(finished, tmp_path, capsys):
+def test_the_issue_scenario_flags_replaced_on_disk_no_longer_contradict_the_report(finished, tmp_path):
     """Five valid indices written over Δ-Influence's flags: the table and the unlearning rows must still agree."""
     root, expected = finished
     copy = tmp_path / "run"
     shutil.copytree(root, copy)
     np.save(copy / "stages" / "detect__delta_influence" / "flagged.npy", np.arange(5))
-    report = run_pipeline(get_preset(TINY), copy, progress=False)
-    assert "flagged.npy changed since the stage finished" in capsys.readouterr().err
+    with pytest.warns(RecoveryWarning, match="flagged.npy changed since the stage finished"):
+        report = run_pipeline(get_preset(TINY), copy, progress=False)
     assert report["detection"]["delta_influence"]["n_flagged"] == expected["detection"]["delta_influence"]["n_flagged"]
     assert [r["psr"] for r in report["unlearning"]] == [r["psr"] for r in expected["unlearning"]]
 
 
-def test_an_intact_rerun_reuses_everything_and_reports_no_damage(finished, tmp_path, capsys):
+def test_an_intact_rerun_reuses_everything_and_reports_no_damage(finished, tmp_path):
     root, expected = finished
     copy = tmp_path / "run"
     shutil.copytree(root, copy)
-    report = run_pipeline(get_preset(TINY), copy, progress=False)
-    assert "damaged" not in capsys.readouterr().err
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RecoveryWarning)  # nothing to recover
+        report = run_pipeline(get_preset(TINY), copy, progress=False)
     assert all(v["this_run"] == "reused" for v in report["stages"].values())
     assert _results(report) == expected
 
@@ -164,3 +169,41 @@ def test_kill_9_during_factor_fitting_resumes_from_the_partial_sums(finished, tm
     assert "lambda" not in record["resumed"]  # that pass never saved anything
     assert not (factors / "partial").exists()  # superseded by the finished factors
     assert _results(report) == expected
+
+
+@pytest.mark.parametrize("damage", [_truncate, _empty], ids=["truncated", "emptied"])
+def test_a_damaged_training_checkpoint_is_dropped_and_its_epoch_retrained(tmp_path, damage):
+    from jaxpoison.models import create_model, to_functional
+    from jaxpoison.training import adam_recipe, train
+    from tests.conftest import make_dataset
+
+    data = make_dataset(n=96)
+    model = to_functional(create_model("mlp", data.image_shape, data.num_classes))
+    recipe = adam_recipe(epochs=3, batch_size=32)
+    straight = train(model, data, recipe, seed=1, checkpoint_dir=str(tmp_path / "ck"), progress=False)
+    for path in (tmp_path / "ck" / "3").rglob("*"):  # every file of the newest epoch's step
+        if path.is_file() and path.stat().st_size:
+            damage(path)
+
+    with pytest.warns(RecoveryWarning, match=r"checkpoint step 3 in .* is damaged .*resuming from the step before"):
+        again = train(model, data, recipe, seed=1, checkpoint_dir=str(tmp_path / "ck"), progress=False)
+
+    assert again.step_losses.size == len(data) // 32  # only the lost epoch ran again
+    for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(again.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_another_models_checkpoints_are_refused_and_left_untouched(tmp_path):
+    from jaxpoison.models import create_model, to_functional
+    from jaxpoison.training import CheckpointError, adam_recipe, train
+    from tests.conftest import make_dataset
+
+    data = make_dataset(n=64)
+    recipe = adam_recipe(epochs=1, batch_size=32)
+    small = to_functional(create_model("mlp", data.image_shape, data.num_classes, hidden=(8,)))
+    train(small, data, recipe, seed=0, checkpoint_dir=str(tmp_path), progress=False)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    wide = to_functional(create_model("mlp", data.image_shape, data.num_classes, hidden=(16,)))
+    with pytest.raises(CheckpointError, match="holds another model's arrays"):
+        train(wide, data, recipe, seed=0, checkpoint_dir=str(tmp_path), progress=False)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing deleted

@@ -177,6 +177,10 @@ def _write(tmp_path, name, payload):
         ("words.txt", "True\nFalse\n", "is not a .npy array or a text file of numbers"),
         ("strings.npy", np.array(["1", "2"]), "it must hold integer training indices"),
         ("missing.npy", None, "does not exist"),
+        ("repeats.npy", np.array([3, 3, 4]), "repeats training indices (e.g. [3])"),
+        ("matrix.npy", np.array([[1, 2], [3, 4]]), "holds a 2-D array of shape (2, 2)"),
+        ("outside.npy", np.array([10**7]), "lie outside the training set"),
+        ("negative.npy", np.array([-1, 3]), "lie outside the training set"),
     ],
 )
 def test_unlearn_refuses_flag_files_that_are_not_indices(finished_run, tmp_path, capsys, name, payload, message):

@@ -11,8 +11,9 @@ stage, and nothing downstream ever reads an artifact its record does not describ
 
 A directory holding another *finished* run (one with a report) is refused unless ``force``;
 one whose run stopped before its report is taken over by the next command, so a corrected
-command can reuse its ``--out``. Either way, only stages whose inputs did not change are reused. One process at a time may use a run directory:
-a second one is refused while the first holds the lock.
+command can reuse its ``--out``. Either way, only stages whose inputs did not change are
+reused. One process at a time may use a run directory: a second one is refused while the
+first holds the lock.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ import fcntl
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from jaxpoison.errors import InputError
+from jaxpoison.errors import InputError, warn_recovery
 from jaxpoison.experiments.config import config_hash
 from jaxpoison.fileio import atomic_write_text, file_digest
 
@@ -136,8 +136,8 @@ class RunStore:
             if previous.get("config_hash") != key and not force and not finished and previous:
                 # A run that stopped (an error, a kill) before its report: the corrected command may take
                 # the directory over; its stages are keyed, so only those whose inputs match are reused.
-                print(f"jaxpoison: {self.root} holds an unfinished run of another configuration; reusing the "
-                      "stages whose inputs match.", file=sys.stderr)  # fmt: skip
+                warn_recovery(f"{self.root} holds an unfinished run of another configuration; taking it over and "
+                              "reusing the stages whose inputs match.")  # fmt: skip
             elif previous.get("config_hash") != key and not force:
                 raise RunDirectoryError(
                     f"{self.root} holds another run (config hash {previous.get('config_hash')}, this one {key}); "
@@ -191,7 +191,7 @@ class RunStore:
             problem = damage(directory, files)
             if problem is None:
                 return saved
-        print(f"jaxpoison: stage {name} is damaged ({problem}): recomputing it.", file=sys.stderr)
+        warn_recovery(f"stage {name} is damaged ({problem}): recomputing it.")
         self.events.append((name, "damaged"))
         return None
 

@@ -34,7 +34,6 @@ import math
 import numbers
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -43,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison.data import Dataset, normalize
-from jaxpoison.errors import ArtifactError, InputError
+from jaxpoison.errors import ArtifactError, InputError, warn_recovery
 from jaxpoison.fileio import atomic_write_text
 from jaxpoison.influence.capture import (
     Layer,
@@ -298,8 +297,7 @@ _FINGERPRINT_WORDS = {
 
 
 def _discard_stage(directory: Path, reason: str) -> None:
-    # stacklevel 5: past _resumable_stage, fit_factors' manager and fit_factors, to its caller.
-    warnings.warn(f"partial factor sums in {directory} {reason}: discarding them and starting over.", stacklevel=5)
+    warn_recovery(f"partial factor sums in {directory} {reason}: discarding them and starting over.")
     shutil.rmtree(directory)
 
 

@@ -175,14 +175,17 @@ def train(
     meta = _checkpoint_meta(recipe, dataset, seed)
     if checkpoint_dir is not None:
         manager = ckpt.checkpoint_manager(checkpoint_dir)
-        found = ckpt.restore_latest(manager, {"params": params, "state": state, "opt_state": opt_state})
-        if found is not None:
-            _, tree, saved = found
+        def same_run(saved: dict) -> None:
             if saved.get("run") != meta:
                 raise ckpt.CheckpointError(
                     f"{checkpoint_dir} holds checkpoints of another run (different recipe, data or seed). "
                     "Use a fresh directory to start over."
                 )
+
+        found = ckpt.restore_latest(manager, {"params": params, "state": state, "opt_state": opt_state},
+                                    accept=same_run)  # fmt: skip
+        if found is not None:
+            _, tree, saved = found
             params, state, opt_state = replicate(mesh, (tree["params"], tree["state"], tree["opt_state"]))
             history = list(saved["history"])
             start_epoch = int(saved["epoch"])
