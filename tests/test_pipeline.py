@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from jaxpoison.cli import main
+from jaxpoison.errors import RecoveryWarning
 from jaxpoison.experiments import (
     ConfigError,
     RunDirectoryError,
@@ -138,7 +139,8 @@ def test_run_directory_guards(tmp_path):
     RunStore(tmp_path / "a", other, force=True).close()
     # A run that stopped before its report: the corrected command takes the directory over.
     RunStore(tmp_path / "c", config).close()
-    RunStore(tmp_path / "c", other).close()
+    with pytest.warns(RecoveryWarning, match="unfinished run of another configuration; taking it over"):
+        RunStore(tmp_path / "c", other).close()
     assert json.loads((tmp_path / "c" / "run.json").read_text())["config"] == other
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "thesis.tex").write_text("precious")
