@@ -78,17 +78,28 @@ def _name(path) -> str:
     return ".".join(str(k) for k in path)
 
 
-def _param_paths(tree, prefix=()) -> list[tuple]:
+def param_paths(tree, prefix=()) -> list[tuple]:
+    """Key paths of the leaves of a nested-dict parameter tree."""
     if isinstance(tree, dict):
         out = []
         for k, v in tree.items():
-            out += _param_paths(v, (*prefix, k))
+            out += param_paths(v, (*prefix, k))
         return out
     return [prefix]
 
 
 def find_layers(graphdef, params, state) -> tuple[list[Layer], list[str]]:
-    """The tracked layers of a model and the names of parameters none of them covers."""
+    """The tracked layers of a model and the names of parameters none of them covers.
+
+    ``graphdef`` is the model's static structure: an NNX ``GraphDef`` (models from
+    :func:`~jaxpoison.models.to_functional`) or a Linen structure (:func:`~jaxpoison.models.from_linen`).
+    """
+    from jaxpoison.models.linen import LinenStructure
+
+    if isinstance(graphdef, LinenStructure):
+        from jaxpoison.influence.linen_capture import find_linen_layers
+
+        return find_linen_layers(graphdef, params, state)
     module = nnx.merge(graphdef, params, state, copy=True)
     layers = []
     for path, sub in nnx.iter_graph(module):
@@ -107,7 +118,7 @@ def find_layers(graphdef, params, state) -> tuple[list[Layer], list[str]]:
         layers.append(Layer(_name(path), tuple(path), kind, tuple(sub.kernel.shape), sub.bias is not None, conv))
     covered = {(*layer.path, "kernel") for layer in layers}
     covered |= {(*layer.path, "bias") for layer in layers if layer.has_bias}
-    untracked = [_name(p) for p in _param_paths(nnx.to_pure_dict(params)) if tuple(p) not in covered]
+    untracked = [_name(p) for p in param_paths(nnx.to_pure_dict(params)) if tuple(p) not in covered]
     return layers, untracked
 
 
@@ -171,6 +182,12 @@ def tapped_apply(graphdef, layers: list[Layer]) -> Callable:
     added to each tracked layer's output; ``inputs``/``outputs`` map names to the
     layers' raw inputs and outputs.
     """
+    from jaxpoison.models.linen import LinenStructure
+
+    if isinstance(graphdef, LinenStructure):
+        from jaxpoison.influence.linen_capture import tapped_linen_apply
+
+        return tapped_linen_apply(graphdef, layers)
     tracked = {layer.name for layer in layers}
 
     def f(params, state, x, probes):

@@ -1,8 +1,9 @@
-"""Flax NNX models and the boundary that turns them into pure functions."""
+"""Models, and the boundary that turns Flax NNX and Linen models into pure functions."""
 
 from jaxpoison.models.cnn import CNN
 from jaxpoison.models.freq_cnn import FreqCNN
 from jaxpoison.models.functional import FunctionalModel, count_params, output_layer, replace_layer, to_functional
+from jaxpoison.models.linen import LinenStructure, from_linen
 from jaxpoison.models.mlp import MLP
 from jaxpoison.models.registry import MODEL_NAMES, create_model
 from jaxpoison.models.resnet import BasicBlock, ResNet18
@@ -16,9 +17,11 @@ __all__ = [
     "BasicBlock",
     "FreqCNN",
     "FunctionalModel",
+    "LinenStructure",
     "ResNet18",
     "count_params",
     "create_model",
+    "from_linen",
     "output_layer",
     "replace_layer",
     "to_functional",
