@@ -18,6 +18,7 @@ from typing import Any
 
 from jaxpoison.detection.delta_influence import DeltaConfig
 from jaxpoison.errors import InputError
+from jaxpoison.influence.scores import DEFAULT_DAMPING
 from jaxpoison.selection.registry import SELECTION_NAMES
 
 ATTACKS = ("badnet", "blended", "smooth", "brew")
@@ -100,7 +101,7 @@ class DetectionConfig:
     delta: Δ-Influence settings.
     fisher: ``"true"`` (sampled labels, kronfluence's default) or ``"empirical"`` Fisher for EK-FAC.
     factor_batch_size / score_batch_size: batch sizes of the factor fit and scoring passes.
-    damping: EK-FAC damping (``None``: 0.1 × mean eigenvalue).
+    damping: EK-FAC damping (the library's ``DEFAULT_DAMPING``; ``None``: 0.1 × mean eigenvalue).
     ekfac_threshold: score cut of the EK-FAC baseline (``None``: robust median + 5·MAD).
     trak_projection_dim: TRAK's projection size.
     freqdef_epochs / freqdef_train_size / freqdef_width: the FreqDef detector's budget.
@@ -112,7 +113,7 @@ class DetectionConfig:
     fisher: str = "true"
     factor_batch_size: int = 128
     score_batch_size: int = 256
-    damping: float | None = 1e-3
+    damping: float | None = DEFAULT_DAMPING
     ekfac_threshold: float | None = None
     trak_projection_dim: int = 256
     freqdef_epochs: int = 3

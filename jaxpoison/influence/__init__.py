@@ -36,6 +36,7 @@ from jaxpoison.influence.losses import (
     margin_measurement,
 )
 from jaxpoison.influence.scores import (
+    DEFAULT_DAMPING,
     SIGN_CONVENTION,
     ScoreConfig,
     Scores,
@@ -58,6 +59,7 @@ from jaxpoison.influence.solvers import (
 from jaxpoison.influence.trak import TrakConfig, trak_features, trak_scores
 
 __all__ = [
+    "DEFAULT_DAMPING",
     "MEASUREMENTS",
     "NUMERICS_VERSION",
     "SIGN_CONVENTION",

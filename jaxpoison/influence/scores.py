@@ -67,6 +67,13 @@ NON_FINITE_HINT = (
 )
 
 
+# The one default damping of the library (scores, detection configs, run presets). kronfluence's
+# 1e-8 (PAPER_DAMPING in the paper presets) divides directions that no training example spans by
+# almost nothing whenever a layer has more inputs than there are training points; 1e-3 keeps
+# those directions bounded and leaves the well-determined ones unchanged.
+DEFAULT_DAMPING = 1e-3
+
+
 @dataclasses.dataclass(frozen=True)
 class ScoreConfig:
     """How to score.
@@ -74,14 +81,14 @@ class ScoreConfig:
     Attributes:
       measurement: the query function: ``"margin"`` (kronfluence's −margin),
         ``"cross_entropy"``, or a per-example ``f(logits, label) -> scalar``.
-      damping: λ added to the curvature eigenvalues; ``None`` = 0.1 × mean eigenvalue per
-        layer. Ignored by the identity strategy.
+      damping: λ added to the curvature eigenvalues (default :data:`DEFAULT_DAMPING`);
+        ``None`` = 0.1 × mean eigenvalue per layer. Ignored by the identity strategy.
       batch_size: training examples per batch of the scoring pass.
       on_untracked: ``"warn"``, ``"error"`` or ``"ignore"`` for parameters no layer covers.
     """
 
     measurement: str | Callable = "margin"
-    damping: float | None = 1e-8
+    damping: float | None = DEFAULT_DAMPING
     batch_size: int = 128
     on_untracked: str = "warn"
 
