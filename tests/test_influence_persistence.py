@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -56,6 +58,25 @@ def test_scores_round_trip(tmp_path, setup):
     loaded = load_scores(tmp_path / "s")
     np.testing.assert_array_equal(loaded.values, scores.values)
     assert loaded.meta == scores.meta and loaded.meta["strategy"] == "identity"
+
+
+def test_saved_scores_are_verified_on_load(tmp_path, setup):
+    from jaxpoison.errors import ArtifactError
+
+    model, data = setup
+    first = pairwise_scores(model, data, data.images[:3], data.labels[:3], None, progress=False)
+    other = pairwise_scores(model, data, data.images[3:6], data.labels[3:6], None, progress=False)
+    save_scores(tmp_path / "a", first)
+    save_scores(tmp_path / "b", other)
+    shutil.rmtree(tmp_path / "a" / "values")
+    shutil.copytree(tmp_path / "b" / "values", tmp_path / "a" / "values")  # another run's values, same shape
+    with pytest.raises(ArtifactError, match=r"not the ones scores\.json records"):
+        load_scores(tmp_path / "a")
+    (tmp_path / "b" / "scores.json").write_text("{")
+    with pytest.raises(ArtifactError, match="is unreadable"):
+        load_scores(tmp_path / "b")
+    with pytest.raises(ArtifactError, match=r"scores\.json missing"):
+        load_scores(tmp_path / "nothing")
 
 
 class _Interrupt(Exception):

@@ -44,6 +44,7 @@ from jaxpoison.experiments.store import RunStore
 from jaxpoison.models import FunctionalModel, create_model, to_functional
 from jaxpoison.selection import select_poisons
 from jaxpoison.training import TrainRecipe, evaluate, predict_logits, train
+from jaxpoison.training.checkpoint import load_tree, save_tree
 
 
 class Splits(NamedTuple):
@@ -97,20 +98,13 @@ def init_model(config: VictimConfig, dataset: Dataset, seed: int) -> FunctionalM
 
 
 def save_model(directory: Path, model: FunctionalModel) -> None:
-    import orbax.checkpoint as ocp
-
-    with ocp.StandardCheckpointer() as saver:
-        saver.save(Path(directory).absolute() / "model", {"params": model.params, "state": model.state}, force=True)
+    save_tree(Path(directory) / "model", {"params": model.params, "state": model.state})
 
 
 def load_model(directory: Path, template: FunctionalModel) -> FunctionalModel:
     """Restore ``(params, state)`` saved by :func:`save_model` into the structure of ``template``."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": template.params, "state": template.state})
-    with ocp.StandardCheckpointer() as loader:
-        restored = loader.restore(Path(directory).absolute() / "model", abstract)
+    restored = load_tree(Path(directory) / "model", {"params": template.params, "state": template.state},
+                         what="model parameters")  # fmt: skip
     return template._replace(params=restored["params"], state=restored["state"])
 
 

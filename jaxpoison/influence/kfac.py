@@ -532,14 +532,13 @@ def save_factors(directory: str | os.PathLike, factors: Factors) -> None:
     ``factors.json`` is removed first and written last, atomically, so a save that dies
     half-way leaves no factors that look valid.
     """
-    import orbax.checkpoint as ocp
+    from jaxpoison.training.checkpoint import save_tree
 
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "factors.json").unlink(missing_ok=True)
     blocks = jax.device_get(factors.blocks)
-    with ocp.StandardCheckpointer() as saver:
-        saver.save(directory / "blocks", blocks, force=True)
+    save_tree(directory / "blocks", blocks)
     record = {"format": FACTORS_FORMAT, "meta": factors.meta, "sha256": _block_hashes(blocks)}
     atomic_write_text(directory / "factors.json", json.dumps(record, indent=2))
 
@@ -576,7 +575,7 @@ def load_factors(directory: str | os.PathLike, model: FunctionalModel) -> Factor
         the ones ``factors.json`` records (e.g. ``blocks/`` of another fit), or they were
         fitted on other parameters or name other layers than the model has.
     """
-    import orbax.checkpoint as ocp
+    from jaxpoison.training.checkpoint import CheckpointError, load_tree
 
     directory = Path(directory).absolute()
     record = _read_record(directory)
@@ -590,15 +589,10 @@ def load_factors(directory: str | os.PathLike, model: FunctionalModel) -> Factor
             f"model {params_hash(model.params)}); refit them for this model."
         )
     try:
-        with ocp.StandardCheckpointer() as loader:
-            blocks = loader.restore(directory / "blocks")
-        blocks = {name: {k: np.asarray(v) for k, v in b.items()} for name, b in blocks.items()}
-    except Exception as e:  # Orbax/TensorStore raise many types; all mean the same damaged directory
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise FactorArtifactError(
-            f"the factor arrays in {directory / 'blocks'} cannot be read ({type(e).__name__}: {first}); the directory "
-            f"is damaged or incomplete. Delete {directory} and fit the factors again."
-        ) from e
+        blocks = load_tree(directory / "blocks", what="factor arrays")
+    except CheckpointError as e:
+        raise FactorArtifactError(f"{e} Delete {directory} and fit the factors again.") from e
+    blocks = {name: {k: np.asarray(v) for k, v in b.items()} for name, b in blocks.items()}
     found = _block_hashes(blocks)
     if found != record["sha256"]:
         names = sorted({f"{n}/{k}" for n in set(found) | set(record["sha256"])

@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison.data import Dataset, normalize
-from jaxpoison.errors import InputError
+from jaxpoison.errors import ArtifactError, InputError
+from jaxpoison.fileio import atomic_write_text
 from jaxpoison.influence.capture import (
     Layer,
     capture,
@@ -44,6 +45,7 @@ from jaxpoison.influence.capture import (
 from jaxpoison.influence.kfac import (
     FactorError,
     Factors,
+    array_sha256,
     check_damping,
     check_finite,
     check_model,
@@ -398,23 +400,38 @@ def self_scores(
 
 
 def save_scores(directory: str | os.PathLike, scores: Scores) -> None:
-    """Write ``values`` with Orbax and the metadata as ``scores.json``."""
-    import orbax.checkpoint as ocp
+    """Write ``values`` with Orbax, then ``scores.json`` (metadata and the values' SHA-256) last and atomically."""
+    from jaxpoison.training.checkpoint import save_tree
 
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as saver:
-        saver.save(directory / "values", {"values": np.asarray(scores.values)}, force=True)
-    (directory / "scores.json").write_text(json.dumps(scores.meta, indent=2))
+    (directory / "scores.json").unlink(missing_ok=True)  # a crash before the end leaves no valid-looking scores
+    values = np.asarray(scores.values)
+    save_tree(directory / "values", {"values": values})
+    atomic_write_text(directory / "scores.json", json.dumps({"meta": scores.meta, "sha256": array_sha256(values)},
+                                                            indent=2))  # fmt: skip
 
 
 def load_scores(directory: str | os.PathLike) -> Scores:
-    """Read scores written by :func:`save_scores`."""
-    import orbax.checkpoint as ocp
+    """Read scores written by :func:`save_scores`, verifying the values against their recorded hash.
+
+    Raises:
+      ArtifactError: ``scores.json`` missing or unreadable, the values unreadable, or values that
+        are not the ones the record describes.
+    """
+    from jaxpoison.training.checkpoint import load_tree
 
     directory = Path(directory).absolute()
-    if not (directory / "scores.json").is_file():
-        raise FileNotFoundError(f"no scores in {directory} (scores.json missing).")
-    with ocp.StandardCheckpointer() as loader:
-        values = loader.restore(directory / "values")["values"]
-    return Scores(np.asarray(values), json.loads((directory / "scores.json").read_text()))
+    try:
+        record = json.loads((directory / "scores.json").read_text())
+        meta, digest = record["meta"], record["sha256"]
+    except FileNotFoundError:
+        raise ArtifactError(f"no scores in {directory} (scores.json missing); compute them again.") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ArtifactError(f"{directory / 'scores.json'} is unreadable or from an older jaxpoison "
+                            f"({type(e).__name__}); compute the scores again.") from None  # fmt: skip
+    values = np.asarray(load_tree(directory / "values", what="scores")["values"])
+    if array_sha256(values) != digest:
+        raise ArtifactError(f"the score values in {directory} are not the ones scores.json records; compute them "
+                            "again.")  # fmt: skip
+    return Scores(values, meta)

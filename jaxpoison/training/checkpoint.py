@@ -99,3 +99,30 @@ def _drop_damaged(manager: ocp.CheckpointManager, step: int, error: Exception) -
     warn_recovery(f"checkpoint step {step} in {manager.directory} is damaged ({_first_line(error)}): deleting it "
                   "and resuming from the step before.")  # fmt: skip
     manager.delete(step)
+
+
+def save_tree(path: str | os.PathLike, tree: Any) -> None:
+    """Write an array pytree to ``path`` with Orbax, replacing what is there; blocks until written.
+
+    The one writer of single-tree artifacts (models, factors, scores): callers record what the
+    tree is for — and its hashes — beside it, in their own JSON written last.
+    """
+    with ocp.StandardCheckpointer() as saver:
+        saver.save(os.path.abspath(path), tree, force=True)
+
+
+def load_tree(path: str | os.PathLike, template: Any = None, *, what: str = "arrays") -> Any:
+    """Read a pytree written by :func:`save_tree`, shaped like ``template`` when one is given.
+
+    Raises:
+      CheckpointError: the directory is missing, damaged or incomplete — one line naming it,
+        instead of the storage layer's own (very long) error.
+    """
+    abstract = None if template is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    try:
+        with ocp.StandardCheckpointer() as loader:
+            return loader.restore(os.path.abspath(path)) if abstract is None else loader.restore(
+                os.path.abspath(path), abstract)  # fmt: skip
+    except Exception as e:  # Orbax and TensorStore raise many types; all mean the same unreadable directory
+        raise CheckpointError(f"the {what} in {path} cannot be read ({_first_line(e)}); the directory is damaged or "
+                              "incomplete: delete it and compute it again.") from e  # fmt: skip
