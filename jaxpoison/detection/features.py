@@ -1,33 +1,19 @@
 """Penultimate-layer features of a dataset, the input of the feature-space detectors.
 
 Spectral signatures and activation clustering both look at a trained model's
-penultimate activations. :func:`penultimate_features` computes them in fixed-size
-batches (the last batch padded, as in :func:`jaxpoison.training.evaluate.iterate_padded`),
-so the jitted forward pass compiles once. :func:`check_features` is the shared input
-validation of the detectors.
+penultimate activations. :func:`penultimate_features` computes them with the library's one
+forward pass (:func:`jaxpoison.training.evaluate.forward`: fixed-size padded batches, compiled
+once). :func:`check_features` is the shared input validation of the detectors.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-
-import jax
-import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
-from jaxpoison.data import Dataset, normalize
+from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
 from jaxpoison.models.functional import FunctionalModel
-from jaxpoison.training.evaluate import iterate_padded
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _normalised_features(features, params, state, x, mean, std):
-    # `features` is static: jax keys its compilation cache on the function, so repeated
-    # calls with the same model and batch shape reuse one compiled program.
-    return features(params, state, normalize(x, mean, std))
+from jaxpoison.training.evaluate import forward
 
 
 def penultimate_features(
@@ -57,23 +43,9 @@ def penultimate_features(
         raise InputError("cannot compute features of an empty dataset (0 images).")
     if batch_size < 1:
         raise InputError(f"batch_size must be a positive integer; got {batch_size}.")
-    batch_size = min(int(batch_size), n)
-    mean = jnp.asarray(dataset.mean)
-    std = jnp.asarray(dataset.std)
-    out = []
-    batches = tqdm(
-        iterate_padded(n, batch_size),
-        total=math.ceil(n / batch_size),
-        desc="features",
-        disable=not progress,
-        leave=False,
-        mininterval=1.0,
-    )
-    for idx, valid in batches:
-        x = jnp.asarray(dataset.images[idx])
-        feats = _normalised_features(model.features, model.params, model.state, x, mean, std)
-        out.append(np.asarray(feats, dtype=np.float32)[valid])
-    return np.concatenate(out).reshape(n, -1)
+    features = forward(model.features, model.params, model.state, dataset, int(batch_size), progress=progress,
+                       desc="features")  # fmt: skip
+    return np.asarray(features, np.float32).reshape(n, -1)
 
 
 def check_features(features, labels=None) -> tuple[np.ndarray, np.ndarray | None]:

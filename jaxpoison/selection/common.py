@@ -8,7 +8,6 @@ dirty-label, all-to-one backdoor — and returns a :class:`Selection`.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -17,11 +16,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxpoison.attacks.poison import candidate_pool
-from jaxpoison.data import Dataset, normalize
+from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
 from jaxpoison.models import FunctionalModel, create_model, to_functional
 from jaxpoison.sharding import data_mesh, replicate, shard_batch
-from jaxpoison.training import adam_recipe, iterate_padded, make_train_step
+from jaxpoison.training import adam_recipe, make_train_step
+from jaxpoison.training.evaluate import forward as evaluate_forward
 
 
 class SelectionError(InputError):
@@ -102,21 +102,9 @@ def triggered(dataset: Dataset, indices, trigger, target: int, batch_size: int =
     )
 
 
-@functools.partial(jax.jit, static_argnames=("fn",))
-def _forward(fn, params, state, x, mean, std):
-    return fn(params, state, normalize(x, mean, std))
-
-
 def forward(fn: Callable, params, state, dataset: Dataset, batch_size: int = 512) -> np.ndarray:
-    """``fn(params, state, normalised images)`` over ``dataset`` in fixed-size padded batches.
-
-    ``fn`` is a model's ``apply`` (logits) or ``features``; it is jitted once per function
-    and batch shape.
-    """
-    batch_size = max(1, min(batch_size, len(dataset)))
-    out = [np.asarray(_forward(fn, params, state, dataset.images[idx], dataset.mean, dataset.std))[valid]
-           for idx, valid in iterate_padded(len(dataset), batch_size)]  # fmt: skip
-    return np.concatenate(out)
+    """``fn(params, state, normalised images)`` over ``dataset``: the library's one forward pass, at batch 512."""
+    return evaluate_forward(fn, params, state, dataset, batch_size)
 
 
 _COMPILED: dict[tuple, tuple] = {}

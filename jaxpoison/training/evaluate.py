@@ -1,7 +1,9 @@
-"""Accuracy and loss of a functional model on a dataset."""
+"""The one forward pass over a dataset, and the accuracy, loss and predictions read off it."""
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -9,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 from jaxpoison.data import Dataset, normalize
 from jaxpoison.errors import InputError
@@ -46,49 +49,65 @@ def predict_logits(apply: Callable, params: Any, state: Any, dataset: Dataset, b
       NonFiniteOutputError: some logits are NaN or infinite (a diverged model): their argmax
         would read as class 0 and pass for a prediction.
     """
-    out = _forward_all(apply, params, state, dataset, batch_size, labels=False)
-    return np.concatenate(out) if out else np.zeros((0, dataset.num_classes), np.float32)
+    if len(dataset) == 0:
+        return np.zeros((0, dataset.num_classes), np.float32)
+    return forward(apply, params, state, dataset, batch_size)
 
 
 def predict_labels(apply: Callable, params: Any, state: Any, dataset: Dataset, batch_size: int = 1000) -> np.ndarray:
     """Predicted classes ``[N]`` (int32), the argmax taken on device; refuses as :func:`predict_logits`."""
-    out = _forward_all(apply, params, state, dataset, batch_size, labels=True)
-    return np.concatenate(out) if out else np.zeros(0, np.int32)
+    if len(dataset) == 0:
+        return np.zeros(0, np.int32)
+    return forward(apply, params, state, dataset, batch_size, argmax=True)
 
 
-def _forward_all(apply, params, state, dataset: Dataset, batch_size: int, labels: bool) -> list[np.ndarray]:
-    batch_size = min(batch_size, max(len(dataset), 1))
-    forward = _jitted_forward(apply, labels)
+@functools.partial(jax.jit, static_argnames=("fn", "argmax"))
+def _forward_batch(fn, params, state, x, mean, std, *, argmax):
+    # `fn` is static: jax keys the compiled program on the function, so every pass with the same
+    # model function and batch shape reuses it. The finiteness flag per row is reduced in the same
+    # program as the forward pass: no second pass over the data.
+    out = fn(params, state, normalize(x, mean, std))
+    finite = jnp.all(jnp.isfinite(out.reshape(out.shape[0], -1)), axis=-1)
+    return (jnp.argmax(out, -1).astype(jnp.int32) if argmax else out), finite
+
+
+def forward(
+    fn: Callable,
+    params: Any,
+    state: Any,
+    dataset: Dataset,
+    batch_size: int = 1000,
+    *,
+    argmax: bool = False,
+    progress: bool = False,
+    desc: str = "forward",
+) -> np.ndarray:
+    """The one forward pass over a dataset: ``fn(params, state, normalised images)`` for every example.
+
+    ``fn`` is a model's ``apply`` (logits) or ``features``. Batches have one fixed size (the
+    last is padded and the padding dropped), so the pass compiles once per function and
+    batch shape. ``argmax`` returns the predicted classes instead, computed on device.
+
+    Raises:
+      NonFiniteOutputError: some outputs are NaN or infinite (a diverged model).
+    """
+    n = len(dataset)
+    batch_size = min(batch_size, max(n, 1))
     out, bad = [], 0
-    for idx, valid in iterate_padded(len(dataset), batch_size):
-        x = jnp.asarray(dataset.images[idx])
-        result, finite = forward(params, state, x, dataset.mean, dataset.std)
+    batches = tqdm(iterate_padded(n, batch_size), total=math.ceil(n / batch_size), desc=desc, disable=not progress,
+                   leave=False, mininterval=1.0)  # fmt: skip
+    for idx, valid in batches:
+        result, finite = _forward_batch(fn, params, state, jnp.asarray(dataset.images[idx]), dataset.mean,
+                                        dataset.std, argmax=argmax)  # fmt: skip
         out.append(np.asarray(result)[valid])
         bad += int(np.sum(~np.asarray(finite)[valid]))
     if bad:
         raise NonFiniteOutputError(
-            f"the model produces non-finite outputs (NaN or infinite logits) on {bad} of {len(dataset)} examples, "
+            f"the model produces non-finite outputs (NaN or infinite values) on {bad} of {n} examples, "
             "so its predictions mean nothing; it has most likely diverged in training: retrain it with a lower "
             "learning rate, or check its parameters and the inputs for non-finite values."
         )
-    return out
-
-
-_FORWARD_CACHE: dict[tuple[Callable, bool], Callable] = {}
-
-
-def _jitted_forward(apply: Callable, labels: bool = False) -> Callable:
-    # One jitted wrapper per apply function (and output), so repeated evaluations do not retrace.
-    # The finiteness flag per row is reduced in the same program as the forward pass: no second pass.
-    if (apply, labels) not in _FORWARD_CACHE:
-
-        def forward(p, s, x, mean, std):
-            logits = apply(p, s, normalize(x, mean, std))
-            finite = jnp.all(jnp.isfinite(logits), axis=-1)
-            return (jnp.argmax(logits, -1).astype(jnp.int32) if labels else logits), finite
-
-        _FORWARD_CACHE[apply, labels] = jax.jit(forward)
-    return _FORWARD_CACHE[apply, labels]
+    return np.concatenate(out)
 
 
 def evaluate(apply: Callable, params: Any, state: Any, dataset: Dataset, batch_size: int = 1000) -> EvalResult:
