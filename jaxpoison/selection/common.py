@@ -11,16 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxpoison.attacks.poison import candidate_pool
 from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
 from jaxpoison.models import FunctionalModel, create_model, to_functional
-from jaxpoison.sharding import data_mesh, replicate, shard_batch
-from jaxpoison.training import adam_recipe, make_train_step
+from jaxpoison.sharding import data_mesh
+from jaxpoison.training import adam_recipe, make_train_step, train
 from jaxpoison.training.evaluate import forward as evaluate_forward
 
 
@@ -116,10 +114,9 @@ class ProxyTrainer:
 
     FUS and RD train a new proxy model every round on a poisoned set of the same size;
     building the step once and re-initialising only the parameters avoids a recompile
-    per round. The loop is :func:`jaxpoison.training.train`'s (same permutation and key
-    derivation, last partial batch dropped, batches sharded over all devices) without
-    checkpoints, plus a hook that sees the parameters after every epoch — FUS needs
-    them to record its per-epoch correctness.
+    per round. The loop is :func:`jaxpoison.training.train` itself, given the prebuilt
+    step and a hook that sees the parameters after every epoch (FUS records its per-epoch
+    correctness there).
     """
 
     def __init__(self, model: str, model_kwargs: dict, dataset: Dataset, *, epochs: int, learning_rate: float,
@@ -171,22 +168,9 @@ class ProxyTrainer:
         if len(dataset) != self.n or not (np.array_equal(dataset.mean, self.mean)
                                           and np.array_equal(dataset.std, self.std)):  # fmt: skip
             raise AssertionError("ProxyTrainer.fit needs a dataset of the size and normalisation it was built for.")
-        fresh = self.init(seed)
-        params, state = replicate(self.mesh, (fresh.params, fresh.state))
-        opt_state = replicate(self.mesh, self.optimizer.init(params))
-        key = jax.random.key(seed)
-        bs = self.recipe.batch_size
-        for epoch in tqdm(range(self.recipe.epochs), desc=desc, disable=not progress, leave=False):
-            order = np.random.default_rng([seed, epoch]).permutation(self.n)
-            epoch_key = jax.random.fold_in(key, epoch)
-            for s in range(self.steps):
-                idx = order[s * bs : (s + 1) * bs]
-                x, y = shard_batch(self.mesh, dataset.images[idx], dataset.labels[idx])
-                params, state, opt_state, _, _ = self.step(params, state, opt_state, jax.random.fold_in(epoch_key, s),
-                                                           x, y)  # fmt: skip
-            if on_epoch is not None:
-                on_epoch(epoch, params, state)
-        return self.template._replace(params=params, state=state)
+        result = train(self.init(seed), dataset, self.recipe, seed=seed, mesh=self.mesh, progress=progress,
+                       on_epoch_state=on_epoch, step_fn=self.step, desc=desc)  # fmt: skip
+        return self.template._replace(params=result.params, state=result.state)
 
 
 def round_seed(seed: int, round_index: int, salt: int = 0) -> int:

@@ -128,6 +128,9 @@ def train(
     checkpoint_dir: str | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[dict], None] | None = None,
+    on_epoch_state: Callable[[int, Any, Any], None] | None = None,
+    step_fn: Callable | None = None,
+    desc: str | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``dataset`` following ``recipe``.
 
@@ -143,6 +146,12 @@ def train(
         that finds checkpoints there resumes from the newest one.
       progress: show a progress bar per epoch.
       on_epoch_end: called with each epoch's history record (after checkpointing).
+      on_epoch_state: called with ``(epoch index, params, state)`` after each epoch, for
+        callers that read the model itself as it trains (FUS's per-epoch correctness).
+      step_fn: a train step already built by :func:`make_train_step` for this ``model``'s
+        functions, ``recipe`` and the dataset's normalisation: callers that train many fresh
+        copies of one architecture (the selection proxies) pass it so it compiles once.
+      desc: what is training, for the progress bar (``"victim · epoch 2/5"``).
 
     Returns:
       A :class:`TrainResult`. Each epoch drops the last partial batch (a different
@@ -190,7 +199,8 @@ def train(
             history = list(saved["history"])
             start_epoch = int(saved["epoch"])
 
-    step_fn = make_train_step(model, optimizer, recipe, dataset.mean, dataset.std)
+    if step_fn is None:
+        step_fn = make_train_step(model, optimizer, recipe, dataset.mean, dataset.std)
     base_key = jax.random.key(seed)
     step_losses: list[jax.Array] = []
     t_start = time.perf_counter()
@@ -199,8 +209,8 @@ def train(
         order = np.random.default_rng([seed, epoch]).permutation(n)
         epoch_key = jax.random.fold_in(base_key, epoch)
         losses, corrects = [], []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not progress,
-                   leave=False, mininterval=1.0)  # fmt: skip
+        label = f"epoch {epoch + 1}/{recipe.epochs}" if desc is None else f"{desc} · epoch {epoch + 1}/{recipe.epochs}"
+        bar = tqdm(range(steps_per_epoch), desc=label, disable=not progress, leave=False, mininterval=1.0)
         for s in bar:
             idx = order[s * recipe.batch_size : (s + 1) * recipe.batch_size]
             x, y = shard_batch(mesh, dataset.images[idx], dataset.labels[idx])
@@ -234,6 +244,8 @@ def train(
             )
         if on_epoch_end is not None:
             on_epoch_end(record)
+        if on_epoch_state is not None:
+            on_epoch_state(epoch, params, state)
     seconds = time.perf_counter() - t_start
     losses_host = np.asarray(jax.device_get(step_losses)).reshape(-1) if step_losses else np.zeros(0, np.float32)
     return TrainResult(params, state, history, losses_host, seconds)
