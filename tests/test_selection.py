@@ -28,6 +28,7 @@ from jaxpoison.influence import (
     dense_hessian,
     flatten,
     flatten_batch,
+    full_ihvp,
     per_example_grads,
     solve_dense,
 )
@@ -252,9 +253,9 @@ def test_lissa_candidate_influence_matches_exact_influence_on_logistic_regressio
         # The batched JVP pass is exactly the per-example gradient dot product, compiled once.
         got = candidate_influence(model, s_exact, cands, batch_size=8)
         np.testing.assert_allclose(got, exact, rtol=1e-9, atol=1e-12)
-        compiled = ifs_module._influence_batch._cache_size()
+        compiled = full_ihvp._influence_batch._cache_size()
         candidate_influence(model, s_exact, cands, batch_size=8)
-        assert ifs_module._influence_batch._cache_size() == compiled
+        assert full_ihvp._influence_batch._cache_size() == compiled
 
         # One minibatch LiSSA run ranks the candidates like the dense inverse.
         top = float(jnp.linalg.eigvalsh(hessian)[-1])

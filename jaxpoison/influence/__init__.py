@@ -14,6 +14,13 @@ from jaxpoison.influence.capture import (
     per_example_layer_gradients,
     tapped_apply,
 )
+from jaxpoison.influence.full_ihvp import (
+    candidate_influence,
+    lissa_inverse_hvp,
+    lissa_residual,
+    mean_loss_gradient,
+    top_curvature_eigenvalue,
+)
 from jaxpoison.influence.grads import example_loss, flatten, flatten_batch, per_example_grads, tree_dot
 from jaxpoison.influence.hvp import dense_gauss_newton, dense_hessian, gnvp, hvp
 from jaxpoison.influence.kfac import (
@@ -75,6 +82,7 @@ __all__ = [
     "TrakConfig",
     "UntrackedParametersError",
     "batch_loss",
+    "candidate_influence",
     "capture",
     "conjugate_gradient",
     "conv_patches",
@@ -94,9 +102,12 @@ __all__ = [
     "hvp",
     "layer_gradient",
     "lissa",
+    "lissa_inverse_hvp",
+    "lissa_residual",
     "load_factors",
     "load_scores",
     "margin_measurement",
+    "mean_loss_gradient",
     "pairwise_scores",
     "params_hash",
     "per_example_grads",
@@ -108,6 +119,7 @@ __all__ = [
     "self_scores",
     "solve_dense",
     "tapped_apply",
+    "top_curvature_eigenvalue",
     "trak_features",
     "trak_scores",
     "tree_dot",
