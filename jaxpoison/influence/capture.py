@@ -18,13 +18,16 @@ Every other parameter (BatchNorm scales, custom layers) is reported by name by
 
 Layer gradients use the kernel's layout: a layer's gradient is a matrix
 ``[in_dim, out]`` where ``in_dim`` is the flattened kernel input (``kh·kw·c_in``
-for a convolution) plus one row for the bias when the layer has one.
+for a convolution) plus one row for the bias when the layer has one. Frameworks that
+store weights output-first (Equinox: ``[out, in]`` and OIHW kernels acting on CHW
+activations) are brought to this convention by :func:`capture` and :func:`layer_gradient`.
 """
 
 from __future__ import annotations
 
 import contextvars
 import dataclasses
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +51,9 @@ class Layer:
       kernel_shape: shape of the kernel parameter.
       has_bias: whether a bias parameter exists (adds a row of ones to the inputs).
       conv: for convolutions, ``(kernel_size, strides, padding, input_dilation, kernel_dilation)``.
+      kernel_key / bias_key: the names of the weight and bias parameters under ``path``.
+      layout: ``"io"`` — kernel ``[in, out]`` or HWIO, channels-last activations (NNX, Linen);
+        ``"oi"`` — weight ``[out, in]`` or OIHW, channels-first activations (Equinox).
     """
 
     name: str
@@ -56,14 +62,17 @@ class Layer:
     kernel_shape: tuple[int, ...]
     has_bias: bool
     conv: tuple | None = None
+    kernel_key: str = "kernel"
+    bias_key: str = "bias"
+    layout: str = "io"
 
     @property
     def in_features(self) -> int:
-        return int(np.prod(self.kernel_shape[:-1]))
+        return int(np.prod(self.kernel_shape[1:] if self.layout == "oi" else self.kernel_shape[:-1]))
 
     @property
     def out_features(self) -> int:
-        return int(self.kernel_shape[-1])
+        return int(self.kernel_shape[0] if self.layout == "oi" else self.kernel_shape[-1])
 
     @property
     def in_dim(self) -> int:
@@ -88,14 +97,25 @@ def param_paths(tree, prefix=()) -> list[tuple]:
     return [prefix]
 
 
+def _is_equinox(graphdef) -> bool:
+    # Never imports equinox (an optional extra): an EquinoxStructure exists only once its module is loaded.
+    module = sys.modules.get("jaxpoison.models.equinox")
+    return module is not None and isinstance(graphdef, module.EquinoxStructure)
+
+
 def find_layers(graphdef, params, state) -> tuple[list[Layer], list[str]]:
     """The tracked layers of a model and the names of parameters none of them covers.
 
     ``graphdef`` is the model's static structure: an NNX ``GraphDef`` (models from
-    :func:`~jaxpoison.models.to_functional`) or a Linen structure (:func:`~jaxpoison.models.from_linen`).
+    :func:`~jaxpoison.models.to_functional`), a Linen structure (:func:`~jaxpoison.models.from_linen`)
+    or an Equinox structure (:func:`~jaxpoison.models.from_equinox`).
     """
     from jaxpoison.models.linen import LinenStructure
 
+    if _is_equinox(graphdef):
+        from jaxpoison.influence.equinox_capture import find_equinox_layers
+
+        return find_equinox_layers(graphdef, params, state)
     if isinstance(graphdef, LinenStructure):
         from jaxpoison.influence.linen_capture import find_linen_layers
 
@@ -184,6 +204,10 @@ def tapped_apply(graphdef, layers: list[Layer]) -> Callable:
     """
     from jaxpoison.models.linen import LinenStructure
 
+    if _is_equinox(graphdef):
+        from jaxpoison.influence.equinox_capture import tapped_equinox_apply
+
+        return tapped_equinox_apply(graphdef, layers)
     if isinstance(graphdef, LinenStructure):
         from jaxpoison.influence.linen_capture import tapped_linen_apply
 
@@ -297,9 +321,11 @@ def capture(
     out_grads, (logits, inputs) = jax.grad(total_loss, has_aux=True)(zeros)
     captured = {}
     for layer in layers:
-        g = out_grads[layer.name]
+        g, x_in = out_grads[layer.name], inputs[layer.name]
+        if layer.layout == "oi" and layer.kind == "conv":  # [N, C, H, W] -> NHWC, the layout of the patches
+            g, x_in = jnp.moveaxis(g, 1, -1), jnp.moveaxis(x_in, 1, -1)
         # Inputs in the layer's compute dtype (the dtype of its output), as the layer itself promotes them.
-        a = layer_activations(inputs[layer.name].astype(g.dtype), layer)
+        a = layer_activations(x_in.astype(g.dtype), layer)
         g = g.reshape(a.shape[0], -1, layer.out_features)
         if mask is not None:
             a = a * mask[:, None, None].astype(a.dtype)
@@ -312,16 +338,18 @@ def layer_gradient(params_grad: Any, layer: Layer) -> jax.Array:
     node = nnx.to_pure_dict(params_grad) if not isinstance(params_grad, dict) else params_grad
     for k in layer.path:
         node = node[k]
-    kernel = node["kernel"]
+    kernel = node[layer.kernel_key]
     lead = kernel.shape[: kernel.ndim - len(layer.kernel_shape)]
+    if layer.layout == "oi":  # [out, in, kh, kw] -> [kh, kw, in, out]: the HWIO order of the patches
+        kernel = jnp.moveaxis(jnp.moveaxis(kernel, len(lead), -1), len(lead), -2)
     mat = kernel.reshape(*lead, layer.in_features, layer.out_features)
     if layer.has_bias:
-        mat = jnp.concatenate([mat, node["bias"][..., None, :]], axis=-2)
+        bias = node[layer.bias_key]
+        bias = bias[..., None, :] if layer.layout == "io" else bias.reshape(*lead, 1, layer.out_features)
+        mat = jnp.concatenate([mat, bias], axis=-2)
     return mat
 
 
 def per_example_layer_gradients(a: jax.Array, g: jax.Array) -> jax.Array:
     """``Σ_p a_p g_pᵀ`` per example: ``[N, in_dim, out]``."""
     return jnp.einsum("npi,npo->nio", a, g)
-
-

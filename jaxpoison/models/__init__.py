@@ -1,4 +1,4 @@
-"""Models, and the boundary that turns Flax NNX and Linen models into pure functions."""
+"""Models, and the boundary that turns Flax NNX, Linen and Equinox models into pure functions."""
 
 from jaxpoison.models.cnn import CNN
 from jaxpoison.models.freq_cnn import FreqCNN
@@ -15,14 +15,25 @@ __all__ = [
     "MODEL_NAMES",
     "VGG16",
     "BasicBlock",
+    "EquinoxStructure",
     "FreqCNN",
     "FunctionalModel",
     "LinenStructure",
     "ResNet18",
     "count_params",
     "create_model",
+    "from_equinox",
     "from_linen",
     "output_layer",
     "replace_layer",
     "to_functional",
 ]
+
+
+def __getattr__(name: str):
+    # Equinox is an optional extra: import it only when its adapter is asked for.
+    if name in ("EquinoxStructure", "from_equinox"):
+        from jaxpoison.models import equinox
+
+        return getattr(equinox, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

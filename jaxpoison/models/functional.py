@@ -83,8 +83,9 @@ def count_params(params: PyTree) -> int:
 def output_layer(model: FunctionalModel, image_shape: tuple[int, ...]) -> str:
     """Name of the top-level parameter group that maps the penultimate features to the logits.
 
-    Found by shape — the group holding a ``[feature_dim, num_classes]`` kernel — so it works
-    for every architecture that exposes ``features`` (all of :mod:`jaxpoison.models`).
+    Found by shape — the group holding a ``[feature_dim, num_classes]`` kernel (or an Equinox
+    ``[num_classes, feature_dim]`` weight) — so it works for every architecture that exposes
+    ``features`` (all of :mod:`jaxpoison.models`).
 
     Raises:
       ValueError: no group, or more than one, has that shape.
@@ -92,8 +93,10 @@ def output_layer(model: FunctionalModel, image_shape: tuple[int, ...]) -> str:
     x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
     width = jax.eval_shape(model.features, model.params, model.state, x).shape[-1]
     classes = jax.eval_shape(model.apply, model.params, model.state, x).shape[-1]
+    # [width, classes] for Flax kernels, [classes, width] for Equinox/PyTorch-style weights
+    shapes = {(width, classes), (classes, width)}
     names = [name for name in model.params
-             if any(leaf.shape == (width, classes) for leaf in jax.tree.leaves(model.params[name]))]  # fmt: skip
+             if any(leaf.shape in shapes for leaf in jax.tree.leaves(model.params[name]))]  # fmt: skip
     if len(names) != 1:
         raise InputError(f"expected one parameter group with a ({width}, {classes}) output kernel; found {names}.")
     return names[0]
