@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # Bring your own model: poison, detect and unlearn with a Flax Linen model
+# # Bring your own model: poison, detect and unlearn with a Flax Linen or an Equinox model
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/)
 # *(Colab: upload this notebook, then install jaxpoison in the first cell — `pip install -e .` from a clone.)*
@@ -131,3 +131,70 @@ plt.show()
 unlearned = exact_unlearning(fresh_model(0), poisoned.dataset, found.flagged, recipe, progress=False).model
 after = attack_metrics(unlearned.apply, unlearned.params, unlearned.state, test_set, trigger, TARGET)
 print(f"after unlearning: clean accuracy {after['clean_accuracy']:.3f}, poison success {after['asr']:.3f}")
+
+# %% [markdown]
+# ## 4. The same loop with an Equinox model
+#
+# `from_equinox` takes an Equinox module that classifies one example at a time (the Equinox
+# convention) and vmaps it over batches; `channels_first=True` hands it CHW images. Its
+# `eqx.nn.Linear` and `eqx.nn.Conv2d` layers are found by walking the module and tapped in a
+# private copy. (Outside this repository's test environment: `pip install jaxpoison[equinox]`.)
+
+# %%
+import equinox as eqx
+
+from jaxpoison.models import from_equinox
+
+
+class EquinoxCNN(eqx.Module):
+    conv1: eqx.nn.Conv2d
+    conv2: eqx.nn.Conv2d
+    hidden: eqx.nn.Linear
+    head: eqx.nn.Linear
+
+    def __init__(self, key, channels=1, side=8, num_classes=10):
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        self.conv1 = eqx.nn.Conv2d(channels, 32, 3, padding="SAME", key=k1)
+        self.conv2 = eqx.nn.Conv2d(32, 64, 3, padding="SAME", key=k2)
+        self.hidden = eqx.nn.Linear((side // 4) ** 2 * 64, 128, key=k3)
+        self.head = eqx.nn.Linear(128, num_classes, key=k4)
+
+    def features(self, x):  # one CHW image
+        pool = eqx.nn.MaxPool2d(2, stride=2)
+        x = pool(jax.nn.relu(self.conv1(x)))
+        x = pool(jax.nn.relu(self.conv2(x)))
+        return jax.nn.relu(self.hidden(x.reshape(-1)))
+
+    def __call__(self, x):
+        return self.head(self.features(x))
+
+
+def fresh_equinox(seed):
+    return from_equinox(EquinoxCNN(jax.random.key(seed)), train_set.image_shape, channels_first=True)
+
+
+result = train(fresh_equinox(0), poisoned.dataset, recipe, progress=False)
+victim_eqx = fresh_equinox(0)._replace(params=result.params, state=result.state)
+before_eqx = attack_metrics(victim_eqx.apply, victim_eqx.params, victim_eqx.state, test_set, trigger, TARGET)
+print(f"Equinox victim: clean accuracy {before_eqx['clean_accuracy']:.3f}, poison success {before_eqx['asr']:.3f}")
+
+hits = victim_eqx.apply(victim_eqx.params, victim_eqx.state, normalised).argmax(-1) == TARGET
+point_eqx = triggered[int(np.flatnonzero(hits)[0])]
+factors_eqx = fit_factors(victim_eqx, poisoned.dataset, FactorConfig(strategy="ekfac", batch_size=64), progress=False)
+found_eqx = delta_influence(victim_eqx, poisoned.dataset, point_eqx, TARGET, factors_eqx, DeltaConfig(),
+                            ScoreConfig(damping=1e-3, batch_size=128), progress=False)  # fmt: skip
+metrics_eqx = detection_metrics(found_eqx.flagged, poisons, len(poisoned.dataset), found_eqx.scores)
+print("Equinox", {k: round(metrics_eqx[k], 3) for k in ("tpr", "precision", "auroc")},
+      f"{found_eqx.flagged.size} flagged")  # fmt: skip
+
+unlearned_eqx = exact_unlearning(fresh_equinox(0), poisoned.dataset, found_eqx.flagged, recipe, progress=False).model
+after_eqx = attack_metrics(unlearned_eqx.apply, unlearned_eqx.params, unlearned_eqx.state, test_set, trigger, TARGET)
+print(f"Equinox after unlearning: clean accuracy {after_eqx['clean_accuracy']:.3f}, "
+      f"poison success {after_eqx['asr']:.3f}")  # fmt: skip
+
+# %% [markdown]
+# The Equinox victim learns the backdoor more firmly (on a 2-core CPU: poison success 0.94 against
+# 0.90), and from its single identified test point Δ-Influence recovers half of its poisons (TPR
+# 0.50 against 0.83 for the Linen model), so exact unlearning halves the backdoor (0.44) instead of
+# removing it. One identified test point is the paper's setting; `DeltaConfig` and the run presets
+# also take several points (`detection.test_points`), whose flags are intersected.

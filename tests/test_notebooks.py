@@ -17,7 +17,8 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.py"))
 EXPECTED = {
     "training_quickstart": (("devices:", "parameters", "test accuracy:"), 2),
     "delta_influence_quickstart": (("poisons among", "{'tpr':", "| Δ-Influence | eu |"), 2),
-    "bring_your_own_model": (("poisons among", "victim: clean accuracy", "{'tpr':", "after unlearning:"), 1),
+    "bring_your_own_model": (("poisons among", "victim: clean accuracy", "{'tpr':", "after unlearning:",
+                              "Equinox victim:", "Equinox {'tpr':", "Equinox after unlearning:"), 1),
 }
 
 
@@ -92,8 +93,10 @@ def test_notebook_executes(script, tmp_path, inline_figures):
         assert metrics["tpr"] >= 0.9 and metrics["n_flagged"] > 0  # the tiny preset's poisons are found
         assert (tmp_path / "runs" / "notebook" / "report.md").is_file()
     if script.stem == "bring_your_own_model":
-        psr = [float(v) for v in re.findall(r"poison success ([0-9.]+)", text)]
-        assert psr[0] > 0.5 and psr[-1] < psr[0] / 2  # a working backdoor, then most of it unlearned
+        linen_before, linen_after, eqx_before, eqx_after = (float(v) for v in re.findall(r"poison success ([0-9.]+)",
+                                                                                            text))  # fmt: skip
+        assert linen_before > 0.5 and linen_after < linen_before / 2  # a working backdoor, then most of it unlearned
+        assert eqx_before > 0.5 and eqx_after < eqx_before
 
 
 def _tiny_notebook(*sources: str):
