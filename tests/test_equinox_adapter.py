@@ -17,22 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpoison.data import Dataset, Provenance
-from jaxpoison.detection import DeltaConfig, delta_influence
 from jaxpoison.errors import InputError
 from jaxpoison.influence import (
-    FactorConfig,
-    ScoreConfig,
     cross_entropy,
     find_layers,
-    fit_factors,
     layer_gradient,
-    pairwise_scores,
     per_example_grads,
 )
 from jaxpoison.influence.capture import capture, per_example_layer_gradients, tapped_apply
-from jaxpoison.models import create_model, from_equinox, to_functional
+from jaxpoison.models import from_equinox
 from jaxpoison.training import adam_recipe, evaluate, train
+from tests.twins import CLASSES, SHAPE, assert_twin_scores_alike, nnx_reference, tiny_data
 
 
 @pytest.fixture(autouse=True)
@@ -72,26 +67,11 @@ class EquinoxCNN(eqx.Module):
         return self.fc2(self.features(x))
 
 
-SHAPE, CLASSES = (8, 8, 1), 4
-
-
-def _data(n, seed) -> Dataset:
-    rng = np.random.default_rng(seed)
-    return Dataset(rng.random((n, *SHAPE), dtype=np.float32), rng.integers(0, CLASSES, n).astype(np.int32),
-                   tuple(map(str, range(CLASSES))), np.full(1, 0.5, np.float32), np.full(1, 0.3, np.float32),
-                   Provenance("synthetic", "tiny", "train"))  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def twins():
     """The NNX CNN in float64 and its Equinox twin holding the very same weights."""
     with jax.enable_x64(True):
-        nnx_model = to_functional(create_model("cnn", SHAPE, CLASSES, width=2, hidden=6))
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), nnx_model.params)
-        nnx_model = nnx_model._replace(params=params)
-        from flax import nnx
-
-        w = nnx.to_pure_dict(params)
+        nnx_model, w = nnx_reference()
         net = EquinoxCNN(SHAPE[-1], CLASSES, SHAPE[0], key=jax.random.key(1))
         net = eqx.tree_at(
             lambda m: (m.conv1.weight, m.conv1.bias, m.conv2.weight, m.conv2.bias, m.fc1.weight, m.fc1.bias,
@@ -162,26 +142,7 @@ def test_equinox_captured_gradients_equal_vmap_grad(twins):
 
 def test_factors_scores_and_delta_influence_flags_equal_the_nnx_models(twins):
     nnx_model, eqx_model = twins
-    models = {"nnx": nnx_model, "equinox": eqx_model}
-    data, queries = _data(24, 0), _data(3, 7)
-    config = FactorConfig(strategy="ekfac", fisher="empirical", batch_size=8)
-    factors = {name: fit_factors(m, data, config, progress=False) for name, m in models.items()}
-    # Layer names coincide here (both use the attribute names); factors are in the [in_dim, out] convention.
-    for name, block in factors["nnx"].blocks.items():
-        for key, value in block.items():  # absolute values: eigenvector signs are arbitrary
-            got = np.abs(factors["equinox"].blocks[name][key])
-            np.testing.assert_allclose(got, np.abs(value), rtol=1e-8, atol=1e-12, err_msg=f"{name}.{key}")
-    score = ScoreConfig(damping=0.01, batch_size=8)
-    scores = {name: pairwise_scores(m, data, queries.images, queries.labels, factors[name], score,
-                                    progress=False).values for name, m in models.items()}  # fmt: skip
-    np.testing.assert_allclose(scores["equinox"], scores["nnx"], rtol=1e-8, atol=1e-12)
-
-    point = queries.images[0]
-    target = int(np.argmax(nnx_model.apply(nnx_model.params, nnx_model.state, (point[None] - 0.5) / 0.3)))
-    delta = DeltaConfig(n_b=6, n_tol=1, seed=0)
-    flags = {name: delta_influence(m, data, point, target, factors[name], delta, score, progress=False).flagged
-             for name, m in models.items()}  # fmt: skip
-    np.testing.assert_array_equal(flags["equinox"], flags["nnx"])
+    assert_twin_scores_alike(nnx_model, eqx_model)
 
 
 class FlatMLP(eqx.Module):
@@ -195,7 +156,7 @@ class FlatMLP(eqx.Module):
 
 
 def test_an_equinox_mlp_trains_and_evaluates_through_the_library():
-    data = _data(64, 3)
+    data = tiny_data(64, 3)
     model = from_equinox(FlatMLP(jax.random.key(0)), SHAPE)
     layers, untracked = find_layers(model.graphdef, model.params, model.state)
     assert [layer.name for layer in layers] == ["mlp.layers.0", "mlp.layers.1"] and untracked == []

@@ -14,22 +14,17 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from jaxpoison.data import Dataset, Provenance
-from jaxpoison.detection import DeltaConfig, delta_influence
 from jaxpoison.influence import (
-    FactorConfig,
-    ScoreConfig,
     cross_entropy,
     find_layers,
-    fit_factors,
     layer_gradient,
-    pairwise_scores,
     per_example_grads,
 )
 from jaxpoison.influence.capture import capture, per_example_layer_gradients, tapped_apply
-from jaxpoison.models import create_model, from_linen, to_functional
+from jaxpoison.models import from_linen
 from jaxpoison.models.layers import max_pool_2x2
 from jaxpoison.training import adam_recipe, evaluate, train
+from tests.twins import CLASSES, SHAPE, assert_twin_scores_alike, nnx_reference, tiny_data
 
 
 @pytest.fixture(autouse=True)
@@ -60,26 +55,11 @@ class LinenCNN(nn.Module):
         return self.fc2(self.features(x))
 
 
-SHAPE, CLASSES = (8, 8, 1), 4
-
-
-def _data(n, seed) -> Dataset:
-    rng = np.random.default_rng(seed)
-    return Dataset(rng.random((n, *SHAPE), dtype=np.float32), rng.integers(0, CLASSES, n).astype(np.int32),
-                   tuple(map(str, range(CLASSES))), np.full(1, 0.5, np.float32), np.full(1, 0.3, np.float32),
-                   Provenance("synthetic", "tiny", "train"))  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def twins():
     """The NNX CNN in float64 and its Linen twin holding the very same weights."""
     with jax.enable_x64(True):
-        nnx_model = to_functional(create_model("cnn", SHAPE, CLASSES, width=2, hidden=6))
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), nnx_model.params)
-        nnx_model = nnx_model._replace(params=params)
-        from flax import nnx
-
-        weights = nnx.to_pure_dict(params)
+        nnx_model, weights = nnx_reference()
         linen_model = from_linen(LinenCNN(CLASSES), {"params": weights}, SHAPE)
     return nnx_model, linen_model
 
@@ -117,30 +97,11 @@ def test_linen_captured_gradients_equal_vmap_grad(twins):
 
 def test_factors_scores_and_delta_influence_flags_equal_the_nnx_models(twins):
     nnx_model, linen_model = twins
-    data, queries = _data(24, 0), _data(3, 7)
-    config = FactorConfig(strategy="ekfac", fisher="empirical", batch_size=8)
-    factors = {name: fit_factors(m, data, config, progress=False) for name, m in
-               (("nnx", nnx_model), ("linen", linen_model))}  # fmt: skip
-    for name, block in factors["nnx"].blocks.items():
-        for key, value in block.items():
-            np.testing.assert_allclose(np.abs(factors["linen"].blocks[name][key]), np.abs(value), rtol=1e-8,
-                                       atol=1e-12, err_msg=f"{name}.{key}")  # fmt: skip (eigenvector signs)
-    score = ScoreConfig(damping=0.01, batch_size=8)
-    models = {"nnx": nnx_model, "linen": linen_model}
-    scores = {name: pairwise_scores(m, data, queries.images, queries.labels, factors[name], score,
-                                    progress=False).values for name, m in models.items()}  # fmt: skip
-    np.testing.assert_allclose(scores["linen"], scores["nnx"], rtol=1e-8, atol=1e-12)
-
-    point = queries.images[0]
-    target = int(np.argmax(nnx_model.apply(nnx_model.params, nnx_model.state, (point[None] - 0.5) / 0.3)))
-    delta = DeltaConfig(n_b=6, n_tol=1, seed=0)
-    flags = {name: delta_influence(m, data, point, target, factors[name], delta, score, progress=False).flagged
-             for name, m in (("nnx", nnx_model), ("linen", linen_model))}  # fmt: skip
-    np.testing.assert_array_equal(flags["linen"], flags["nnx"])
+    assert_twin_scores_alike(nnx_model, linen_model)
 
 
 def test_a_linen_model_trains_and_evaluates_through_the_library():
-    data = _data(64, 3)
+    data = tiny_data(64, 3)
     module = LinenCNN(CLASSES)
     model = from_linen(module, module.init(jax.random.key(0), jnp.zeros((1, *SHAPE))), SHAPE)
     result = train(model, data, adam_recipe(epochs=2, batch_size=16, learning_rate=1e-2), progress=False)
@@ -157,7 +118,7 @@ class BatchNormNet(nn.Module):
 
 
 def test_linen_batch_statistics_are_state_that_training_updates():
-    data = _data(32, 4)
+    data = tiny_data(32, 4)
     module = BatchNormNet()
     variables = module.init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
     model = from_linen(module, variables, SHAPE, eval_kwargs={"train": False}, train_kwargs={"train": True})
