@@ -30,7 +30,8 @@ from jaxpoison.detection import mask_from_indices
 from jaxpoison.experiments.config import apply_overrides
 from jaxpoison.experiments.pipeline import detect_stage, prepare
 from jaxpoison.experiments.plots import detection_plots
-from jaxpoison.experiments.presets import ALL_DETECTORS, get_preset
+from jaxpoison.experiments.presets import get_preset
+from jaxpoison.experiments.registry import ALL_DETECTORS
 from jaxpoison.experiments.report import detection_table
 from jaxpoison.runinfo import environment
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from jaxpoison.data import dataset_location, dataset_names, get_spec
 from jaxpoison.errors import InputError, RecoveryWarning
-from jaxpoison.experiments.config import UNLEARNERS
+from jaxpoison.experiments.registry import UNLEARNERS
 from jaxpoison.fileio import atomic_write_text
 from jaxpoison.models import MODEL_NAMES
 from jaxpoison.selection.registry import SELECTION_NAMES

@@ -18,13 +18,10 @@ from typing import Any
 
 from jaxpoison.detection.delta_influence import DeltaConfig
 from jaxpoison.errors import InputError
+from jaxpoison.experiments.registry import ATTACKS, DETECTORS, UNLEARNERS
 from jaxpoison.influence.scores import DEFAULT_DAMPING
 from jaxpoison.selection.registry import SELECTION_NAMES
 
-ATTACKS = ("badnet", "blended", "smooth", "brew")
-DETECTORS = ("delta_influence", "delta_label_only", "delta_image_only", "ekfac", "trak", "spectral",
-             "spectral_reference", "activation_clustering", "freqdef")  # fmt: skip
-UNLEARNERS = ("eu", "cf", "cf_reset", "cf_short", "ssd", "scrub", "badt")
 UNLEARNING_SELECTION = ("clean", "oracle")
 
 

@@ -23,7 +23,8 @@ from jaxpoison.data import Dataset
 from jaxpoison.detection.metrics import detection_metrics
 from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import to_dict
-from jaxpoison.experiments.detectors import INFLUENCE_BASED, NEEDS_FACTORS, Victim, run_detector
+from jaxpoison.experiments.detectors import Victim, run_detector
+from jaxpoison.experiments.registry import INFLUENCE_BASED, NEEDS_FACTORS
 from jaxpoison.influence import NUMERICS_VERSION, FactorConfig, fit_factors, load_factors, save_factors
 from jaxpoison.models import FunctionalModel
 from jaxpoison.training import predict_logits

@@ -21,17 +21,12 @@ from jaxpoison.detection.spectral import spectral_signatures, spectral_signature
 from jaxpoison.detection.threshold import ekfac_threshold, trak_threshold
 from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import DetectionConfig
+from jaxpoison.experiments.registry import DETECTOR_LABELS, NEEDS_FACTORS
 from jaxpoison.influence import Factors, ScoreConfig, TrakConfig
 from jaxpoison.models import FunctionalModel
 
-NEEDS_FACTORS = ("delta_influence", "delta_label_only", "delta_image_only", "ekfac")
-INFLUENCE_BASED = (*NEEDS_FACTORS, "trak")  # results depend on the influence numerics
 DELTA_MODES = {"delta_influence": "both", "delta_label_only": "label", "delta_image_only": "image"}
-LABELS = {"delta_influence": "Δ-Influence", "delta_label_only": "Δ-Influence (labels only)",
-          "delta_image_only": "Δ-Influence (images only)", "ekfac": "EK-FAC threshold", "trak": "TRAK threshold",
-          "spectral": "Spectral signatures", "spectral_reference": "Spectral signatures (reference variant)",
-          "activation_clustering": "Activation clustering", "freqdef": "FreqDef"}  # fmt: skip
-
+LABELS = DETECTOR_LABELS
 
 class Detection(NamedTuple):
     """``flagged`` indices, ``scores [N]`` (higher = more suspicious), ``seconds``, ``extra`` arrays/info."""

@@ -22,7 +22,8 @@ from jaxpoison.attacks import attack_metrics
 from jaxpoison.detection.metrics import detection_metrics
 from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import RunConfig, UnlearnConfig, config_hash, to_dict
-from jaxpoison.experiments.detectors import INFLUENCE_BASED, NEEDS_FACTORS, Detection, Victim, run_detector
+from jaxpoison.experiments.detectors import Detection, Victim, run_detector
+from jaxpoison.experiments.registry import INFLUENCE_BASED, NEEDS_FACTORS, UNLEARNER_SPECS
 from jaxpoison.experiments.report import write_report
 from jaxpoison.experiments.store import RunStore
 from jaxpoison.experiments.victim import (
@@ -266,12 +267,8 @@ def run_unlearner(prepared: Prepared, method: str, flagged: np.ndarray, *, progr
     return bad_teacher(victim, teacher, data, flagged, BadTeacherConfig(distill), selector=selector)
 
 
-# The UnlearnConfig fields each unlearner reads (EU reads none: it retrains with the victim's recipe).
-_SETTINGS_PREFIX = {"eu": None, "cf": "cf_", "cf_reset": "cf_", "cf_short": "cf_", "ssd": "ssd_", "scrub": "scrub_",
-                    "badt": "badt_"}  # fmt: skip
 # Fields that choose among candidates: they change the result of the methods that select.
 _SELECTION_FIELDS = ("selection", "selection_tolerance")
-_SELECTING = ("ssd", "scrub", "badt")
 
 
 def unlearner_settings(unlearning: UnlearnConfig, method: str) -> dict:
@@ -282,12 +279,12 @@ def unlearner_settings(unlearning: UnlearnConfig, method: str) -> dict:
     BadT's step counts also follow the victim recipe and the data size, which the victim's key
     already covers.)
     """
-    if method not in _SETTINGS_PREFIX:
-        raise InputError(f"unknown unlearning method {method!r}; choose from {sorted(_SETTINGS_PREFIX)}.")
-    prefix = _SETTINGS_PREFIX[method]
+    if method not in UNLEARNER_SPECS:
+        raise InputError(f"unknown unlearning method {method!r}; choose from {sorted(UNLEARNER_SPECS)}.")
+    prefix, selecting = UNLEARNER_SPECS[method]
     values = to_dict(unlearning)
     settings = {k: v for k, v in values.items() if prefix and k.startswith(prefix) and k != "cf_reset_head"}
-    if method in _SELECTING:
+    if selecting:
         settings.update({k: values[k] for k in _SELECTION_FIELDS})
     return settings
 

@@ -19,9 +19,8 @@ from jaxpoison.experiments.config import (
     UnlearnConfig,
     VictimConfig,
 )
+from jaxpoison.experiments.registry import ALL_DETECTORS
 
-ALL_DETECTORS = ("delta_influence", "delta_label_only", "delta_image_only", "ekfac", "trak", "spectral",
-                 "activation_clustering", "freqdef")  # fmt: skip
 DEMO_DETECTORS = ("delta_influence", "ekfac", "spectral", "activation_clustering")
 # The last epoch runs at lr/10: with a constant rate the final test accuracy of this CNN
 # jitters by about a point from run to run, more than the clean-accuracy change unlearning
