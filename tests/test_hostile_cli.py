@@ -249,3 +249,13 @@ def test_interrupting_a_command_says_how_to_resume(monkeypatch, capsys):
         func=interrupted)))  # fmt: skip
     assert cli.main(["run"]) == 130
     assert "rerun the same command to resume" in capsys.readouterr().err
+
+
+def test_train_refuses_an_out_that_is_a_file_and_a_failed_start_claims_nothing(tmp_path, capsys, no_local_data):
+    target = tmp_path / "a-file"
+    target.write_text("precious")
+    assert main(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--out", str(target)]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err and target.read_text() == "precious"
+    missing = tmp_path / "never"
+    assert main(["train", "--dataset", "fashion_mnist", "--model", "cnn", "--out", str(missing)]) == 2  # no data
+    assert not missing.exists()

@@ -58,11 +58,13 @@ def run_train_job(
     """
     recipe = recipe or default_recipe(model)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a directory; choose a directory path.")
     t0 = time.perf_counter()
     train_set, test_set = load_splits(dataset, **(dataset_options or {}))
     load_seconds = time.perf_counter() - t0
     net = to_functional(create_model(model, train_set.image_shape, train_set.num_classes, seed=seed))
+    out.mkdir(parents=True, exist_ok=True)  # only once the data and model exist: a failed start claims nothing
     result = train(
         net,
         train_set,
