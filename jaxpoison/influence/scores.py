@@ -296,14 +296,21 @@ def check_factors_match(factors: Factors | None, model: FunctionalModel, train: 
     check_finite(factors.blocks, "the factors")
 
 
+def check_entry(model: FunctionalModel, dataset: Dataset, config: Any, config_type: type, empty: str) -> None:
+    """The checks every influence entry point runs before any computation: its config's type, a
+    non-empty ``dataset`` (``empty`` says why one is needed), and floating, finite parameters of a
+    model that takes these images."""
+    if not isinstance(config, config_type):
+        raise InputError(f"config must be a {config_type.__name__}; got {type(config).__name__}.")
+    if len(dataset) == 0:
+        raise InputError(empty)
+    check_params(model.params)
+    check_model(model, dataset.image_shape)
+
+
 def check_score_inputs(model: FunctionalModel, train: Dataset, factors: Factors | None, config: ScoreConfig) -> None:
     """The checks every scoring entry point runs before any computation."""
-    if not isinstance(config, ScoreConfig):
-        raise InputError(f"config must be a ScoreConfig; got {type(config).__name__}.")
-    if len(train) == 0:
-        raise InputError("the training set is empty; there is nothing to score.")
-    check_params(model.params)
-    check_model(model, train.image_shape)
+    check_entry(model, train, config, ScoreConfig, "the training set is empty; there is nothing to score.")
     check_factors_match(factors, model, train)
 
 

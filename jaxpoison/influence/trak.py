@@ -29,9 +29,9 @@ import numpy as np
 from jaxpoison.data import Dataset, normalize
 from jaxpoison.errors import InputError
 from jaxpoison.influence.grads import per_example_grads
-from jaxpoison.influence.kfac import check_finite, check_model, check_params, is_finite_real, is_integer, params_hash
+from jaxpoison.influence.kfac import check_finite, is_finite_real, is_integer, params_hash
 from jaxpoison.influence.losses import margin_measurement
-from jaxpoison.influence.scores import NON_FINITE_HINT, SIGN_CONVENTION, Scores, _check_queries
+from jaxpoison.influence.scores import NON_FINITE_HINT, SIGN_CONVENTION, Scores, _check_queries, check_entry
 from jaxpoison.influence.stream import collect_dataset
 from jaxpoison.models import FunctionalModel
 from jaxpoison.sharding import data_mesh, replicate
@@ -116,12 +116,7 @@ def trak_features(
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Projected gradient features ``[N, k]`` and ``1 − p(correct)`` ``[N]`` of every example."""
     mesh = data_mesh() if mesh is None else mesh
-    if not isinstance(config, TrakConfig):
-        raise InputError(f"config must be a TrakConfig; got {type(config).__name__}.")
-    if len(dataset) == 0:
-        raise InputError("the dataset is empty; TRAK features need at least one example.")
-    check_params(model.params)
-    check_model(model, dataset.image_shape)
+    check_entry(model, dataset, config, TrakConfig, "the dataset is empty; TRAK features need at least one example.")
     projection, key = _projection(model, config)
     params, state, projection = replicate(mesh, (model.params, model.state, projection))
     out = collect_dataset(
