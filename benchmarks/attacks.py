@@ -34,16 +34,16 @@ from jaxpoison.attacks import (
     poison_dataset,
     square_patch,
 )
-from jaxpoison.data import load_splits, normalize
+from jaxpoison.data import load_splits
 from jaxpoison.models import create_model, to_functional
 from jaxpoison.runinfo import environment
 from jaxpoison.training import adam_recipe, evaluate, train
 
 
 def fit(data, recipe, seed):
-    model = to_functional(create_model("cnn", data.image_shape, data.num_classes, seed=seed))
-    result = train(model, data, recipe, seed=seed, progress=False)
-    return model, result
+    """A fresh CNN (normalising with ``data``'s constants) trained on ``data``; returns the trained model."""
+    model = to_functional(create_model("cnn", data.image_shape, data.num_classes, seed=seed), data.mean, data.std)
+    return train(model, data, recipe, seed=seed, progress=False).model
 
 
 def main(argv=None) -> dict:
@@ -65,26 +65,25 @@ def main(argv=None) -> dict:
     rate = max(args.rate, 0.03) if small else args.rate  # 1 % of 1437 digits is too few to learn from
 
     t0 = time.perf_counter()
-    clean_model, clean = fit(train_set, recipe, args.seed)
-    clean_accuracy = evaluate(clean_model.apply, clean.params, clean.state, test_set).accuracy
+    clean = fit(train_set, recipe, args.seed)
+    clean_accuracy = evaluate(clean, test_set).accuracy
     results = {"clean": {"clean_accuracy": clean_accuracy, "seconds": time.perf_counter() - t0}}
 
-    logits = lambda x: clean_model.apply(clean.params, clean.state, normalize(x, train_set.mean, train_set.std))
     triggers = {"badnet": square_patch(train_set.image_shape, 2, (1.0,), margin=0) if small
                 else badnet_pixels(train_set.image_shape, value=1.0 if train_set.image_shape[-1] == 1 else 0.0)}
     for eps in (0.05, 0.1, 0.2):
         triggers[f"blended_{eps}"] = blended(train_set.image_shape, eps)
     fit_pool = train_set.images[train_set.labels != args.target][:100]
     if args.only is None or "smooth" in args.only.split(","):
-        triggers["smooth"] = make_smooth_trigger(logits, fit_pool, args.target, progress=False)
+        triggers["smooth"] = make_smooth_trigger(clean, fit_pool, args.target, progress=False)
     if args.only is not None:
         triggers = {k: v for k, v in triggers.items() if k in args.only.split(",")}
 
     for name, trigger in triggers.items():
         t0 = time.perf_counter()
         poisoned = poison_dataset(train_set, trigger, PoisonConfig(target=args.target, rate=rate, seed=args.seed))
-        model, result = fit(poisoned.dataset, recipe, args.seed)
-        metrics = attack_metrics(model.apply, result.params, result.state, test_set, trigger, args.target)
+        model = fit(poisoned.dataset, recipe, args.seed)
+        metrics = attack_metrics(model, test_set, trigger, args.target)
         results[name] = {
             "asr": metrics["asr"],
             "clean_accuracy": metrics["clean_accuracy"],
@@ -104,11 +103,10 @@ def main(argv=None) -> dict:
         intended = int(rng.choice([c for c in range(train_set.num_classes) if c != true_class]))
         poisons = np.flatnonzero(train_set.labels == intended)[:budget]
         config = BrewConfig(steps=args.brew_steps, restarts=2, padding=2, seed=args.seed + run)
-        brew = brew_poisons(clean_model._replace(params=clean.params, state=clean.state), train_set, poisons,
-                            test_set.images[target_idx], intended, config, progress=False)  # fmt: skip
-        model, result = fit(apply_brew(train_set, poisons, brew), recipe, args.seed + 1)  # a fresh victim
+        brew = brew_poisons(clean, train_set, poisons, test_set.images[target_idx], intended, config, progress=False)
+        model = fit(apply_brew(train_set, poisons, brew), recipe, args.seed + 1)  # a fresh victim
         target_only = test_set.subset([target_idx])
-        predicted = int(evaluate(model.apply, result.params, result.state, target_only).predictions[0])
+        predicted = int(evaluate(model, target_only).predictions[0])
         successes += int(predicted == intended)
     results["witches_brew"] = {
         "successes": successes,

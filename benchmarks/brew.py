@@ -60,12 +60,12 @@ def fit(config, dataset: Dataset, seed: int) -> tuple[FunctionalModel, float]:
     t0 = time.perf_counter()
     model = init_model(config, dataset, seed)
     result = train(model, dataset, recipe_of(config), seed=seed, progress=False)
-    return model._replace(params=result.params, state=result.state), time.perf_counter() - t0
+    return result.model, time.perf_counter() - t0
 
 
 def judge(model: FunctionalModel, test_set: Dataset, target: int, intended: int) -> dict:
     """The target's prediction and softmax probability of the intended class, and clean test accuracy."""
-    logits = predict_logits(model.apply, model.params, model.state, test_set)
+    logits = predict_logits(model, test_set)
     probs = np.asarray(jax.nn.softmax(logits[target]))
     return {"prediction": int(np.argmax(logits[target])), "p_intended": float(probs[intended]),
             "clean_accuracy": float(np.mean(logits.argmax(-1) == test_set.labels))}  # fmt: skip
@@ -145,7 +145,7 @@ def main(argv=None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
 
     clean, clean_seconds = fit(victim, train_set, args.seed)  # deterministic: a resumed run gets the same model
-    clean_logits = predict_logits(clean.apply, clean.params, clean.state, test_set)
+    clean_logits = predict_logits(clean, test_set)
     clean_predictions = clean_logits.argmax(-1)
     clean_info = {"accuracy": float(np.mean(clean_predictions == test_set.labels)), "seconds": clean_seconds}
     print(f"clean model: accuracy {clean_info['accuracy']:.4f} ({clean_seconds:.0f} s)")

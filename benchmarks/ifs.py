@@ -402,9 +402,10 @@ def main(argv=None) -> dict:
                 poisoned = poison_dataset(
                     train_set, trigger, PoisonConfig(target=args.target, indices=chosen.indices, seed=seed)
                 )
-                model = to_functional(create_model("cnn", train_set.image_shape, train_set.num_classes, seed=seed))
-                result = train(model, poisoned.dataset, recipe, seed=seed, progress=False)
-                metrics = attack_metrics(model.apply, result.params, result.state, test_set, trigger, args.target)
+                model = to_functional(create_model("cnn", train_set.image_shape, train_set.num_classes, seed=seed),
+                                      train_set.mean, train_set.std)  # fmt: skip
+                model = train(model, poisoned.dataset, recipe, seed=seed, progress=False).model
+                metrics = attack_metrics(model, test_set, trigger, args.target)
                 poisons = int(chosen.indices.size)
                 runs.append(
                     {

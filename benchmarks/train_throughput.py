@@ -26,27 +26,27 @@ from jaxpoison.data import Dataset, load_dataset, synthetic_dataset
 from jaxpoison.models import count_params, create_model, to_functional
 from jaxpoison.runinfo import environment
 from jaxpoison.sharding import data_mesh, replicate, shard_batch
-from jaxpoison.training import TrainRecipe, adam_recipe, reference_recipe
-from jaxpoison.training.train import make_train_step
+from jaxpoison.training import TrainRecipe, adam_recipe, reference_recipe, train_step
 
 
 def measure(model_name: str, data: Dataset, recipe: TrainRecipe, steps: int, **model_kw) -> dict:
     """Images/second of ``steps`` train steps after one compiling warm-up step."""
     mesh = data_mesh()
-    model = to_functional(create_model(model_name, data.image_shape, data.num_classes, **model_kw))
-    optimizer = recipe.optimizer_for(steps_per_epoch=max(1, len(data) // recipe.batch_size))
-    step = make_train_step(model, optimizer, recipe, data.mean, data.std)
-    params, state = replicate(mesh, (model.params, model.state))
-    opt_state = replicate(mesh, optimizer.init(params))
+    model = to_functional(create_model(model_name, data.image_shape, data.num_classes, **model_kw), data.mean, data.std)
+    steps_per_epoch = max(1, len(data) // recipe.batch_size)
+    optimizer = recipe.optimizer_for(steps_per_epoch)
+    # replicate never aliases its input: the step donates the replicated model and optimiser state
+    replicated = replicate(mesh, model)
+    opt_state = replicate(mesh, optimizer.init(replicated.params))
     rng = np.random.default_rng(0)
     batches = [rng.choice(len(data), recipe.batch_size, replace=False) for _ in range(steps + 1)]
 
     def run(i, carry):
         x, y = shard_batch(mesh, data.images[batches[i]], data.labels[batches[i]])
-        return step(*carry, jax.random.key(i), x, y)[:3]
+        return train_step(*carry, jax.random.key(i), x, y, recipe=recipe, steps_per_epoch=steps_per_epoch)[:2]
 
     t0 = time.perf_counter()
-    carry = jax.block_until_ready(run(0, (params, state, opt_state)))
+    carry = jax.block_until_ready(run(0, (replicated, opt_state)))
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for i in range(1, steps + 1):

@@ -146,7 +146,7 @@ def to_nchw(images: np.ndarray, data: Dataset) -> torch.Tensor:
 
 def check_logits_agree(model: FunctionalModel, twin: TorchCNN, images: np.ndarray, data: Dataset) -> float:
     """Max |logit difference| of the two models on ``images``; raises if above tolerance."""
-    jax_logits = np.asarray(model.apply(model.params, model.state, (images - data.mean) / data.std))
+    jax_logits = np.asarray(model(images))  # the JAX model normalises its own inputs
     with torch.no_grad():
         torch_logits = twin(to_nchw(images, data)).numpy()
     diff = float(np.abs(jax_logits - torch_logits).max())
@@ -278,10 +278,9 @@ def build_victim(train_set: Dataset, test: Dataset, args) -> tuple[Dataset, np.n
     return poisoned.dataset, np.asarray(poisoned.poison_indices, np.int64), queries, recipe, trigger
 
 
-def logits_of(model: FunctionalModel, images: np.ndarray, data: Dataset, batch: int = 1000) -> np.ndarray:
-    """The JAX model's float32 logits of pixel-space ``images``."""
-    chunks = [model.apply(model.params, model.state, (images[i : i + batch] - data.mean) / data.std)
-              for i in range(0, len(images), batch)]  # fmt: skip
+def logits_of(model: FunctionalModel, images: np.ndarray, batch: int = 1000) -> np.ndarray:
+    """The JAX model's float32 logits of pixel-space ``images`` (the model normalises them)."""
+    chunks = [model(images[i : i + batch]) for i in range(0, len(images), batch)]
     return np.concatenate([np.asarray(c) for c in chunks])
 
 
@@ -316,7 +315,7 @@ def victim_diagnostics(model: FunctionalModel, twin: TorchCNN, train_set: Datase
                        test: Dataset, trigger) -> dict:  # fmt: skip
     """Attack success, margins of poisons and clean points, and which libraries zero the label gradient."""
     clean = np.setdiff1d(np.arange(len(train_set)), poisons)
-    logits = logits_of(model, train_set.images, train_set)
+    logits = logits_of(model, train_set.images)
     labels = train_set.labels.astype(np.int64)
     margins = -np.asarray(margin_measurement(logits, labels), np.float64)
     torch_label, torch_grad = torch_label_gradient(twin, train_set.images, labels, train_set)
@@ -334,7 +333,7 @@ def victim_diagnostics(model: FunctionalModel, twin: TorchCNN, train_set: Datase
     zero = torch_label == 0.0
     others = test.subset(np.flatnonzero(test.labels != TARGET))
     triggered = np.clip(np.asarray(trigger.apply(others.images), np.float32), 0.0, 1.0)
-    success = float(np.mean(np.argmax(logits_of(model, triggered, train_set), 1) == TARGET))
+    success = float(np.mean(np.argmax(logits_of(model, triggered), 1) == TARGET))
 
     def quantiles(values):
         qs = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
@@ -524,10 +523,10 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--n-train must lie in [1, {len(train_full)}] and --queries in [1, {len(test)}].")
     train_set, poisons, queries, recipe, trigger = build_victim(train_full.subset(range(n)), test, args)
 
-    model = to_functional(create_model("cnn", train_set.image_shape, train_set.num_classes, seed=args.seed))
-    result = train(model, train_set, recipe, seed=args.seed, progress=False)
-    model = model._replace(params=result.params, state=result.state)
-    accuracy = evaluate(model.apply, model.params, model.state, test).accuracy
+    model = to_functional(create_model("cnn", train_set.image_shape, train_set.num_classes, seed=args.seed),
+                          train_set.mean, train_set.std)  # fmt: skip
+    model = train(model, train_set, recipe, seed=args.seed, progress=False).model
+    accuracy = evaluate(model, test).accuracy
     print(f"trained the CNN on {n} images ({args.victim} victim, {poisons.size} poisons) for {args.epochs} epochs: "
           f"test accuracy {accuracy:.4f}")  # fmt: skip
 

@@ -19,11 +19,12 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/)
 # *(Colab: upload this notebook, then install jaxpoison in the first cell — `pip install -e .` from a clone.)*
 #
-# jaxpoison's algorithms see a model as pure functions over pytrees. `from_linen` builds that
-# view from any Linen module and its `variables`; its `Dense` and `Conv` layers are found and
-# tapped through Linen's own method interception, so EK-FAC factors and influence scores work
-# without a line of jaxpoison-specific model code. This notebook runs the whole loop by hand on
-# scikit-learn's 8×8 digits (a few minutes on a laptop CPU):
+# jaxpoison's algorithms see a model as a pytree of parameters and state, called on pixel-space
+# images as `model(x)`: it normalises its own inputs. `from_linen` builds that view from any
+# Linen module, its `variables` and the dataset's normalisation constants; its `Dense` and
+# `Conv` layers are found and tapped through Linen's own method interception, so EK-FAC factors
+# and influence scores work without a line of jaxpoison-specific model code. This notebook runs
+# the whole loop by hand on scikit-learn's 8×8 digits (a few minutes on a laptop CPU):
 #
 # 1. poison 5 % of the training set with a BadNet trigger and train your model on it;
 # 2. start from one triggered test image the model gets wrong and run **Δ-Influence**;
@@ -84,13 +85,13 @@ class SmallCNN(nn.Module):
 def fresh_model(seed):
     module = SmallCNN()
     variables = module.init(jax.random.key(seed), jnp.zeros((1, *train_set.image_shape)))
-    return from_linen(module, variables, train_set.image_shape)
+    return from_linen(module, variables, train_set.image_shape, mean=train_set.mean, std=train_set.std)
 
 
 recipe = adam_recipe(epochs=EPOCHS, batch_size=32)
 result = train(fresh_model(0), poisoned.dataset, recipe, progress=False)
-victim = fresh_model(0)._replace(params=result.params, state=result.state)
-before = attack_metrics(victim.apply, victim.params, victim.state, test_set, trigger, TARGET)
+victim = result.model
+before = attack_metrics(victim, test_set, trigger, TARGET)
 print(f"victim: clean accuracy {before['clean_accuracy']:.3f}, poison success {before['asr']:.3f}")
 
 # %% [markdown]
@@ -103,8 +104,7 @@ print(f"victim: clean accuracy {before['clean_accuracy']:.3f}, poison success {b
 # %%
 candidates = np.flatnonzero(test_set.labels != TARGET)
 triggered = np.asarray(trigger.apply(test_set.images[candidates]), np.float32)
-normalised = (triggered - test_set.mean) / test_set.std
-point = triggered[int(np.flatnonzero(victim.apply(victim.params, victim.state, normalised).argmax(-1) == TARGET)[0])]
+point = triggered[int(np.flatnonzero(victim(triggered).argmax(-1) == TARGET)[0])]  # the model normalises its inputs
 
 factors = fit_factors(victim, poisoned.dataset, FactorConfig(strategy="ekfac", batch_size=64), progress=False)
 found = delta_influence(victim, poisoned.dataset, point, TARGET, factors, DeltaConfig(),
@@ -129,7 +129,7 @@ plt.show()
 
 # %%
 unlearned = exact_unlearning(fresh_model(0), poisoned.dataset, found.flagged, recipe, progress=False).model
-after = attack_metrics(unlearned.apply, unlearned.params, unlearned.state, test_set, trigger, TARGET)
+after = attack_metrics(unlearned, test_set, trigger, TARGET)
 print(f"after unlearning: clean accuracy {after['clean_accuracy']:.3f}, poison success {after['asr']:.3f}")
 
 # %% [markdown]
@@ -170,15 +170,16 @@ class EquinoxCNN(eqx.Module):
 
 
 def fresh_equinox(seed):
-    return from_equinox(EquinoxCNN(jax.random.key(seed)), train_set.image_shape, channels_first=True)
+    return from_equinox(EquinoxCNN(jax.random.key(seed)), train_set.image_shape, channels_first=True,
+                        mean=train_set.mean, std=train_set.std)
 
 
 result = train(fresh_equinox(0), poisoned.dataset, recipe, progress=False)
-victim_eqx = fresh_equinox(0)._replace(params=result.params, state=result.state)
-before_eqx = attack_metrics(victim_eqx.apply, victim_eqx.params, victim_eqx.state, test_set, trigger, TARGET)
+victim_eqx = result.model
+before_eqx = attack_metrics(victim_eqx, test_set, trigger, TARGET)
 print(f"Equinox victim: clean accuracy {before_eqx['clean_accuracy']:.3f}, poison success {before_eqx['asr']:.3f}")
 
-hits = victim_eqx.apply(victim_eqx.params, victim_eqx.state, normalised).argmax(-1) == TARGET
+hits = victim_eqx(triggered).argmax(-1) == TARGET
 point_eqx = triggered[int(np.flatnonzero(hits)[0])]
 factors_eqx = fit_factors(victim_eqx, poisoned.dataset, FactorConfig(strategy="ekfac", batch_size=64), progress=False)
 found_eqx = delta_influence(victim_eqx, poisoned.dataset, point_eqx, TARGET, factors_eqx, DeltaConfig(),
@@ -188,7 +189,7 @@ print("Equinox", {k: round(metrics_eqx[k], 3) for k in ("tpr", "precision", "aur
       f"{found_eqx.flagged.size} flagged")  # fmt: skip
 
 unlearned_eqx = exact_unlearning(fresh_equinox(0), poisoned.dataset, found_eqx.flagged, recipe, progress=False).model
-after_eqx = attack_metrics(unlearned_eqx.apply, unlearned_eqx.params, unlearned_eqx.state, test_set, trigger, TARGET)
+after_eqx = attack_metrics(unlearned_eqx, test_set, trigger, TARGET)
 print(f"Equinox after unlearning: clean accuracy {after_eqx['clean_accuracy']:.3f}, "
       f"poison success {after_eqx['asr']:.3f}")  # fmt: skip
 

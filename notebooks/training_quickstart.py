@@ -17,7 +17,7 @@
 # # jaxpoison quickstart: data, a model, training
 #
 # This notebook loads a dataset with `jaxpoison.data`, builds a Flax NNX model, turns it into
-# pure functions with `to_functional`, trains it with the sharded train loop and evaluates it.
+# a pytree model with `to_functional`, trains it with the sharded train loop and evaluates it.
 # On Colab, install the package first (`pip install -e .` from a clone of this repository).
 #
 # The parameters cell below uses tiny defaults so the notebook runs in seconds; set
@@ -44,7 +44,8 @@ for name in dataset_names():
 
 # %% [markdown]
 # ## Data
-# Images are float32 NHWC in [0, 1]; normalisation constants travel with the dataset.
+# Images are float32 NHWC in [0, 1]; normalisation constants travel with the dataset and are
+# handed to the model, which normalises its own inputs.
 
 # %%
 train_set, test_set = load_splits(DATASET)
@@ -60,14 +61,15 @@ plt.show()
 # ## Model and training
 
 # %%
-model = to_functional(create_model(MODEL, train_set.image_shape, train_set.num_classes, seed=0))
+module = create_model(MODEL, train_set.image_shape, train_set.num_classes, seed=0)
+model = to_functional(module, train_set.mean, train_set.std)  # model(x) takes pixel-space images
 print(f"{MODEL}: {count_params(model.params):,} parameters")
 result = train(model, train_set, adam_recipe(epochs=EPOCHS, batch_size=BATCH_SIZE), eval_dataset=test_set)
 for record in result.history:
     print(record)
 
 # %%
-test = evaluate(model.apply, result.params, result.state, test_set)
+test = evaluate(result.model, test_set)
 print(f"test accuracy: {test.accuracy:.4f}")
 fig, ax = plt.subplots(figsize=(5, 3))
 ax.plot(np.arange(1, len(result.step_losses) + 1), result.step_losses)

@@ -142,9 +142,9 @@ def test_badnet_end_to_end_on_digits():
     recipe = adam_recipe(epochs=10, batch_size=32)
     results = {}
     for name, data in (("clean", train_set), ("poisoned", poisoned.dataset)):
-        model = to_functional(create_model("cnn", data.image_shape, data.num_classes, seed=0))
+        model = to_functional(create_model("cnn", data.image_shape, data.num_classes, seed=0), data.mean, data.std)
         trained = train(model, data, recipe, seed=0, progress=False)
-        results[name] = attack_metrics(model.apply, trained.params, trained.state, test_set, trigger, target=0)
+        results[name] = attack_metrics(trained.model, test_set, trigger, target=0)
     assert results["poisoned"]["asr"] >= 0.9, results["poisoned"]
     assert results["clean"]["asr"] < 0.3  # the trigger alone does not flip a clean model
     assert results["clean"]["clean_accuracy"] - results["poisoned"]["clean_accuracy"] <= 0.03

@@ -15,7 +15,7 @@ from jaxpoison.training import predict_logits
 def test_the_control_point_is_a_test_image_the_clean_model_gets_wrong(tiny_run):
     clean, test = tiny_run.clean, tiny_run.splits.test
     index, predicted = misclassified_test_point(clean, test)
-    logits = predict_logits(clean.apply, clean.params, clean.state, test)
+    logits = predict_logits(clean, test)
     assert predicted == int(logits[index].argmax()) != int(test.labels[index])
     # Every earlier test image is classified correctly: it is the first mistake.
     assert np.array_equal(logits[:index].argmax(-1), test.labels[:index])

@@ -8,6 +8,7 @@ import pytest
 
 from jaxpoison.detection import DeltaConfig, delta_influence, detection_metrics, make_queries, suspicion, vote
 from jaxpoison.detection.threshold import robust_threshold, threshold_flags
+from jaxpoison.models import Normalization
 
 
 def test_vote_counts_rows_below_tau_and_flags_with_tolerance():
@@ -52,17 +53,17 @@ def test_config_rejects_unknown_choices():
 def test_queries_for_each_modification():
     image = np.random.default_rng(0).random((8, 8, 1), dtype=np.float32)
     key = jax.random.key(0)
-    mean, std = np.array([0.5]), np.array([0.25])
-    both = make_queries(key, image, 3, 10, DeltaConfig(n_b=20), mean, std)
+    norm = Normalization.of(np.array([0.5]), np.array([0.25]))
+    both = make_queries(key, image, 3, 10, DeltaConfig(n_b=20), norm)
     assert both.images.shape == (20, 8, 8, 1) and not np.any(both.labels == 3)
     assert set(both.transforms) <= set(DeltaConfig().transforms) and len(set(both.transforms)) > 2
-    labels_only = make_queries(key, image, 3, 10, DeltaConfig(n_b=20, modify="label"), mean, std)
+    labels_only = make_queries(key, image, 3, 10, DeltaConfig(n_b=20, modify="label"), norm)
     np.testing.assert_array_equal(labels_only.images, np.repeat(image[None], 20, 0))
     assert not np.any(labels_only.labels == 3)
-    images_only = make_queries(key, image, 3, 10, DeltaConfig(n_b=20, modify="image"), mean, std)
+    images_only = make_queries(key, image, 3, 10, DeltaConfig(n_b=20, modify="image"), norm)
     assert np.all(images_only.labels == 3)
     np.testing.assert_array_equal(images_only.images, both.images)  # same key, same transformations
-    again = make_queries(key, image, 3, 10, DeltaConfig(n_b=20), mean, std)
+    again = make_queries(key, image, 3, 10, DeltaConfig(n_b=20), norm)
     np.testing.assert_array_equal(again.images, both.images)
     np.testing.assert_array_equal(again.labels, both.labels)
 
@@ -76,9 +77,10 @@ def test_image_only_queries_on_grayscale_all_differ_from_the_original(space):
     """An unchanged image-only query has ΔInfl ≈ 0, which never counts as a collapse at τ = 0."""
     image = np.random.default_rng(1).random((8, 8, 1), dtype=np.float32)
     config = DeltaConfig(modify="image", space=space)
+    norm = Normalization.of(np.array([0.5]), np.array([0.25]))
     assert "rotation" in config.transforms
     for seed in range(3):
-        queries = make_queries(jax.random.key(seed), image, 3, 10, config, np.array([0.5]), np.array([0.25]))
+        queries = make_queries(jax.random.key(seed), image, 3, 10, config, norm)
         assert queries.images.shape == (50, 8, 8, 1) and np.all(queries.labels == 3)
         assert "color_switch" not in queries.transforms
         assert _largest_change(queries, image).min() > 1e-3, queries.transforms
@@ -88,15 +90,15 @@ def test_queries_redraw_transformations_that_leave_the_image_unchanged():
     # A mirror-symmetric image: every flip is an identity, so those rows must be redrawn (deterministically).
     half = np.random.default_rng(2).random((8, 4, 1), dtype=np.float32)
     image = np.concatenate([half, half[:, ::-1]], axis=1)
-    mean, std = np.array([0.5]), np.array([0.25])
+    norm = Normalization.of(np.array([0.5]), np.array([0.25]))
     config = DeltaConfig(n_b=20, modify="image", transforms=("flip", "invert"))
-    queries = make_queries(jax.random.key(0), image, 3, 10, config, mean, std)
+    queries = make_queries(jax.random.key(0), image, 3, 10, config, norm)
     assert queries.transforms == ("invert",) * 20
     np.testing.assert_allclose(queries.images, np.repeat(1 - image[None], 20, 0), atol=1e-6)
-    again = make_queries(jax.random.key(0), image, 3, 10, config, mean, std)
+    again = make_queries(jax.random.key(0), image, 3, 10, config, norm)
     np.testing.assert_array_equal(again.images, queries.images)
     with pytest.raises(ValueError, match="unchanged"):
-        make_queries(jax.random.key(0), image, 3, 10, config.replace(transforms=("flip",)), mean, std)
+        make_queries(jax.random.key(0), image, 3, 10, config.replace(transforms=("flip",)), norm)
 
 
 def test_robust_threshold_ignores_a_few_outliers():
@@ -147,8 +149,7 @@ def test_several_test_points_are_scored_together_and_aggregated(tiny_run):
     victim, poisoning, test = tiny_run.victim, tiny_run.poisoning, tiny_run.splits.test
     victims = np.flatnonzero(test.labels != victim.target)[:40]
     triggered = np.clip(np.asarray(poisoning.trigger.apply(test.images[victims])), 0, 1)
-    logits = victim.model.apply(victim.model.params, victim.model.state,
-                                (triggered - victim.train.mean) / victim.train.std)  # fmt: skip
+    logits = victim.model(triggered)
     points = triggered[np.flatnonzero(np.asarray(logits).argmax(-1) == victim.target)[:2]]
     assert len(points) == 2
     config = DeltaConfig(n_b=10, n_tol=1, aggregate="union")

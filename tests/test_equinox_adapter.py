@@ -24,10 +24,10 @@ from jaxpoison.influence import (
     layer_gradient,
     per_example_grads,
 )
-from jaxpoison.influence.capture import capture, per_example_layer_gradients, tapped_apply
+from jaxpoison.influence.capture import capture, per_example_layer_gradients
 from jaxpoison.models import from_equinox
 from jaxpoison.training import adam_recipe, evaluate, train
-from tests.twins import CLASSES, SHAPE, assert_twin_scores_alike, nnx_reference, tiny_data
+from tests.twins import CLASSES, MEAN, SHAPE, STD, assert_twin_scores_alike, nnx_reference, tiny_data
 
 
 @pytest.fixture(autouse=True)
@@ -81,16 +81,16 @@ def twins():
              jnp.transpose(w["conv2"]["kernel"], (3, 2, 0, 1)), w["conv2"]["bias"][:, None, None],
              w["fc1"]["kernel"].T, w["fc1"]["bias"], w["fc2"]["kernel"].T, w["fc2"]["bias"]),
         )  # fmt: skip
-        eqx_model = from_equinox(net, SHAPE, channels_first=True)
+        eqx_model = from_equinox(net, SHAPE, channels_first=True, mean=MEAN, std=STD)
     return nnx_model, eqx_model
 
 
 def test_the_equinox_twin_computes_the_same_logits_and_features(twins):
     nnx_model, eqx_model = twins
     x = jax.random.normal(jax.random.key(0), (5, *SHAPE), jnp.float64)
-    for fn in ("apply", "features"):
-        got = getattr(eqx_model, fn)(eqx_model.params, eqx_model.state, x)
-        np.testing.assert_allclose(got, getattr(nnx_model, fn)(nnx_model.params, nnx_model.state, x), rtol=1e-12)
+    for fn in ("logits", "features"):
+        got = getattr(eqx_model, fn)(x)
+        np.testing.assert_allclose(got, getattr(nnx_model, fn)(x), rtol=1e-12)
 
 
 def test_params_are_a_nested_dict_keyed_by_attribute_and_position(twins):
@@ -103,13 +103,13 @@ def test_params_are_a_nested_dict_keyed_by_attribute_and_position(twins):
     assert mlp.params["layers"]["1"]["weight"].shape == (5, 5)
     # The structure is a jit static argument: hashable, and equal for the same architecture.
     again = from_equinox(eqx.nn.MLP(3, 2, 5, 2, key=jax.random.key(0)), (3,))
-    assert hash(mlp.graphdef) == hash(again.graphdef)
+    assert mlp.structure == again.structure and hash(mlp.structure) == hash(again.structure)
 
 
 def test_equinox_layers_are_found_in_call_order_with_nothing_untracked(twins):
     nnx_model, eqx_model = twins
-    eqx_layers, untracked = find_layers(eqx_model.graphdef, eqx_model.params, eqx_model.state)
-    nnx_layers, _ = find_layers(nnx_model.graphdef, nnx_model.params, nnx_model.state)
+    eqx_layers, untracked = find_layers(eqx_model)
+    nnx_layers, _ = find_layers(nnx_model)
     assert untracked == [] and [layer.name for layer in eqx_layers] == ["conv1", "conv2", "fc1", "fc2"]
     describe = lambda layer: (layer.kind, layer.in_dim, layer.out_features, layer.has_bias)
     assert [describe(a) for a in eqx_layers] == [describe(b) for b in nnx_layers]
@@ -121,7 +121,7 @@ def _captured_and_reference(model, layers, x, y):
     """Captured ``(a, g)`` per layer and ``vmap(grad)`` per-example gradients (jitted: op-by-op is slow)."""
 
     def both(params, x, y):
-        _, captured = capture(tapped_apply(model.graphdef, layers), layers, params, model.state, x, y, cross_entropy)
+        _, captured = capture(model.replace(params=params), layers, x, y, cross_entropy)
         return captured, per_example_grads(model.bind(), cross_entropy, params, x, y)
 
     return jax.jit(both)(model.params, x, y)
@@ -129,7 +129,7 @@ def _captured_and_reference(model, layers, x, y):
 
 def test_equinox_captured_gradients_equal_vmap_grad(twins):
     _, model = twins
-    layers, _ = find_layers(model.graphdef, model.params, model.state)
+    layers, _ = find_layers(model)
     x = jax.random.normal(jax.random.key(1), (3, *SHAPE), jnp.float64)
     y = jnp.array([0, 3, 1])
     captured, reference = _captured_and_reference(model, layers, x, y)
@@ -157,12 +157,12 @@ class FlatMLP(eqx.Module):
 
 def test_an_equinox_mlp_trains_and_evaluates_through_the_library():
     data = tiny_data(64, 3)
-    model = from_equinox(FlatMLP(jax.random.key(0)), SHAPE)
-    layers, untracked = find_layers(model.graphdef, model.params, model.state)
+    model = from_equinox(FlatMLP(jax.random.key(0)), SHAPE, mean=MEAN, std=STD)
+    layers, untracked = find_layers(model)
     assert [layer.name for layer in layers] == ["mlp.layers.0", "mlp.layers.1"] and untracked == []
     result = train(model, data, adam_recipe(epochs=3, batch_size=16, learning_rate=1e-2), progress=False)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
-    assert 0.0 <= evaluate(model.apply, result.params, result.state, data).accuracy <= 1.0
+    assert 0.0 <= evaluate(result.model, data).accuracy <= 1.0
 
 
 class Awkward(eqx.Module):
@@ -191,7 +191,7 @@ class Awkward(eqx.Module):
 
 def test_untrackable_layers_are_listed_by_name_and_the_rest_is_exact():
     model = from_equinox(Awkward(jax.random.key(0)), (5, 2))
-    layers, untracked = find_layers(model.graphdef, model.params, model.state)
+    layers, untracked = find_layers(model)
     assert [layer.name for layer in layers] == ["proj", "head"]
     assert sorted(untracked) == sorted(f"{n}.{p}" for n in ("embed", "grouped", "shared") for p in ("weight", "bias"))
     x = jax.random.normal(jax.random.key(1), (3, 5, 2), jnp.float64)
@@ -220,7 +220,7 @@ class Strided(eqx.Module):
 
 def test_a_strided_padded_dilated_convolution_is_captured_exactly():
     model = from_equinox(Strided(jax.random.key(0)), (8, 6, 2), channels_first=True)
-    layers, untracked = find_layers(model.graphdef, model.params, model.state)
+    layers, untracked = find_layers(model)
     layer = layers[0]
     assert [t.name for t in layers] == ["conv", "head"] and untracked == []
     assert (layer.in_dim, layer.out_features, layer.has_bias) == (3 * 2 * 2, 3, False)
@@ -240,7 +240,7 @@ def test_from_equinox_refuses_what_it_cannot_take():
         from_equinox(stateful, (3,))
     model = from_equinox(eqx.nn.Linear(3, 2, key=jax.random.key(0)), (3,))
     with pytest.raises(InputError, match="no `features` method"):
-        model.features(model.params, model.state, jnp.ones((1, 3)))
+        model.features(jnp.ones((1, 3)))
 
 
 def test_jaxpoison_imports_without_loading_equinox():
@@ -253,7 +253,7 @@ def test_the_output_layer_of_an_equinox_model_is_found_for_unlearning(twins):
 
     nnx_model, eqx_model = twins
     assert output_layer(eqx_model, SHAPE) == "fc2" == output_layer(nnx_model, SHAPE)  # [classes, width] weight
-    fresh = eqx_model._replace(params=jax.tree.map(jnp.zeros_like, eqx_model.params))
+    fresh = eqx_model.replace(params=jax.tree.map(jnp.zeros_like, eqx_model.params))
     reset = replace_layer(eqx_model, "fc2", fresh)  # what cf_reset does to the head
     assert not np.any(reset.params["fc2"]["weight"]) and np.array_equal(reset.params["fc1"]["weight"],
                                                                         eqx_model.params["fc1"]["weight"])  # fmt: skip

@@ -178,7 +178,7 @@ def test_a_damaged_training_checkpoint_is_dropped_and_its_epoch_retrained(tmp_pa
     from tests.conftest import make_dataset
 
     data = make_dataset(n=96)
-    model = to_functional(create_model("mlp", data.image_shape, data.num_classes))
+    model = to_functional(create_model("mlp", data.image_shape, data.num_classes), data.mean, data.std)
     recipe = adam_recipe(epochs=3, batch_size=32)
     straight = train(model, data, recipe, seed=1, checkpoint_dir=str(tmp_path / "ck"), progress=False)
     for path in (tmp_path / "ck" / "3").rglob("*"):  # every file of the newest epoch's step
@@ -200,10 +200,10 @@ def test_another_models_checkpoints_are_refused_and_left_untouched(tmp_path):
 
     data = make_dataset(n=64)
     recipe = adam_recipe(epochs=1, batch_size=32)
-    small = to_functional(create_model("mlp", data.image_shape, data.num_classes, hidden=(8,)))
+    small = to_functional(create_model("mlp", data.image_shape, data.num_classes, hidden=(8,)), data.mean, data.std)
     train(small, data, recipe, seed=0, checkpoint_dir=str(tmp_path), progress=False)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    wide = to_functional(create_model("mlp", data.image_shape, data.num_classes, hidden=(16,)))
+    wide = to_functional(create_model("mlp", data.image_shape, data.num_classes, hidden=(16,)), data.mean, data.std)
     with pytest.raises(CheckpointError, match="holds another model's arrays"):
         train(wide, data, recipe, seed=0, checkpoint_dir=str(tmp_path), progress=False)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing deleted

@@ -148,9 +148,9 @@ def test_freq_cnn_registered_with_reference_size_and_pads_odd_sizes():
     assert count_params(nnx.state(reference, nnx.Param)) == 292_002
     m = to_functional(nnx.eval_shape(lambda: create_model("freq_cnn", (28, 28, 1), 2, width=4)))
     x = jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32)  # zero-padded to 32×32 inside
-    assert jax.eval_shape(m.apply, m.params, m.state, x).shape == (2, 2)
-    assert jax.eval_shape(m.features, m.params, m.state, x).shape == (2, 4 * 4 * 16)
-    assert jax.eval_shape(m.train_apply, m.params, m.state, x)[0].shape == (2, 2)
+    assert jax.eval_shape(lambda m, x: m(x), m, x).shape == (2, 2)
+    assert jax.eval_shape(lambda m, x: m.features(x), m, x).shape == (2, 4 * 4 * 16)
+    assert jax.eval_shape(lambda m, x: m.train_logits(x), m, x)[0].shape == (2, 2)
 
 
 def test_detector_learns_clean_versus_triggered(detector):

@@ -77,7 +77,7 @@ def _nan_factors(factors):
 
 
 def _scaled(model, factor):
-    return model._replace(params=jax.tree.map(lambda a: a * factor, model.params))
+    return model.replace(params=jax.tree.map(lambda a: a * factor, model.params))
 
 
 # --------------------------------------------------------------------------- B: validation at the boundary
@@ -188,7 +188,7 @@ def test_delta_config_fields_are_finite_and_in_range(changes, match):
 def test_non_floating_parameters_are_refused(setup, dtype, where):
     params = jax.tree.map(lambda a: a, setup.model.params)
     params["fc2"]["kernel"] = params["fc2"]["kernel"].astype(dtype)
-    model = setup.model._replace(params=params)
+    model = setup.model.replace(params=params)
     call = {
         "fit": lambda: fit_factors(model, setup.data, progress=False),
         "pairwise": lambda: _pairwise(setup, model=model),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
@@ -13,7 +14,7 @@ from jaxpoison.attacks import attack_metrics, square_patch
 from jaxpoison.cli import main
 from jaxpoison.errors import InputError
 from jaxpoison.experiments import run_train_job
-from jaxpoison.models import create_model, to_functional
+from jaxpoison.models import FunctionalModel, create_model, to_functional
 from jaxpoison.training import (
     DivergenceError,
     NonFiniteOutputError,
@@ -37,7 +38,7 @@ def _sgd(learning_rate: float, epochs: int = 3, batch_size: int = 16) -> TrainRe
 
 
 def _mlp(data):
-    return to_functional(create_model("mlp", data.image_shape, data.num_classes, hidden=(16,)))
+    return to_functional(create_model("mlp", data.image_shape, data.num_classes, hidden=(16,)), data.mean, data.std)
 
 
 def _poisoned_params(model, value=NAN):
@@ -123,7 +124,7 @@ def test_non_finite_starting_parameters_stop_at_the_first_step():
     data = make_dataset()
     model = _mlp(data)
     with pytest.raises(DivergenceError, match="loss is nan at epoch 1, step 1 of 4"):
-        train(model._replace(params=_poisoned_params(model)), data, adam_recipe(epochs=1, batch_size=16),
+        train(model.replace(params=_poisoned_params(model)), data, adam_recipe(epochs=1, batch_size=16),
               progress=False)  # fmt: skip
 
 
@@ -158,16 +159,29 @@ def test_accuracy_of_a_non_finite_model_is_refused(value):
     model = _mlp(data)
     params = _poisoned_params(model, value)
     with pytest.raises(NonFiniteOutputError, match=r"non-finite outputs .* on 64 of 64 examples"):
-        evaluate(model.apply, params, model.state, data)
+        evaluate(model.replace(params=params), data)
     with pytest.raises(NonFiniteOutputError, match="non-finite outputs"):
-        predict_logits(model.apply, params, model.state, data, batch_size=10)  # padded last batch
+        predict_logits(model.replace(params=params), data, batch_size=10)  # padded last batch
     with pytest.raises(NonFiniteOutputError, match="lower learning rate"):
-        predict_labels(model.apply, params, model.state, data)
+        predict_labels(model.replace(params=params), data)
 
 
-def _log_apply(params, state, x):
-    # Finite for every normalised pixel above -2, i.e. every pixel-space value above 0.
-    return jnp.log(x.reshape(len(x), -1)[:, :4] + 2.0)
+@dataclasses.dataclass(frozen=True)
+class _LogStructure:
+    """A hand-written model structure: finite for every normalised pixel above -2, i.e. every pixel above 0."""
+
+    def apply(self, params, state, x):
+        return jnp.log(x.reshape(len(x), -1)[:, :4] + 2.0)
+
+    def features(self, params, state, x):
+        return x.reshape(len(x), -1)
+
+    def train_apply(self, params, state, x):
+        return self.apply(params, state, x), state
+
+
+def _log_model(data):
+    return FunctionalModel({}, {}, _LogStructure()).with_normalization(data.mean, data.std)
 
 
 def test_one_non_finite_example_is_enough_to_refuse():
@@ -176,10 +190,10 @@ def test_one_non_finite_example_is_enough_to_refuse():
     images = data.images.copy()
     images[:, 0, 0, 0] = np.maximum(images[:, 0, 0, 0], 0.01)
     clean = data.replace(images=images)
-    assert evaluate(_log_apply, None, None, clean, batch_size=16).predictions.shape == (64,)
+    assert evaluate(_log_model(data), clean, batch_size=16).predictions.shape == (64,)
     images[5, 0, 0, 0] = 0.0
     with pytest.raises(NonFiniteOutputError, match="on 1 of 64 examples"):
-        evaluate(_log_apply, None, None, data.replace(images=images), batch_size=24)
+        evaluate(_log_model(data), data.replace(images=images), batch_size=24)
 
 
 @pytest.mark.parametrize("target", [0, 2])
@@ -189,16 +203,16 @@ def test_attack_metrics_of_a_nan_model_are_refused_not_a_perfect_asr(target):
     model = _mlp(data)
     trigger = square_patch(data.image_shape, size=2, color=(1.0,), margin=0)
     with pytest.raises(NonFiniteOutputError, match="the model produces non-finite outputs"):
-        attack_metrics(model.apply, _poisoned_params(model), model.state, data, trigger, target=target)
+        attack_metrics(model.replace(params=_poisoned_params(model)), data, trigger, target=target)
 
 
 def test_finite_models_predict_as_before():
     data = make_dataset()
     model = _mlp(data)
-    logits = predict_logits(model.apply, model.params, model.state, data, batch_size=10)
-    labels = predict_labels(model.apply, model.params, model.state, data, batch_size=10)
+    logits = predict_logits(model, data, batch_size=10)
+    labels = predict_labels(model, data, batch_size=10)
     np.testing.assert_array_equal(labels, logits.argmax(-1))
     trigger = square_patch(data.image_shape, size=2, color=(1.0,), margin=0)
-    metrics = attack_metrics(model.apply, model.params, model.state, data, trigger, target=0)
+    metrics = attack_metrics(model, data, trigger, target=0)
     assert 0.0 <= metrics["asr"] <= 1.0
-    assert metrics["clean_accuracy"] == evaluate(model.apply, model.params, model.state, data).accuracy
+    assert metrics["clean_accuracy"] == evaluate(model, data).accuracy

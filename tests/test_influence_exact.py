@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from scipy.stats import spearmanr
 
 from jaxpoison.data import Dataset, Provenance, load_dataset
@@ -38,8 +39,9 @@ from jaxpoison.influence import (
     self_scores,
     solve_dense,
 )
-from jaxpoison.influence.capture import Layer, capture, conv_patches, per_example_layer_gradients, tapped_apply
+from jaxpoison.influence.capture import Layer, capture, conv_patches, per_example_layer_gradients
 from jaxpoison.models import create_model, to_functional
+from tests.twins import assert_ekfac_eigenvalues_equal_dense
 
 
 @pytest.fixture(autouse=True)
@@ -49,9 +51,15 @@ def x64():
 
 
 def f64_model(name, shape, classes, seed=0, **kw):
-    model = to_functional(create_model(name, shape, classes, seed=seed, **kw))
+    """A float64 model normalising with tiny_data's constants, as the library sees it."""
+    model = to_functional(create_model(name, shape, classes, seed=seed, **kw), [0.5] * shape[-1], [0.3] * shape[-1])
     cast = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
-    return model._replace(params=cast(model.params), state=cast(model.state))
+    return model.replace(params=cast(model.params), state=cast(model.state))
+
+
+def network(model):
+    """``f(params, x)`` of the raw network on *normalised* x: the dense references below normalise by hand."""
+    return lambda params, x: model.structure.apply(params, model.state, x)
 
 
 def tiny_data(n=12, shape=(8, 8, 1), classes=4, seed=0) -> Dataset:
@@ -176,13 +184,13 @@ def test_conv_patches_match_naive_loop(kernel, strides, padding, dilation):
 @pytest.mark.parametrize("name,shape,kw", [("cnn", (8, 8, 1), {}), ("resnet18", (8, 8, 3), {"width": 4})])
 def test_captured_per_example_gradients_equal_vmap_grad(name, shape, kw):
     model = f64_model(name, shape, 5, **kw)
-    layers, untracked = find_layers(model.graphdef, model.params, model.state)
+    layers, untracked = find_layers(model)
     assert len(layers) == (4 if name == "cnn" else 21)
     assert (not untracked) if name == "cnn" else all(".bn" in u or "_bn" in u or "shortcut.1" in u for u in untracked)
     x = jax.random.normal(jax.random.key(0), (3, *shape), jnp.float64)
     y = jnp.array([0, 3, 4])
-    _, captured = capture(tapped_apply(model.graphdef, layers), layers, model.params, model.state, x, y, cross_entropy)
-    reference = per_example_grads(model.bind(), cross_entropy, model.params, x, y)
+    _, captured = capture(model, layers, x, y, cross_entropy)
+    reference = per_example_grads(network(model), cross_entropy, model.params, model.normalize(x), y)
     for layer in layers:
         got = per_example_layer_gradients(*captured[layer.name])
         np.testing.assert_allclose(got, layer_gradient(reference, layer), rtol=1e-9, atol=1e-12, err_msg=layer.name)
@@ -194,7 +202,7 @@ def test_captured_per_example_gradients_equal_vmap_grad(name, shape, kw):
 def _layer_grads(model, data, layer, labels=None):
     x = (jnp.asarray(data.images) - data.mean) / data.std
     y = jnp.asarray(data.labels if labels is None else labels)
-    return layer_gradient(per_example_grads(model.bind(), cross_entropy, model.params, x, y), layer)
+    return layer_gradient(per_example_grads(network(model), cross_entropy, model.params, x, y), layer)
 
 
 @pytest.mark.parametrize("strategy", ["kfac", "ekfac"])
@@ -233,9 +241,9 @@ def test_kfac_covariances_are_the_input_and_gradient_second_moments():
     factors = fit_factors(model, data, FactorConfig(strategy="kfac", fisher="empirical", batch_size=4), progress=False)
     head = next(layer for layer in factors.layers if layer.name == "head")
     x = (jnp.asarray(data.images) - data.mean) / data.std
-    a = jnp.concatenate([model.features(model.params, model.state, x), jnp.ones((len(data), 1))], axis=1)
+    a = jnp.concatenate([model.structure.features(model.params, model.state, x), jnp.ones((len(data), 1))], axis=1)
     np.testing.assert_allclose(factors.blocks[head.name]["a_cov"], a.T @ a / len(data), rtol=1e-10)
-    logits = model.apply(model.params, model.state, x)
+    logits = network(model)(model.params, x)
     g = jax.nn.softmax(logits) - jax.nn.one_hot(data.labels, 3)  # d CE / d logits
     np.testing.assert_allclose(factors.blocks[head.name]["s_cov"], g.T @ g / len(data), rtol=1e-10, atol=1e-14)
 
@@ -273,7 +281,7 @@ def test_pairwise_scores_equal_the_dense_formula(scored_setup, use_factors):
     xq = (jnp.asarray(queries.images) - queries.mean) / queries.std
     from jaxpoison.influence import margin_measurement
 
-    q_grads = per_example_grads(model.bind(), margin_measurement, model.params, xq, jnp.asarray(queries.labels))
+    q_grads = per_example_grads(network(model), margin_measurement, model.params, xq, jnp.asarray(queries.labels))
     want = 0.0
     for layer in model_layers(model):
         gq = layer_gradient(q_grads, layer).reshape(len(queries), -1)
@@ -287,7 +295,7 @@ def test_pairwise_scores_equal_the_dense_formula(scored_setup, use_factors):
 
 
 def model_layers(model):
-    return find_layers(model.graphdef, model.params, model.state)[0]
+    return find_layers(model)[0]
 
 
 def test_one_pass_multi_query_equals_query_by_query(scored_setup):
@@ -382,7 +390,7 @@ def test_clear_errors():
     data = tiny_data(n=6)
     with pytest.raises(ValueError, match="query images have shape"):
         pairwise_scores(model, data, np.zeros((2, 9, 9, 1)), np.zeros(2, int), None, progress=False)
-    bad = model._replace(params=jax.tree.map(lambda a: a.at[(0,) * a.ndim].set(jnp.nan), model.params))
+    bad = model.replace(params=jax.tree.map(lambda a: a.at[(0,) * a.ndim].set(jnp.nan), model.params))
     with pytest.raises(FactorError, match="NaN or Inf"):
         fit_factors(bad, data, progress=False)
     resnet = f64_model("resnet18", (8, 8, 3), 4, width=4)
@@ -400,7 +408,7 @@ def test_digits_cnn_scores_are_finite_in_float32():
     # The production dtype on a real dataset: EK-FAC with the default (true) Fisher.
     with jax.enable_x64(False):
         data = load_dataset("digits", "train").subset(range(200))
-        model = to_functional(create_model("cnn", data.image_shape, 10, width=4, hidden=16))
+        model = to_functional(create_model("cnn", data.image_shape, 10, width=4, hidden=16), data.mean, data.std)
         factors = fit_factors(model, data, FactorConfig(batch_size=64), progress=False)
         scores = pairwise_scores(model, data, data.images[:3], data.labels[:3], factors,
                                  ScoreConfig(damping=None), progress=False)  # fmt: skip
@@ -411,13 +419,13 @@ def test_digits_cnn_scores_are_finite_in_float32():
 
 def test_parameters_that_do_not_fit_the_model_are_refused():
     model = f64_model("cnn", (8, 8, 1), 4, width=2, hidden=6)
-    other_structure = model._replace(params=f64_model("mlp", (8, 8, 1), 4).params)
+    other_structure = model.replace(params=f64_model("mlp", (8, 8, 1), 4).params)
     with pytest.raises(ValueError, match="do not fit the model"):
         fit_factors(other_structure, tiny_data(n=4), progress=False)
     wider = f64_model("cnn", (8, 8, 1), 4, width=2, hidden=7)  # fc1/fc2 shapes differ
     params = jax.tree.map(lambda a: a, model.params)
     params["fc2"]["kernel"] = wider.params["fc2"]["kernel"]
-    mixed = model._replace(params=params)
+    mixed = model.replace(params=params)
     with pytest.raises(ValueError, match="do not fit the model"):
         fit_factors(mixed, tiny_data(n=4), progress=False)
     with pytest.raises(ValueError, match="do not fit the model"):
@@ -469,3 +477,51 @@ def test_lissa_python_and_scan_drivers_agree():
                                rtol=1e-10)  # fmt: skip
     with pytest.raises(ValueError, match="loop"):
         LissaConfig(loop="while")
+
+
+# --------------------------------------------------------------------------- a transformer in NNX
+
+
+class TinyTransformer(nnx.Module):
+    """Token classifier: embeddings, one multi-head self-attention block with an MLP, mean-pooled head."""
+
+    def __init__(self, vocab=11, length=5, width=8, heads=2, classes=3, *, rngs):
+        self.embed = nnx.Embed(vocab, width, param_dtype=jnp.float64, rngs=rngs)
+        self.attention = nnx.MultiHeadAttention(num_heads=heads, in_features=width, decode=False,
+                                                param_dtype=jnp.float64, rngs=rngs)  # fmt: skip
+        self.ff1 = nnx.Linear(width, 16, param_dtype=jnp.float64, rngs=rngs)
+        self.ff2 = nnx.Linear(16, width, param_dtype=jnp.float64, rngs=rngs)
+        self.head = nnx.Linear(width, classes, param_dtype=jnp.float64, rngs=rngs)
+
+    def features(self, tokens):
+        h = self.embed(tokens)
+        h = h + self.attention(h)
+        h = h + self.ff2(jax.nn.gelu(self.ff1(h)))  # dense layers at every position: positions are summed
+        return h.mean(axis=1)
+
+    def __call__(self, tokens):
+        return self.head(self.features(tokens))
+
+
+def test_an_nnx_transformers_captured_gradients_and_ekfac_equal_the_dense_references():
+    model = to_functional(TinyTransformer(rngs=nnx.Rngs(0)))
+    layers, untracked = find_layers(model)
+    assert [layer.name for layer in layers] == ["attention.key", "attention.out", "attention.query",
+                                                "attention.value", "ff1", "ff2", "head"]  # fmt: skip
+    assert untracked == ["embed.embedding"]
+    assert {layer.name: (layer.in_dim, layer.out_features) for layer in layers}["attention.out"] == (8 + 1, 8)
+    tokens = jax.random.randint(jax.random.key(1), (6, 5), 0, 11)
+    y = jax.random.randint(jax.random.key(2), (6,), 0, 3)
+    _, captured = capture(model, layers, tokens, y, cross_entropy)
+    reference = per_example_grads(model.bind(), cross_entropy, model.params, tokens, y)
+    for layer in layers:
+        got = per_example_layer_gradients(*captured[layer.name])
+        np.testing.assert_allclose(got, layer_gradient(reference, layer), rtol=1e-9, atol=1e-12, err_msg=layer.name)
+    data = Dataset(np.asarray(tokens), np.asarray(y), ("a", "b", "c"), None, None,
+                   Provenance("synthetic", "tokens", "train"), kind="tokens")  # fmt: skip
+    config = FactorConfig(strategy="ekfac", fisher="empirical", batch_size=4, on_untracked="ignore")
+    factors = fit_factors(model, data, config, progress=False)
+    # The fit runs jitted; XLA's fused float64 exp differs from op-by-op by ~1e-9 in the attention's
+    # gradients, so the dense reference is jitted too.
+    reference = jax.jit(lambda p: per_example_grads(model.bind(), cross_entropy, p, tokens, y))(model.params)
+    assert_ekfac_eigenvalues_equal_dense(factors, reference)

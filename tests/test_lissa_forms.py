@@ -115,8 +115,8 @@ def tiny_problem():
     train = Dataset(images=rng.random((24, *shape), dtype=np.float32), labels=rng.integers(0, classes, 24),
                     class_names=("a", "b", "c"), mean=np.full(1, 0.5, np.float32), std=np.full(1, 0.25, np.float32),
                     provenance=Provenance("synthetic", "tiny", "train"))  # fmt: skip
-    model = to_functional(create_model("mlp", shape, classes, seed=1, hidden=(4,)))
-    model = model._replace(params=jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), model.params))
+    model = to_functional(create_model("mlp", shape, classes, seed=1, hidden=(4,)), train.mean, train.std)
+    model = model.replace(params=jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), model.params))
     return train, model
 
 
@@ -127,7 +127,7 @@ def dense_curvatures(model, train):
     y = jnp.asarray(train.labels)
 
     def logits(w):
-        return model.apply(unflatten(w), model.state, x)
+        return model.structure.apply(unflatten(w), model.state, x)  # the raw network, on normalised images
 
     hessian = jax.hessian(lambda w: cross_entropy(logits(w), y).mean())(flat)
     jac = jax.jacfwd(logits)(flat)  # [n, C, D]

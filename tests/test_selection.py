@@ -181,7 +181,7 @@ def test_rd_scores_use_the_models_softmax():
         lambda path, leaf: jnp.array([math.log(2.0), 0.0, 0.0]) if "bias" in jax.tree_util.keystr(path)
         else jnp.zeros_like(leaf), model.params)  # fmt: skip
     data = images_dataset(np.random.default_rng(0).random((5, 4, 4, 1)), np.zeros(5), 3)
-    got = rd_scores(model._replace(params=params), data, target=2)
+    got = rd_scores(model.replace(params=params), data, target=2)
     np.testing.assert_allclose(got, np.full(5, math.sqrt(0.5**2 + 0.25**2 + 0.75**2)), rtol=1e-6)
 
 
@@ -232,9 +232,9 @@ def test_lissa_candidate_influence_matches_exact_influence_on_logistic_regressio
         train_set = images_dataset(rng.random((60, *shape)), rng.integers(0, classes, 60), classes)
         val = images_dataset(rng.random((20, *shape)), np.zeros(20), classes)  # triggered, labelled target 0
         cands = images_dataset(rng.random((30, *shape)), np.zeros(30), classes)
-        model = to_functional(create_model("logreg", shape, classes, seed=0))
-        model = model._replace(params=jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), model.params))
-        bound = model.bind()
+        model = to_functional(create_model("logreg", shape, classes, seed=0), train_set.mean, train_set.std)
+        model = model.replace(params=jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), model.params))
+        bound = lambda p, x: model.structure.apply(p, model.state, x)  # the raw network, on normalised images
         norm = lambda d: normalize(jnp.asarray(d.images), d.mean, d.std)
 
         v = mean_loss_gradient(model, val, batch_size=8)  # padded batches: 8 + 8 + 4

@@ -36,9 +36,9 @@ SCRIPT = textwrap.dedent(
     recipe = reference_recipe(epochs=2).replace(batch_size=32, learning_rate=0.05, crop_padding=1)
     out = {"devices": jax.device_count()}
     for name, kw, dtype in (("cnn", {}, np.float32), ("resnet18", {"width": 4}, np.float64)):
-        model = to_functional(create_model(name, data.image_shape, data.num_classes, seed=0, **kw))
+        model = to_functional(create_model(name, data.image_shape, data.num_classes, seed=0, **kw), data.mean, data.std)
         cast = lambda tree: jax.tree.map(lambda a: a.astype(dtype), tree)
-        model = model._replace(params=cast(model.params), state=cast(model.state))
+        model = model.replace(params=cast(model.params), state=cast(model.state))
         runs = [train(model, data, recipe, seed=1, mesh=data_mesh(n), progress=False) for n in (1, 8)]
         leaves = [jax.tree.leaves(jax.device_get(r.params)) for r in runs]
         out[name] = {
@@ -88,7 +88,7 @@ INFLUENCE_SCRIPT = textwrap.dedent(
     data = load_dataset("digits", "train").subset(range(100))  # 100: the last batch of 32 is padded
     model = to_functional(create_model("cnn", data.image_shape, data.num_classes, seed=0, width=4, hidden=16))
     cast = lambda tree: jax.tree.map(lambda a: a.astype(np.float64), tree)
-    model = model._replace(params=cast(model.params), state=cast(model.state))
+    model = model.replace(params=cast(model.params), state=cast(model.state))
     out = {}
     for n in (1, 8):
         mesh = data_mesh(n)

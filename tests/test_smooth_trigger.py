@@ -9,7 +9,7 @@ import pytest
 
 from jaxpoison.attacks import TriggerError, lowpass, make_smooth_trigger, minmax
 from jaxpoison.attacks.smooth import gaussian_kernel, lowpass_twice
-from jaxpoison.data import load_splits, normalize
+from jaxpoison.data import load_splits
 from jaxpoison.models import create_model, to_functional
 from jaxpoison.training import adam_recipe, train
 
@@ -80,10 +80,9 @@ def passes(monkeypatch):
 @pytest.fixture(scope="module")
 def digits_model():
     train_set, test_set = load_splits("digits")
-    model = to_functional(create_model("cnn", train_set.image_shape, 10, seed=0))
+    model = to_functional(create_model("cnn", train_set.image_shape, 10, seed=0), train_set.mean, train_set.std)
     result = train(model, train_set, adam_recipe(epochs=6, batch_size=32), progress=False)
-    logits = lambda x: model.apply(result.params, result.state, normalize(x, train_set.mean, train_set.std))
-    return logits, train_set, test_set
+    return result.model, train_set, test_set  # a FunctionalModel is a logits function of pixel images
 
 
 def test_smooth_trigger_range_spectrum_and_effect(digits_model, passes):

@@ -27,9 +27,10 @@ from jaxpoison.training import (
 
 def test_cnn_on_digits_reaches_90_percent():
     train_set, test_set = load_splits("digits")
-    model = to_functional(create_model("cnn", train_set.image_shape, train_set.num_classes, seed=0))
+    model = to_functional(create_model("cnn", train_set.image_shape, train_set.num_classes, seed=0), train_set.mean,
+                          train_set.std)  # fmt: skip
     result = train(model, train_set, adam_recipe(epochs=8, batch_size=32), seed=0, progress=False)
-    accuracy = evaluate(model.apply, result.params, result.state, test_set).accuracy
+    accuracy = evaluate(result.model, test_set).accuracy
     assert accuracy >= 0.90, accuracy
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
@@ -93,7 +94,8 @@ class _Interrupt(Exception):
 def test_resume_after_interrupt_gives_identical_parameters(tmp_path, tiny_dataset):
     # A BatchNorm model with augmentation and SGD momentum: every kind of state must resume.
     recipe = dataclasses.replace(reference_recipe(epochs=3), batch_size=16, crop_padding=1)
-    model = to_functional(create_model("resnet18", tiny_dataset.image_shape, tiny_dataset.num_classes, width=4))
+    model = to_functional(create_model("resnet18", tiny_dataset.image_shape, tiny_dataset.num_classes, width=4),
+                          tiny_dataset.mean, tiny_dataset.std)  # fmt: skip
     straight = train(model, tiny_dataset, recipe, seed=5, progress=False)
 
     def stop_after_first_epoch(record):
@@ -115,17 +117,66 @@ def test_resume_after_interrupt_gives_identical_parameters(tmp_path, tiny_datase
               progress=False)  # fmt: skip
 
 
-def test_train_step_compiles_once(tiny_dataset):
-    model = to_functional(create_model("mlp", tiny_dataset.image_shape, tiny_dataset.num_classes))
-    from jaxpoison.training.train import make_train_step
+def test_train_step_compiles_once_per_architecture(tiny_dataset):
+    from jaxpoison.training.train import train_step
 
     recipe = adam_recipe(epochs=1, batch_size=8)
     opt = recipe.optimizer_for(8)
-    step = make_train_step(model, opt, recipe, tiny_dataset.mean, tiny_dataset.std)
-    params, state = jax.tree.map(jnp.copy, (model.params, model.state))
-    opt_state = opt.init(params)
-    for s in range(3):
-        x = jnp.asarray(tiny_dataset.images[s * 8 : (s + 1) * 8])
-        y = jnp.asarray(tiny_dataset.labels[s * 8 : (s + 1) * 8])
-        params, state, opt_state, _, _ = step(params, state, opt_state, jax.random.key(s), x, y)
-    assert step._cache_size() == 1
+    before = train_step._cache_size()
+    for seed in (0, 1):  # a fresh model of the same architecture reuses the compiled step
+        model = jax.tree.map(jnp.copy, to_functional(create_model("mlp", tiny_dataset.image_shape,
+                                                                  tiny_dataset.num_classes, seed=seed)))  # fmt: skip
+        opt_state = opt.init(model.params)
+        for s in range(3):
+            x = jnp.asarray(tiny_dataset.images[s * 8 : (s + 1) * 8])
+            y = jnp.asarray(tiny_dataset.labels[s * 8 : (s + 1) * 8])
+            model, opt_state, _, _ = train_step(model, opt_state, jax.random.key(s), x, y, recipe=recipe,
+                                                steps_per_epoch=8)  # fmt: skip
+    assert train_step._cache_size() == before + 1
+
+
+def test_training_a_model_without_the_datasets_normalisation_says_so(tiny_dataset):
+    import warnings
+
+    from jaxpoison.training import UnnormalisedInputWarning
+
+    recipe = adam_recipe(epochs=1, batch_size=8)
+    raw = to_functional(create_model("logreg", tiny_dataset.image_shape, tiny_dataset.num_classes))
+    with pytest.warns(UnnormalisedInputWarning, match="to_functional\\(module, data.mean, data.std\\)"):
+        train(raw, tiny_dataset, recipe, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnnormalisedInputWarning)
+        train(raw.with_normalization(tiny_dataset.mean, tiny_dataset.std), tiny_dataset, recipe, progress=False)
+        train(raw.with_normalization(0.0, 1.0), tiny_dataset, recipe, progress=False)  # raw inputs on purpose
+
+
+def test_the_loop_takes_another_order_key_and_optimizer_with_its_own_step(tiny_dataset):
+    recipe = adam_recipe(epochs=2, batch_size=8)
+    model = to_functional(create_model("logreg", tiny_dataset.image_shape, tiny_dataset.num_classes),
+                          tiny_dataset.mean, tiny_dataset.std)  # fmt: skip
+    with pytest.raises(ValueError, match="needs the step_fn"):
+        train(model, tiny_dataset, recipe, optimizer=optax.sgd(0.1), progress=False)
+    seen = []
+    order = lambda epoch: seen.append(epoch) or np.arange(len(tiny_dataset))[::-1]
+    sgd = optax.sgd(0.1)
+
+    @jax.jit
+    def step(m, o, k, x, y):  # plain SGD on the cross-entropy, no augmentation
+        def loss(p):
+            logits = m.replace(params=p)(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+        (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(m.params)
+        updates, o = sgd.update(grads, o, m.params)
+        return m.replace(params=optax.apply_updates(m.params, updates)), o, value, jnp.sum(logits.argmax(-1) == y)
+
+    a = train(model, tiny_dataset, recipe, step_fn=step, optimizer=sgd, order=order, progress=False)
+    b = train(model, tiny_dataset, recipe, step_fn=step, optimizer=sgd, order=order, key=jax.random.key(7),
+              progress=False)  # fmt: skip
+    assert seen == [0, 1, 0, 1]  # asked once per epoch, in order
+    # A fixed reversed order and plain SGD: the runs agree (no augmentation, so the key does not matter).
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_array_equal(x, y)
+    default = train(model, tiny_dataset, recipe, progress=False)
+    assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(default.params),
+                                                          strict=True))  # fmt: skip

@@ -26,15 +26,17 @@ def x64():
 
 
 def _model(seed=0):
-    model = to_functional(create_model("logreg", (2, 2, 1), 3, seed=seed))
+    # make_dataset's constants: the model normalises with them, as the references below do by hand.
+    model = to_functional(create_model("logreg", (2, 2, 1), 3, seed=seed), mean=[0.5], std=[0.25])
     cast = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t)
-    return model._replace(params=cast(model.params), state=cast(model.state))
+    return model.replace(params=cast(model.params), state=cast(model.state))
 
 
 def _grads(model, data):
     x = (jnp.asarray(data.images) - data.mean) / data.std
     log_odds = lambda logits, y: -margin_measurement(logits, y)
-    grads = per_example_grads(model.bind(), log_odds, model.params, x, jnp.asarray(data.labels))
+    network = lambda p, x: model.structure.apply(p, model.state, x)  # the raw network, on normalised x
+    grads = per_example_grads(network, log_odds, model.params, x, jnp.asarray(data.labels))
     return np.asarray(flatten_batch(grads))
 
 
@@ -47,7 +49,7 @@ def test_square_projection_gives_the_exact_trak_formula():
                          progress=False)  # fmt: skip
     g, gq = _grads(model, train), _grads(model, queries)
     x = (jnp.asarray(train.images) - train.mean) / train.std
-    p = np.asarray(jax.nn.softmax(model.bind()(model.params, x)))[np.arange(40), train.labels]
+    p = np.asarray(jax.nn.softmax(model.structure.apply(model.params, model.state, x)))[np.arange(40), train.labels]
     want = gq @ np.linalg.solve(g.T @ g, g.T) * (1 - p)[None]
     np.testing.assert_allclose(scores.values, want, rtol=1e-6, atol=1e-9)
     assert scores.meta["strategy"] == "trak" and scores.meta["checkpoints"] == 1

@@ -90,12 +90,12 @@ def test_dampen_is_exact_on_hand_made_importances():
 
 def test_importance_is_the_mean_squared_minibatch_gradient():
     data = make_dataset(n=12, shape=(4, 4, 1), num_classes=3)
-    model = to_functional(create_model("logreg", data.image_shape, 3, seed=0))
+    model = to_functional(create_model("logreg", data.image_shape, 3, seed=0), data.mean, data.std)
 
     def grad_sq(idx):
         def loss(p):
             x = (jnp.asarray(data.images[idx]) - data.mean) / data.std
-            logits = model.apply(p, model.state, x)
+            logits = model.structure.apply(p, model.state, x)  # the raw network on normalised images
             return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), data.labels[idx][:, None], 1))
 
         return jax.tree.map(jnp.square, jax.grad(loss)(model.params))

@@ -28,16 +28,18 @@ INTENDED = 1
 @pytest.fixture(scope="module")
 def setup():
     train_set, test_set = load_splits("digits")
-    model = to_functional(create_model("cnn", train_set.image_shape, 10, seed=0, width=8, hidden=32))
-    trained = train(model, train_set, adam_recipe(epochs=3, batch_size=32), progress=False)
-    model = model._replace(params=trained.params, state=trained.state)
+    module = create_model("cnn", train_set.image_shape, 10, seed=0, width=8, hidden=32)
+    model = to_functional(module, train_set.mean, train_set.std)
+    model = train(model, train_set, adam_recipe(epochs=3, batch_size=32), progress=False).model
     poisons = np.flatnonzero(train_set.labels == INTENDED)[:24]
     target = test_set.images[np.flatnonzero(test_set.labels == 7)[0]]
     return model, train_set, poisons, target
 
 
 def _flat_grad(model, params, x, y):
-    grads = jax.grad(lambda p: jnp.mean(jax.vmap(cross_entropy)(model.apply(p, model.state, x), y)))(params)
+    """Flattened gradient of the mean loss at *normalised* inputs ``x`` (the raw network, normalised by hand)."""
+    logits = lambda p: model.structure.apply(p, model.state, x)
+    grads = jax.grad(lambda p: jnp.mean(jax.vmap(cross_entropy)(logits(p), y)))(params)
     return jnp.concatenate([g.reshape(-1) for g in jax.tree.leaves(grads)])
 
 

@@ -15,6 +15,7 @@ from jaxpoison.influence import FactorConfig, ScoreConfig, fit_factors, pairwise
 from jaxpoison.models import FunctionalModel
 
 SHAPE, CLASSES = (8, 8, 1), 4
+MEAN, STD = [0.5], [0.3]  # tiny_data's normalisation constants
 
 
 def tiny_data(n: int, seed: int) -> Dataset:
@@ -41,15 +42,32 @@ def assert_twin_scores_alike(reference: FunctionalModel, twin: FunctionalModel) 
     np.testing.assert_allclose(scores["twin"], scores["reference"], rtol=1e-8, atol=1e-12)
 
     point = queries.images[0]
-    target = int(np.argmax(reference.apply(reference.params, reference.state, (point[None] - 0.5) / 0.3)))
+    target = int(np.argmax(reference(point[None])))
     delta = DeltaConfig(n_b=6, n_tol=1, seed=0)
     flags = {name: delta_influence(m, data, point, target, factors[name], delta, score, progress=False).flagged
              for name, m in models.items()}  # fmt: skip
     np.testing.assert_array_equal(flags["twin"], flags["reference"])
 
 
+def assert_ekfac_eigenvalues_equal_dense(factors, grads) -> None:
+    """EK-FAC's eigenvalues equal ``E[(Q_A ⊗ Q_S)ᵀ vec G_n]²`` of the per-example gradients ``grads``
+    (a parameter pytree with a leading example axis), layer by layer, in float64."""
+    import jax.numpy as jnp
+
+    from jaxpoison.influence.capture import layer_gradient
+
+    for layer in factors.layers:
+        block = factors.blocks[layer.name]
+        basis = jnp.kron(block["a_eigvecs"], block["s_eigvecs"])
+        g = layer_gradient(grads, layer)
+        g = g.reshape(g.shape[0], -1)
+        want = jnp.mean((g @ basis) ** 2, axis=0)
+        np.testing.assert_allclose(block["eigenvalues"].reshape(-1), want, rtol=1e-8, atol=1e-14, err_msg=layer.name)
+
+
 def nnx_reference() -> tuple[FunctionalModel, dict]:
-    """jaxpoison's NNX CNN (width 2, hidden 6) in float64, and its weights as a plain dict to copy into a twin.
+    """jaxpoison's NNX CNN (width 2, hidden 6) in float64, normalising with :data:`MEAN`/:data:`STD` (the
+    constants of :func:`tiny_data`), and its weights as a plain dict to copy into a twin.
 
     Call it under ``jax.enable_x64(True)``.
     """
@@ -59,6 +77,6 @@ def nnx_reference() -> tuple[FunctionalModel, dict]:
 
     from jaxpoison.models import create_model, to_functional
 
-    model = to_functional(create_model("cnn", SHAPE, CLASSES, width=2, hidden=6))
+    model = to_functional(create_model("cnn", SHAPE, CLASSES, width=2, hidden=6), MEAN, STD)
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), model.params)
-    return model._replace(params=params), nnx.to_pure_dict(params)
+    return model.replace(params=params), nnx.to_pure_dict(params)

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 
 from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
+from jaxpoison.models import FunctionalModel
 from jaxpoison.training.evaluate import predict_labels
 
 
-def attack_metrics(
-    apply: Callable, params: Any, state: Any, test: Dataset, trigger, target: int, source: int | None = None
-) -> dict:
+def attack_metrics(model: FunctionalModel, test: Dataset, trigger, target: int, source: int | None = None) -> dict:
     """How well a backdoored model obeys the trigger, and how it does on clean data.
 
     ASR is measured on triggered test images of the victim class(es) — the source class,
@@ -31,12 +27,12 @@ def attack_metrics(
       NonFiniteOutputError: the model outputs NaN or infinite logits; argmax would read them
         as class 0 and, with target 0, report a perfect attack.
     """
-    clean_pred = predict_labels(apply, params, state, test)
+    clean_pred = predict_labels(model, test)
     victims = np.flatnonzero(test.labels == source) if source is not None else np.flatnonzero(test.labels != target)
     if victims.size == 0:
         raise InputError("the test set has no images of the victim class(es); ASR is undefined.")
     triggered = test.subset(victims).replace(images=np.clip(np.asarray(trigger.apply(test.images[victims])), 0, 1))
-    pred = predict_labels(apply, params, state, triggered)
+    pred = predict_labels(model, triggered)
     labels = test.labels[victims]
     per_class = {int(c): float(np.mean(pred[labels == c] == target)) for c in np.unique(labels)}
     return {

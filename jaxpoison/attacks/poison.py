@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxpoison.data import Dataset
+from jaxpoison.data import Dataset, require_images
 from jaxpoison.errors import InputError
 
 
@@ -168,6 +168,7 @@ def poison_dataset(dataset: Dataset, trigger, config: PoisonConfig) -> PoisonedD
       trigger: any object with ``apply(images) -> images`` and ``describe() -> dict``.
       config: who, how many, replace or append.
     """
+    require_images(dataset, "a trigger (poison_dataset)")
     chosen = choose_poisons(dataset, config)
     triggered = np.asarray(trigger.apply(dataset.images[chosen]), np.float32)
     expected = (chosen.size, *dataset.image_shape)

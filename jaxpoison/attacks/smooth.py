@@ -138,8 +138,8 @@ def make_smooth_trigger(
     """Grow a low-frequency universal perturbation toward ``target`` (Zeng et al.'s procedure).
 
     Args:
-      logits_fn: ``f(pixel_images [N, H, W, C]) -> logits``: the trained model with
-        normalisation inside (e.g. ``lambda x: apply(params, state, normalize(x, mean, std))``).
+      logits_fn: ``f(pixel_images [N, H, W, C]) -> logits``: the trained model (a
+        :class:`~jaxpoison.models.FunctionalModel` is one: it normalises its own inputs).
       images: clean pixel-space images to fit on (the reference uses 100).
       target: the class the trigger should push toward.
       fooling_goal: stop once this share of non-target images goes to ``target``.

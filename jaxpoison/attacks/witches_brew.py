@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxpoison.data import Dataset, augment_batch, normalize
+from jaxpoison.data import Dataset, augment_batch, require_images
 from jaxpoison.errors import InputError
 from jaxpoison.influence.losses import cross_entropy
 from jaxpoison.models import FunctionalModel
@@ -94,9 +94,9 @@ def _tree_vdot(a, b) -> jax.Array:
     return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
-def _mean_ce(apply, params, state, x, y) -> jax.Array:
-    """Mean cross-entropy of a normalised batch."""
-    return jnp.mean(jax.vmap(cross_entropy)(apply(params, state, x), y))
+def _mean_ce(model, params, x, y) -> jax.Array:
+    """Mean cross-entropy of a pixel-space batch under ``model`` with ``params``."""
+    return jnp.mean(jax.vmap(cross_entropy)(model.replace(params=params)(x), y))
 
 
 def _optimizer(config: BrewConfig) -> optax.GradientTransformation:
@@ -121,7 +121,7 @@ def _batches(n: int, batch_size: int) -> list[slice]:
     return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
 
-def _batch_matching(apply, config: BrewConfig, params, state, g_target, mean, std, key, delta, x, y):
+def _batch_matching(model, config: BrewConfig, g_target, key, delta, x, y):
     """``(1 − cos, ∂(1 − cos)/∂δ)`` of one poison batch; ``g_target`` has unit norm.
 
     With ``g = ∇θ L(x + δ)``, ``c = ⟨g_t, g⟩`` and ``n = ‖g‖ + 1e-12``,
@@ -134,8 +134,9 @@ def _batch_matching(apply, config: BrewConfig, params, state, g_target, mean, st
         z = x + d
         if config.augment:
             z = augment_batch(key, z, config.padding, True)
-        return _mean_ce(apply, p, state, normalize(z, mean, std), y)
+        return _mean_ce(model, p, z, y)
 
+    params = model.params
     g = jax.grad(poison_loss)(params, delta)
     g_norm = jnp.sqrt(_tree_vdot(g, g))
     n = g_norm + 1e-12
@@ -146,16 +147,15 @@ def _batch_matching(apply, config: BrewConfig, params, state, g_target, mean, st
     return 1.0 - c / n, -jax.grad(directional)(delta)
 
 
-@functools.partial(jax.jit, static_argnames=("apply",))
-def _target_gradient(apply, params, state, x, y):
-    """Unit-norm ``∇θ`` of the target's loss toward the intended class."""
-    g = jax.grad(lambda p: _mean_ce(apply, p, state, x, y))(params)
+@jax.jit
+def _target_gradient(model, x, y):
+    """Unit-norm ``∇θ`` of the target's loss toward the intended class (pixel-space ``x``)."""
+    g = jax.grad(lambda p: _mean_ce(model, p, x, y))(model.params)
     return jax.tree.map(lambda t: t / jnp.sqrt(_tree_vdot(g, g)), g)
 
 
-@functools.partial(jax.jit, static_argnames=("apply", "config"))
-def _brew_step(apply, config: BrewConfig, params, state, g_target, mean, std, images, labels, delta, opt_state, key,
-               step):  # fmt: skip
+@functools.partial(jax.jit, static_argnames=("config",))
+def _brew_step(model, config: BrewConfig, g_target, images, labels, delta, opt_state, key, step):
     """One signAdam step over all poisons: ``(delta, opt_state, loss at the old delta)``.
 
     Batch ``b`` of step ``s`` augments with ``fold_in(fold_in(key, s), b)``. Only
@@ -165,8 +165,8 @@ def _brew_step(apply, config: BrewConfig, params, state, g_target, mean, std, im
     step_key = jax.random.fold_in(key, step)
     total, grads = 0.0, []
     for b, idx in enumerate(_batches(images.shape[0], config.batch_size)):
-        loss, grad = _batch_matching(apply, config, params, state, g_target, mean, std,
-                                     jax.random.fold_in(step_key, b), delta[idx], images[idx], labels[idx])  # fmt: skip
+        loss, grad = _batch_matching(model, config, g_target, jax.random.fold_in(step_key, b), delta[idx],
+                                     images[idx], labels[idx])  # fmt: skip
         total = total + loss * grad.shape[0]
         grads.append(grad)
     grads = jnp.concatenate(grads)
@@ -175,13 +175,13 @@ def _brew_step(apply, config: BrewConfig, params, state, g_target, mean, std, im
     return delta, opt_state, total / images.shape[0]
 
 
-@functools.partial(jax.jit, static_argnames=("apply", "batch_size"))
-def _alignment(apply, batch_size: int, params, state, g_target, mean, std, images, labels) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("batch_size",))
+def _alignment(model, batch_size: int, g_target, images, labels) -> jax.Array:
     """Cosine between ``g_target`` (unit norm) and ``∇θ`` of the mean loss over all ``images`` (no augmentation)."""
 
     def summed_grad(x, y):
         # Summed, not averaged, so that batches of different sizes add up to the full set's gradient.
-        return jax.grad(lambda p: jnp.sum(jax.vmap(cross_entropy)(apply(p, state, normalize(x, mean, std)), y)))(params)
+        return jax.grad(lambda p: jnp.sum(jax.vmap(cross_entropy)(model.replace(params=p)(x), y)))(model.params)
 
     parts = [summed_grad(images[idx], labels[idx]) for idx in _batches(images.shape[0], batch_size)]
     g = jax.tree.map(lambda *leaves: sum(leaves), *parts)
@@ -206,7 +206,7 @@ def brew_poisons(
 
     Args:
       model: the clean-trained model (its params are held fixed).
-      dataset: the training set (pixel space; normalised with its constants).
+      dataset: the training set (pixel space; the model normalises it).
       poison_indices: which training images to perturb (usually of ``intended_class``).
       target_image: ``[H, W, C]`` pixel-space test image to be misclassified.
       intended_class: the label the target image should receive.
@@ -217,21 +217,18 @@ def brew_poisons(
     Returns:
       A :class:`Brew`; apply it with :func:`apply_brew`.
     """
+    require_images(dataset, "Witches' Brew")
     poison_indices = np.asarray(poison_indices)
     if poison_indices.size == 0:
         raise InputError("no poison indices given.")
     if np.asarray(target_image).shape != dataset.image_shape:
         raise InputError(f"target_image must have shape {dataset.image_shape}; got {np.asarray(target_image).shape}.")
-    mean, std = jnp.asarray(dataset.mean, jnp.float32), jnp.asarray(dataset.std, jnp.float32)
-    params, state = model.params, model.state
-    x_t = normalize(jnp.asarray(target_image, jnp.float32)[None], mean, std)
-    g_target = _target_gradient(model.apply, params, state, x_t, jnp.asarray([intended_class]))
+    g_target = _target_gradient(model, jnp.asarray(target_image, jnp.float32)[None], jnp.asarray([intended_class]))
     images = jnp.asarray(dataset.images[poison_indices], jnp.float32)
     labels = jnp.asarray(dataset.labels[poison_indices])
     step_config = dataclasses.replace(config, seed=0, restarts=1)  # the static part of the compiled step
     optimizer = _optimizer(config)
-    run_step = functools.partial(_brew_step, model.apply, step_config, params, state, g_target, mean, std, images,
-                                 labels)  # fmt: skip
+    run_step = functools.partial(_brew_step, model, step_config, g_target, images, labels)
 
     all_losses, deltas, alignments = [], [], []
     key = jax.random.key(config.seed)
@@ -250,8 +247,7 @@ def brew_poisons(
                     bar.set_postfix(loss=f"{float(loss):.4f}")  # the only host sync inside a restart
         all_losses.append(jnp.stack(losses))
         deltas.append(delta)
-        alignments.append(_alignment(model.apply, config.batch_size, params, state, g_target, mean, std,
-                                     images + delta, labels))  # fmt: skip
+        alignments.append(_alignment(model, config.batch_size, g_target, images + delta, labels))
     losses, alignments = np.asarray(jnp.stack(all_losses)), np.asarray(jnp.stack(alignments))
     best = int(np.argmax(alignments))
     return Brew(np.asarray(deltas[best]), losses, best, alignments)
@@ -272,12 +268,10 @@ def gradient_alignment(
     poisons, the alignment a brew starts from); :attr:`Brew.alignments` holds this value
     for each restart's final ``δ``.
     """
-    mean, std = jnp.asarray(dataset.mean, jnp.float32), jnp.asarray(dataset.std, jnp.float32)
-    x_t = normalize(jnp.asarray(target_image, jnp.float32)[None], mean, std)
-    g_target = _target_gradient(model.apply, model.params, model.state, x_t, jnp.asarray([intended_class]))
+    g_target = _target_gradient(model, jnp.asarray(target_image, jnp.float32)[None], jnp.asarray([intended_class]))
     images = jnp.asarray(dataset.images[np.asarray(poison_indices)], jnp.float32) + jnp.asarray(perturbations)
     labels = jnp.asarray(dataset.labels[np.asarray(poison_indices)])
-    return float(_alignment(model.apply, batch_size, model.params, model.state, g_target, mean, std, images, labels))
+    return float(_alignment(model, batch_size, g_target, images, labels))
 
 
 def apply_brew(dataset: Dataset, poison_indices: np.ndarray, brew: Brew) -> Dataset:

@@ -1,7 +1,7 @@
 """Datasets: loading, the in-memory :class:`Dataset`, augmentation."""
 
 from jaxpoison.data.augment import augment, augment_batch, normalize, random_crop, random_flip
-from jaxpoison.data.dataset import Dataset, DatasetError, Provenance, split_train_validation
+from jaxpoison.data.dataset import KINDS, Dataset, DatasetError, Provenance, require_images, split_train_validation
 from jaxpoison.data.formats import read_cifar_binary, read_idx, write_cifar_binary, write_idx
 from jaxpoison.data.sources import (
     DATA_ENV,
@@ -17,6 +17,7 @@ from jaxpoison.data.synthetic import synthetic_dataset
 
 __all__ = [
     "DATA_ENV",
+    "KINDS",
     "Dataset",
     "DatasetError",
     "Provenance",
@@ -34,6 +35,7 @@ __all__ = [
     "random_flip",
     "read_cifar_binary",
     "read_idx",
+    "require_images",
     "split_train_validation",
     "synthetic_dataset",
     "write_cifar_binary",

@@ -1,10 +1,17 @@
 """The one in-memory dataset type of jaxpoison.
 
-Images live in pixel space: float32, NHWC, values in [0, 1]. Attacks and image
-transformations work in that space; normalisation with the dataset's constants
-happens at the model's door (:func:`jaxpoison.data.normalize`). Labels are int32
-class indices. Every dataset carries where it came from and a content hash, so a
-score file or a checkpoint can say which data it belongs to.
+A dataset holds one kind of example (:data:`KINDS`):
+
+* ``"image"`` — pixel space: float32, NHWC, values in [0, 1]. Attacks and image
+  transformations work in that space;
+* ``"features"`` — float32 vectors (or any per-example shape) of finite values, e.g. tabular data;
+* ``"tokens"`` — int32 token ids ``[N, T]`` (or any per-example shape), never normalised.
+
+Normalisation with the dataset's constants happens at the model's door (the model is built
+with them). Labels are int32 class indices. Every dataset carries where it came from and a
+content hash, so a score file or a checkpoint can say which data it belongs to. Parts of
+jaxpoison that need image semantics (triggers, image transformations, FreqDef, augmentation)
+refuse the other kinds with :func:`require_images`.
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ from jaxpoison.errors import InputError
 
 class DatasetError(InputError):
     """A dataset is malformed or cannot be loaded; the message says how to fix it."""
+
+
+KINDS = ("image", "features", "tokens")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +145,50 @@ def _per_channel(value, what: str, channels: int) -> np.ndarray:
     return array
 
 
+def _check_images(images: np.ndarray) -> np.ndarray:
+    check_image_layout(images.shape)
+    if not np.issubdtype(images.dtype, np.floating):
+        raise DatasetError(
+            f"images must be floating point in [0, 1]; got dtype {images.dtype}. "
+            "Convert uint8 images with images.astype(np.float32) / 255."
+        )
+    # Checked before the cast: a float64 beyond float32's range would otherwise turn into inf.
+    check_unit_range(images)
+    return images.astype(np.float32, copy=False)
+
+
+def _check_examples(inputs: np.ndarray, kind: str) -> np.ndarray:
+    """Validate non-image inputs: ``[N, ...]`` with at least one value per example."""
+    if inputs.ndim < 2 or 0 in inputs.shape[1:]:
+        raise DatasetError(f"{kind} must be an array [N, ...] with at least one value per example; got shape "
+                           f"{inputs.shape}.")  # fmt: skip
+    if kind == "tokens":
+        if inputs.dtype == bool or not np.issubdtype(inputs.dtype, np.integer):
+            raise DatasetError(f"tokens must be integer ids; got dtype {inputs.dtype}. Use kind='features' for "
+                               "real-valued inputs.")  # fmt: skip
+        if inputs.size and (inputs.min() < 0 or inputs.max() > np.iinfo(np.int32).max):
+            raise DatasetError(f"token ids must lie in [0, 2**31); got range [{inputs.min()}, {inputs.max()}].")
+        return inputs.astype(np.int32, copy=False)
+    if not np.issubdtype(inputs.dtype, np.floating) and not np.issubdtype(inputs.dtype, np.integer):
+        raise DatasetError(f"features must be numbers; got dtype {inputs.dtype}.")
+    with np.errstate(over="ignore"):
+        inputs = inputs.astype(np.float32, copy=False)
+    if not np.isfinite(inputs).all():
+        rows = np.flatnonzero(~np.isfinite(inputs.reshape(len(inputs), -1)).all(axis=1))
+        raise DatasetError(f"features hold NaN or inf (after conversion to float32) in examples "
+                           f"{rows[:5].tolist()}; impute or drop them first.")  # fmt: skip
+    return inputs
+
+
+def require_images(dataset: Dataset, what: str) -> None:
+    """Refuse a dataset whose examples are not images, naming the image-only method ``what``."""
+    if dataset.kind != "image":
+        raise DatasetError(f"{what} needs image data ([N, H, W, C] pixels in [0, 1]); this dataset holds "
+                           f"{dataset.kind} of shape {dataset.images.shape}. Methods that work on any data: "
+                           "influence scores, EK-FAC/TRAK thresholds, label-only Δ-Influence (modify='label'), "
+                           "spectral signatures, activation clustering, EU and CF.")  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
     """Images, labels and everything needed to use them.
@@ -143,12 +197,14 @@ class Dataset:
     scaled, since the right divisor is not ours to guess (the loaders divide uint8 by 255).
 
     Attributes:
-      images: float32 array ``[N, H, W, C]`` in ``[0, 1]``, all finite.
+      images: the inputs. For ``kind="image"``: float32 ``[N, H, W, C]`` in ``[0, 1]``, all finite;
+        ``"features"``: float32 ``[N, ...]``, all finite; ``"tokens"``: int32 ``[N, ...]``, ≥ 0.
       labels: int32 array ``[N]`` with values in ``[0, num_classes)`` (integer input only).
       class_names: one name per class; its length is the number of classes.
-      mean: per-channel normalisation mean, shape ``[C]``, finite.
-      std: per-channel normalisation standard deviation, shape ``[C]``, finite and > 0.
+      mean: per-channel (last-axis) normalisation mean, shape ``[C]``, finite. Tokens: ``[0.]``.
+      std: per-channel normalisation standard deviation, shape ``[C]``, finite and > 0. Tokens: ``[1.]``.
       provenance: where the data came from.
+      kind: what an example is, one of :data:`KINDS` (default ``"image"``).
     """
 
     images: np.ndarray
@@ -157,21 +213,19 @@ class Dataset:
     mean: np.ndarray
     std: np.ndarray
     provenance: Provenance
+    kind: str = "image"
 
     def __post_init__(self):
+        if self.kind not in KINDS:
+            raise DatasetError(f"kind must be one of {', '.join(KINDS)}; got {self.kind!r}.")
         try:
             images = np.asarray(self.images)
         except ValueError as e:  # ragged nested lists
-            raise DatasetError(f"images must be one rectangular array [N, H, W, C] ({e}).") from e
-        check_image_layout(images.shape)
-        if not np.issubdtype(images.dtype, np.floating):
-            raise DatasetError(
-                f"images must be floating point in [0, 1]; got dtype {images.dtype}. "
-                "Convert uint8 images with images.astype(np.float32) / 255."
-            )
-        # Checked before the cast: a float64 beyond float32's range would otherwise turn into inf.
-        check_unit_range(images)
-        images = images.astype(np.float32, copy=False)
+            raise DatasetError(f"images must be one rectangular array [N, ...] ({e}).") from e
+        if self.kind == "image":
+            images = _check_images(images)
+        else:
+            images = _check_examples(images, self.kind)
         labels = np.asarray(self.labels)
         if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
             raise DatasetError(
@@ -186,9 +240,9 @@ class Dataset:
         if len(class_names) < 2:
             raise DatasetError(f"a dataset needs at least 2 classes; got class_names={class_names!r}.")
         labels = check_labels(labels, "labels", len(class_names))
-        channels = images.shape[-1]
-        mean = _per_channel(self.mean, "mean", channels)
-        std = _per_channel(self.std, "std", channels)
+        channels = 1 if self.kind == "tokens" else images.shape[-1]
+        mean = np.zeros(1, np.float32) if self.kind == "tokens" else _per_channel(self.mean, "mean", channels)
+        std = np.ones(1, np.float32) if self.kind == "tokens" else _per_channel(self.std, "std", channels)
         if np.any(std <= 0):
             raise DatasetError(f"std must be positive; got {std}.")
         object.__setattr__(self, "images", images)
@@ -203,7 +257,8 @@ class Dataset:
     def __repr__(self) -> str:
         p = self.provenance
         return (
-            f"Dataset({p.name}/{p.split}: {len(self)} images of shape {self.image_shape}, "
+            f"Dataset({p.name}/{p.split}: {len(self)} {'images' if self.kind == 'image' else self.kind + ' examples'} "
+            f"of shape {self.image_shape}, "
             f"{self.num_classes} classes, source={p.source})"
         )
 
@@ -212,8 +267,11 @@ class Dataset:
         return len(self.class_names)
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+    def image_shape(self) -> tuple[int, ...]:
+        """One example's shape (``(H, W, C)`` for images)."""
+        return tuple(self.images.shape[1:])
+
+    input_shape = image_shape
 
     @property
     def content_hash(self) -> str:
@@ -221,7 +279,7 @@ class Dataset:
 
         Two datasets with the same hash hold the same examples in the same order.
         """
-        h = hashlib.sha256()
+        h = hashlib.sha256(b"" if self.kind == "image" else self.kind.encode())
         for array in (self.images, self.labels, self.mean, self.std):
             h.update(str(array.shape).encode())
             h.update(np.ascontiguousarray(array).tobytes())

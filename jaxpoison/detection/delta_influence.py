@@ -38,13 +38,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpoison.data import Dataset, normalize
+from jaxpoison.data import Dataset, require_images
 from jaxpoison.detection.transforms import TRANSFORM_NAMES, flip_labels, transform_batch
 from jaxpoison.errors import InputError
 from jaxpoison.influence import Factors, ScoreConfig, pairwise_scores
 from jaxpoison.influence.kfac import is_finite_real, is_integer
 from jaxpoison.influence.scores import check_images
-from jaxpoison.models import FunctionalModel
+from jaxpoison.models import FunctionalModel, Normalization
 
 MODIFICATIONS = ("both", "label", "image")
 AGGREGATIONS = ("union", "intersection")
@@ -154,8 +154,13 @@ class DeltaResult(NamedTuple):
     config: DeltaConfig
 
 
-def transformed_queries(key: jax.Array, image: np.ndarray, config: DeltaConfig, mean, std) -> tuple[np.ndarray, tuple]:
+def transformed_queries(
+    key: jax.Array, image: np.ndarray, config: DeltaConfig, normalization: Normalization | None = None
+) -> tuple[np.ndarray, tuple]:
     """The ``n_b`` transformed copies of one pixel-space image, none equal to it: ``(images, names)``.
+
+    ``normalization`` (the model's) is needed only by ``config.space="normalized"``, which
+    transforms the normalised image.
 
     A transformation can leave a particular image unchanged: a flip of a mirror-symmetric image, a
     geometric one on a constant image. Such rows are redrawn, all together, from
@@ -164,10 +169,11 @@ def transformed_queries(key: jax.Array, image: np.ndarray, config: DeltaConfig, 
     says which transformations could not change the image.
     """
     image = np.asarray(image, np.float32)
+    mean, std = (None, None) if normalization is None else map(jnp.asarray, normalization)
 
     def draw(draw_key):
         images, choice = transform_batch(draw_key, jnp.asarray(image), config.transforms, config.n_b,
-                                         space=config.space, mean=jnp.asarray(mean), std=jnp.asarray(std))  # fmt: skip
+                                         space=config.space, mean=mean, std=std)  # fmt: skip
         return np.array(images), np.array(choice)
 
     def unchanged_rows(images):
@@ -193,18 +199,24 @@ def transformed_queries(key: jax.Array, image: np.ndarray, config: DeltaConfig, 
 
 
 def make_queries(
-    key: jax.Array, image: np.ndarray, target: int, num_classes: int, config: DeltaConfig, mean, std
+    key: jax.Array,
+    image: np.ndarray,
+    target: int,
+    num_classes: int,
+    config: DeltaConfig,
+    normalization: Normalization | None = None,
 ) -> Queries:
     """Build the ``n_b`` modified queries of one (pixel-space) test image.
 
-    Transformed images come from :func:`transformed_queries`, so none equals ``image``.
+    Transformed images come from :func:`transformed_queries` (which reads ``normalization``
+    only for ``space="normalized"``), so none equals ``image``.
     """
     image_key, label_key = jax.random.split(key)
     if config.modify == "label":
         images = np.repeat(np.asarray(image, np.float32)[None], config.n_b, axis=0)
         names: tuple[str | None, ...] = (None,) * config.n_b
     else:
-        images, names = transformed_queries(image_key, image, config, mean, std)
+        images, names = transformed_queries(image_key, image, config, normalization)
     if config.modify == "image":
         labels = np.full(config.n_b, target, np.int32)
     else:
@@ -232,14 +244,13 @@ def suspicion(counts: np.ndarray, delta: np.ndarray) -> np.ndarray:
     return counts + tiebreak
 
 
-def predicted_labels(model: FunctionalModel, images: np.ndarray, mean, std) -> np.ndarray:
-    logits = model.apply(model.params, model.state, normalize(jnp.asarray(images), jnp.asarray(mean), jnp.asarray(std)))
-    return np.asarray(jnp.argmax(logits, -1))
+def predicted_labels(model: FunctionalModel, images: np.ndarray) -> np.ndarray:
+    return np.asarray(jnp.argmax(model(jnp.asarray(images)), -1))
 
 
-def check_test_points(model: FunctionalModel, images: np.ndarray, target: int, mean, std) -> np.ndarray:
+def check_test_points(model: FunctionalModel, images: np.ndarray, target: int) -> np.ndarray:
     """Warn for every identified test point the model does not actually assign to ``target``."""
-    predicted = predicted_labels(model, images, mean, std)
+    predicted = predicted_labels(model, images)
     misses = np.flatnonzero(predicted != target)
     if misses.size:
         warnings.warn(
@@ -284,15 +295,17 @@ def delta_influence(
         raise InputError(f"config must be a DeltaConfig; got {type(config).__name__}.")
     if len(train) == 0:
         raise InputError("the training set is empty; there is nothing to detect.")
-    test_images = check_images(test_images, train.image_shape, "test images")
+    if config.modify != "label":
+        require_images(train, f"Δ-Influence's image transformations (modify={config.modify!r})")
+    test_images = check_images(test_images, train.image_shape, "test images", kind=train.kind)
     if not (is_integer(target) and 0 <= target < train.num_classes):
         raise InputError(f"target {target!r} is not a class of the {train.num_classes}-class training set.")
     target = int(target)
-    check_test_points(model, test_images, target, train.mean, train.std)
+    check_test_points(model, test_images, target)
 
     start = time.perf_counter()
     keys = jax.random.split(jax.random.key(config.seed), len(test_images))
-    queries = tuple(make_queries(k, x, target, train.num_classes, config, train.mean, train.std)
+    queries = tuple(make_queries(k, x, target, train.num_classes, config, model.normalization)
                     for k, x in zip(keys, test_images, strict=True))  # fmt: skip
     # Per test point: the original, then its n_b modified queries — all in one scoring pass.
     images = np.concatenate([np.concatenate([x[None], q.images]) for x, q in zip(test_images, queries, strict=True)])

@@ -21,12 +21,11 @@ def penultimate_features(
 ) -> np.ndarray:
     """Penultimate features ``[N, D]`` of every image of ``dataset``, in dataset order.
 
-    Images are normalised with the dataset's ``mean``/``std`` (as at training time) and
-    passed through ``model.features`` in inference mode (BatchNorm running statistics).
+    Images go through ``model.features`` in inference mode (BatchNorm running statistics);
+    the model normalises them as at training time.
 
     Args:
-      model: the model, as returned by :func:`jaxpoison.models.to_functional`
-        (``model.params`` and ``model.state`` are used).
+      model: the model (e.g. from :func:`jaxpoison.models.to_functional`).
       dataset: the images to embed (typically the possibly poisoned training set).
       batch_size: images per forward pass; capped at ``len(dataset)``. The last batch is
         padded to this size and the padding dropped, so one shape is compiled.
@@ -43,8 +42,7 @@ def penultimate_features(
         raise InputError("cannot compute features of an empty dataset (0 images).")
     if batch_size < 1:
         raise InputError(f"batch_size must be a positive integer; got {batch_size}.")
-    features = forward(model.features, model.params, model.state, dataset, int(batch_size), progress=progress,
-                       desc="features")  # fmt: skip
+    features = forward(model, dataset, int(batch_size), output="features", progress=progress, desc="features")
     return np.asarray(features, np.float32).reshape(n, -1)
 
 

@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from functools import partial
 from typing import NamedTuple
 
@@ -69,12 +68,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from jaxpoison.data import Dataset
+from jaxpoison.data import Dataset, Provenance, require_images
 from jaxpoison.data.dct import dct2, dct_matrix, idct2  # noqa: F401 (re-exported)
 from jaxpoison.errors import InputError
 from jaxpoison.models import FunctionalModel, create_model, to_functional
+from jaxpoison.training import TrainRecipe, train
 from jaxpoison.training.evaluate import iterate_padded
 
 FAMILIES = ("white_block", "noise_block", "gaussian_noise", "shadow", "blend")
@@ -342,30 +341,37 @@ def _dct_statistics(key, images: np.ndarray, batch_size: int, uint8_input: bool)
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def _make_train_step(model: FunctionalModel, optimizer, mean, std, uint8_input: bool):
+def _make_train_step(optimizer, mean, std, uint8_input: bool):
+    """``(model, opt_state, key, x, y) -> (model, opt_state, loss, correct)`` on standardised DCTs.
+
+    The detector's input transform (DCT, then standardisation per frequency) is its own, so
+    its network carries no normalisation of its own.
+    """
     mean = jnp.asarray(mean)
     std = jnp.asarray(std)
 
-    def loss_fn(params, state, z, y):
-        logits, new_state = model.train_apply(params, state, z)
+    def loss_fn(params, model, z, y):
+        logits, new_state = model.replace(params=params).train_logits(z)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, (new_state, logits)
 
-    def step(params, state, opt_state, key, x, y):
+    def step(model, opt_state, key, x, y):
         # Label-1 rows get a fresh synthetic trigger; their blend partner comes from the batch.
         triggered = synthetic_triggers(key, x, x)
         x = jnp.where((y == 1)[:, None, None, None], triggered, x)
         z = (_frequencies(x, uint8_input) - mean) / std
-        (loss, (state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, z, y)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        (loss, (state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(model.params, model, z, y)
+        updates, opt_state = optimizer.update(grads, opt_state, model.params)
+        model = model.replace(params=optax.apply_updates(model.params, updates), state=state)
         correct = jnp.sum(jnp.argmax(logits, -1) == y)
-        return params, state, opt_state, loss, correct
+        return model, opt_state, loss, correct
 
-    return jax.jit(step, donate_argnums=(0, 1, 2))
+    return jax.jit(step, donate_argnums=(0, 1))
 
 
 def _check_images(images, expected_shape: tuple[int, int, int] | None, what: str) -> np.ndarray:
+    if isinstance(images, Dataset):
+        require_images(images, "FreqDef")
     images = np.asarray(images.images if isinstance(images, Dataset) else images)
     if images.ndim != 4:
         raise InputError(f"The {what} must be a 4-D NHWC array [N, H, W, C]; got shape {images.shape}.")
@@ -425,40 +431,22 @@ def train_freqdef(clean: Dataset, config: FreqDefConfig | None = None, *, progre
     optimizer = optax.adadelta(config.learning_rate)
     if config.weight_decay:
         optimizer = optax.chain(optax.add_decayed_weights(config.weight_decay), optimizer)
-    step_fn = _make_train_step(model, optimizer, dct_mean, dct_std, config.uint8_input)
-    params, state = jax.tree.map(jnp.array, (model.params, model.state))  # copies: the step donates them
-    opt_state = optimizer.init(params)
-
-    steps = (2 * n) // config.batch_size
-    train_key = jax.random.fold_in(base_key, 1)
-    history: list[dict] = []
-    bar = tqdm(total=config.epochs * steps, desc="FreqDef detector", disable=not progress, mininterval=1.0)
-    for epoch in range(config.epochs):
-        t_epoch = time.perf_counter()
-        order = rng.permutation(2 * n)  # rows < n: clean; rows ≥ n: triggered copy of row - n
-        epoch_key = jax.random.fold_in(train_key, epoch)
-        losses, corrects = [], []
-        for s in range(steps):
-            rows = order[s * config.batch_size : (s + 1) * config.batch_size]
-            x = jnp.asarray(images[rows % n])
-            y = jnp.asarray((rows >= n).astype(np.int32))
-            params, state, opt_state, loss, correct = step_fn(
-                params, state, opt_state, jax.random.fold_in(epoch_key, s), x, y
-            )
-            losses.append(loss)
-            corrects.append(correct)
-            bar.update()
-            if progress and s % 20 == 0:
-                bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.4f}")
-        history.append({
-            "epoch": epoch + 1,
-            "train_loss": float(np.mean(jax.device_get(losses))),
-            "train_accuracy": float(np.sum(jax.device_get(corrects)) / (steps * config.batch_size)),
-            "seconds": time.perf_counter() - t_epoch,
-        })  # fmt: skip
-    bar.close()
+    # The library's one training loop, over 2·N rows: row r < N is clean image r (label 0), row N + r
+    # its triggered copy (label 1, the trigger drawn afresh inside the step). The detector's DCT front
+    # end is its own step; its order and keys come from the detector's seed.
+    channels = image_shape[-1]
+    pairs = Dataset(np.concatenate([images, images]), np.repeat(np.arange(2, dtype=np.int32), n),
+                    ("clean", "triggered"), np.zeros(channels), np.ones(channels),
+                    Provenance("freqdef", "clean+triggered", "train"))  # fmt: skip
+    recipe = TrainRecipe(epochs=config.epochs, batch_size=config.batch_size)
+    result = train(model, pairs, recipe, seed=config.seed, progress=progress,
+                   step_fn=_make_train_step(optimizer, dct_mean, dct_std, config.uint8_input), optimizer=optimizer,
+                   order=lambda epoch: rng.permutation(2 * n), key=jax.random.fold_in(base_key, 1),
+                   desc="FreqDef detector")  # fmt: skip
+    model = result.model
+    history = [{k: h[k] for k in ("epoch", "train_loss", "train_accuracy", "seconds")} for h in result.history]
     return FreqDetector(
-        model=model._replace(params=params, state=state),
+        model=model,
         dct_mean=dct_mean,
         dct_std=dct_std,
         config=config,
@@ -468,10 +456,10 @@ def train_freqdef(clean: Dataset, config: FreqDefConfig | None = None, *, progre
     )
 
 
-@partial(jax.jit, static_argnames=("apply", "uint8_input"))
-def _poison_probability(apply, params, state, x, mean, std, uint8_input):
+@partial(jax.jit, static_argnames=("uint8_input",))
+def _poison_probability(model, x, mean, std, uint8_input):
     z = (_frequencies(x, uint8_input) - mean) / std
-    return jax.nn.softmax(apply(params, state, z).astype(jnp.float32), axis=-1)[:, 1]
+    return jax.nn.softmax(model(z).astype(jnp.float32), axis=-1)[:, 1]
 
 
 def freqdef_scores(detector: FreqDetector, images: np.ndarray | Dataset, *, batch_size: int = 1024) -> np.ndarray:
@@ -491,10 +479,7 @@ def freqdef_scores(detector: FreqDetector, images: np.ndarray | Dataset, *, batc
     mean, std = jnp.asarray(detector.dct_mean), jnp.asarray(detector.dct_std)
     out = []
     for idx, valid in iterate_padded(n, min(batch_size, n)):
-        p = _poison_probability(
-            detector.model.apply, detector.model.params, detector.model.state, jnp.asarray(images[idx]),
-            mean, std, detector.config.uint8_input,
-        )  # fmt: skip
+        p = _poison_probability(detector.model, jnp.asarray(images[idx]), mean, std, detector.config.uint8_input)
         out.append(np.asarray(p)[valid])
     return np.concatenate(out).astype(np.float32)
 

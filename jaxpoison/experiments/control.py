@@ -36,7 +36,7 @@ def misclassified_test_point(model: FunctionalModel, test: Dataset) -> tuple[int
     Raises:
       ValueError: the model classifies every test image correctly (no point to start from).
     """
-    predicted = predict_logits(model.apply, model.params, model.state, test).argmax(-1)
+    predicted = predict_logits(model, test).argmax(-1)
     wrong = np.flatnonzero(predicted != test.labels)
     if wrong.size == 0:
         raise InputError("the clean model classifies every test image correctly; the no-poison control needs one "

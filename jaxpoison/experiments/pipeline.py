@@ -201,8 +201,7 @@ def make_selector(prepared: Prepared, flagged, mode: str | None = None) -> Selec
         def oracle_score(model: FunctionalModel) -> dict:
             if poisoning.trigger is None:
                 return {"validation_psr": 0.0, "validation_accuracy": accuracy(model, validation)}
-            metrics = attack_metrics(model.apply, model.params, model.state, validation, poisoning.trigger,
-                                     poisoning.target, source)  # fmt: skip
+            metrics = attack_metrics(model, validation, poisoning.trigger, poisoning.target, source)
             return {"validation_psr": metrics["asr"], "validation_accuracy": metrics["clean_accuracy"]}
 
         return Selector("oracle", oracle_score, oracle_rule())

@@ -63,7 +63,8 @@ def run_train_job(
     t0 = time.perf_counter()
     train_set, test_set = load_splits(dataset, **(dataset_options or {}))
     load_seconds = time.perf_counter() - t0
-    net = to_functional(create_model(model, train_set.image_shape, train_set.num_classes, seed=seed))
+    net = to_functional(create_model(model, train_set.image_shape, train_set.num_classes, seed=seed), train_set.mean,
+                        train_set.std)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)  # only once the data and model exist: a failed start claims nothing
     result = train(
         net,
@@ -74,7 +75,7 @@ def run_train_job(
         checkpoint_dir=str(out / "checkpoints"),
         progress=progress,
     )
-    test = evaluate(net.apply, result.params, result.state, test_set)
+    test = evaluate(result.model, test_set)
     epoch_seconds = [h["seconds"] for h in result.history]
     metrics = {
         "dataset": dataset,

@@ -30,7 +30,7 @@ from jaxpoison.attacks import (
     save_trigger,
     square_patch,
 )
-from jaxpoison.data import Dataset, load_splits, normalize, split_train_validation
+from jaxpoison.data import Dataset, load_splits, split_train_validation
 from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import (
     AttackConfig,
@@ -94,7 +94,9 @@ def recipe_of(config: VictimConfig) -> TrainRecipe:
 
 
 def init_model(config: VictimConfig, dataset: Dataset, seed: int) -> FunctionalModel:
-    return to_functional(create_model(config.model, dataset.image_shape, dataset.num_classes, seed=seed))
+    """A freshly initialised model, normalising its inputs with ``dataset``'s constants."""
+    module = create_model(config.model, dataset.image_shape, dataset.num_classes, seed=seed)
+    return to_functional(module, dataset.mean, dataset.std)
 
 
 def save_model(directory: Path, model: FunctionalModel) -> None:
@@ -105,17 +107,16 @@ def load_model(directory: Path, template: FunctionalModel) -> FunctionalModel:
     """Restore ``(params, state)`` saved by :func:`save_model` into the structure of ``template``."""
     restored = load_tree(Path(directory) / "model", {"params": template.params, "state": template.state},
                          what="model parameters")  # fmt: skip
-    return template._replace(params=restored["params"], state=restored["state"])
+    return template.replace(params=restored["params"], state=restored["state"])
 
 
 def fit_model(config: VictimConfig, dataset: Dataset, seed: int, progress: bool) -> FunctionalModel:
     model = init_model(config, dataset, seed)
-    result = train(model, dataset, recipe_of(config), seed=seed, progress=progress)
-    return model._replace(params=result.params, state=result.state)
+    return train(model, dataset, recipe_of(config), seed=seed, progress=progress).model
 
 
 def accuracy(model: FunctionalModel, dataset: Dataset) -> float:
-    return evaluate(model.apply, model.params, model.state, dataset).accuracy
+    return evaluate(model, dataset).accuracy
 
 
 # --------------------------------------------------------------------------- stages
@@ -183,12 +184,11 @@ def make_trigger(attack: AttackConfig, train_set: Dataset, clean: FunctionalMode
     if attack.name == "blended":
         return blended(shape, 0.1 if attack.epsilon is None else attack.epsilon, seed=seed)
     if attack.name == "smooth":
-        logits = lambda x: clean.apply(clean.params, clean.state, normalize(x, train_set.mean, train_set.std))
         fit = train_set.labels != attack.target
         if attack.source is not None:
             fit &= train_set.labels != attack.source
         pool = train_set.images[fit][:100]
-        return make_smooth_trigger(logits, pool, attack.target, seed=seed, progress=progress)
+        return make_smooth_trigger(clean, pool, attack.target, seed=seed, progress=progress)
     raise InputError(f"attack {attack.name!r} has no trigger.")
 
 
@@ -259,10 +259,9 @@ def poison_success(model: FunctionalModel, poisoning: Poisoning, config: RunConf
     """PSR: share of triggered victim-class test images sent to the target (brew: did the target image flip)."""
     if poisoning.trigger is None:
         image = test.subset([poisoning.brew_target])
-        predicted = int(predict_logits(model.apply, model.params, model.state, image).argmax(-1)[0])
+        predicted = int(predict_logits(model, image).argmax(-1)[0])
         return {"psr": float(predicted == poisoning.target), "clean_accuracy": accuracy(model, test)}
-    metrics = attack_metrics(model.apply, model.params, model.state, test, poisoning.trigger, poisoning.target,
-                             config.attack.source)  # fmt: skip
+    metrics = attack_metrics(model, test, poisoning.trigger, poisoning.target, config.attack.source)
     return {"psr": metrics["asr"], "clean_accuracy": metrics["clean_accuracy"],
             "class_asr_variance": metrics["class_asr_variance"]}  # fmt: skip
 
@@ -298,7 +297,7 @@ def pick_test_points(
     victims = np.flatnonzero(test.labels == source if source is not None else test.labels != poisoning.target)
     triggered = np.clip(np.asarray(poisoning.trigger.apply(test.images[victims])), 0, 1).astype(np.float32)
     hits = test.subset(victims).replace(images=triggered)
-    predicted = predict_logits(model.apply, model.params, model.state, hits).argmax(-1)
+    predicted = predict_logits(model, hits).argmax(-1)
     found = np.flatnonzero(predicted == poisoning.target)
     if found.size == 0:
         raise InputError("no triggered test image is classified as the target: the backdoor did not take, so there "

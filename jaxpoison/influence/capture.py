@@ -5,14 +5,16 @@ Kronecker-factored curvature needs, for every tracked layer, the layer's input
 with respect to the layer's output, per example. jaxpoison captures both without
 parsing the traced graph:
 
-* the model is merged from its ``graphdef`` inside the traced function, and each
+* an NNX model is merged from its graph definition inside the traced function, and each
   ``nnx.Linear`` / ``nnx.Conv`` instance of that private copy is switched to a
   tapped subclass whose ``__call__`` records its input and adds a zero *probe* to
   its output;
 * the gradient of the summed per-example loss with respect to the probes is the
   per-example output gradient (examples are independent in inference mode).
 
-Only exact ``nnx.Linear`` and ``nnx.Conv`` layers (no feature groups) are tracked.
+Exact ``nnx.Linear`` and ``nnx.Conv`` layers (no feature groups) are tracked, and
+``nnx.LinearGeneral`` layers that contract their trailing axes (the query, key, value and
+output projections of ``nnx.MultiHeadAttention``), with their input and output axes flattened.
 Every other parameter (BatchNorm scales, custom layers) is reported by name by
 :func:`find_layers`, so callers can refuse or accept the gap knowingly.
 
@@ -38,6 +40,8 @@ from flax import nnx
 
 from jaxpoison.errors import InputError
 from jaxpoison.influence.losses import LogitLoss
+from jaxpoison.models import FunctionalModel, NNXStructure
+from jaxpoison.models.plain import ApplyStructure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +58,8 @@ class Layer:
       kernel_key / bias_key: the names of the weight and bias parameters under ``path``.
       layout: ``"io"`` — kernel ``[in, out]`` or HWIO, channels-last activations (NNX, Linen);
         ``"oi"`` — weight ``[out, in]`` or OIHW, channels-first activations (Equinox).
+      out_axes: how many trailing kernel axes are outputs (``nnx.LinearGeneral`` projecting to
+        ``(heads, head_dim)`` has 2; its input axes are the rest, flattened in order).
     """
 
     name: str
@@ -65,14 +71,15 @@ class Layer:
     kernel_key: str = "kernel"
     bias_key: str = "bias"
     layout: str = "io"
+    out_axes: int = 1
 
     @property
     def in_features(self) -> int:
-        return int(np.prod(self.kernel_shape[1:] if self.layout == "oi" else self.kernel_shape[:-1]))
+        return int(np.prod(self.kernel_shape[1:] if self.layout == "oi" else self.kernel_shape[: -self.out_axes]))
 
     @property
     def out_features(self) -> int:
-        return int(self.kernel_shape[0] if self.layout == "oi" else self.kernel_shape[-1])
+        return int(self.kernel_shape[0] if self.layout == "oi" else np.prod(self.kernel_shape[-self.out_axes :]))
 
     @property
     def in_dim(self) -> int:
@@ -97,32 +104,46 @@ def param_paths(tree, prefix=()) -> list[tuple]:
     return [prefix]
 
 
-def _is_equinox(graphdef) -> bool:
+def _is_equinox(structure) -> bool:
     # Never imports equinox (an optional extra): an EquinoxStructure exists only once its module is loaded.
     module = sys.modules.get("jaxpoison.models.equinox")
-    return module is not None and isinstance(graphdef, module.EquinoxStructure)
+    return module is not None and isinstance(structure, module.EquinoxStructure)
 
 
-def find_layers(graphdef, params, state) -> tuple[list[Layer], list[str]]:
+def find_layers(model: FunctionalModel) -> tuple[list[Layer], list[str]]:
     """The tracked layers of a model and the names of parameters none of them covers.
 
-    ``graphdef`` is the model's static structure: an NNX ``GraphDef`` (models from
-    :func:`~jaxpoison.models.to_functional`), a Linen structure (:func:`~jaxpoison.models.from_linen`)
-    or an Equinox structure (:func:`~jaxpoison.models.from_equinox`).
+    Dispatches on the model's structure: Flax NNX (:func:`~jaxpoison.models.to_functional`),
+    Linen (:func:`~jaxpoison.models.from_linen`), Equinox (:func:`~jaxpoison.models.from_equinox`)
+    or a plain function with declared kernels (:func:`~jaxpoison.models.from_apply`).
     """
     from jaxpoison.models.linen import LinenStructure
 
-    if _is_equinox(graphdef):
+    structure, params, state = model.structure, model.params, model.state
+    if _is_equinox(structure):
         from jaxpoison.influence.equinox_capture import find_equinox_layers
 
-        return find_equinox_layers(graphdef, params, state)
-    if isinstance(graphdef, LinenStructure):
+        return find_equinox_layers(structure, params, state)
+    if isinstance(structure, LinenStructure):
         from jaxpoison.influence.linen_capture import find_linen_layers
 
-        return find_linen_layers(graphdef, params, state)
-    module = nnx.merge(graphdef, params, state, copy=True)
+        return find_linen_layers(structure, params, state)
+    if isinstance(structure, ApplyStructure):
+        from jaxpoison.influence.plain_capture import find_plain_layers
+
+        return find_plain_layers(structure, params, state)
+    if not isinstance(structure, NNXStructure):
+        raise InputError(f"jaxpoison cannot find the layers of a model with a {type(structure).__name__} structure; "
+                         "build it with to_functional, from_linen, from_equinox or from_apply.")  # fmt: skip
+    module = nnx.merge(structure.graphdef, params, state, copy=True)
     layers = []
     for path, sub in nnx.iter_graph(module):
+        if type(sub) is nnx.LinearGeneral:
+            if _trailing_projection(sub):
+                shape = tuple(sub.kernel.shape)
+                layers.append(Layer(_name(path), tuple(path), "dense", shape, sub.bias is not None,
+                                    out_axes=len(sub.out_features)))  # fmt: skip
+            continue  # other axis layouts: reported as untracked
         kind = {nnx.Linear: "dense", nnx.Conv: "conv"}.get(type(sub))
         if kind is None:
             continue
@@ -140,6 +161,12 @@ def find_layers(graphdef, params, state) -> tuple[list[Layer], list[str]]:
     covered |= {(*layer.path, "bias") for layer in layers if layer.has_bias}
     untracked = [_name(p) for p in param_paths(nnx.to_pure_dict(params)) if tuple(p) not in covered]
     return layers, untracked
+
+
+def _trailing_projection(layer: nnx.LinearGeneral) -> bool:
+    """Whether a LinearGeneral contracts the trailing input axes with no batch axes: a dense layer
+    over flattened features, applied at every leading position (attention's projections)."""
+    return not layer.batch_axis and tuple(layer.axis) == tuple(range(-len(layer.in_features), 0))
 
 
 def check_untracked(untracked: list[str], on_untracked: str) -> None:
@@ -172,47 +199,57 @@ class _Tap:
         self.inputs: dict[str, jax.Array] = {}
         self.outputs: dict[str, jax.Array] = {}
 
-    def __call__(self, layer, x, call):
+    def __call__(self, layer, x, call, **kwargs):
         name = self.names[id(layer)]
         if name in self.inputs:
             raise InputError(f"layer {name} is called more than once; shared layers cannot be tracked.")
-        y = call(layer, x)
+        y = call(layer, x, **kwargs)
         self.inputs[name] = x
         self.outputs[name] = y
         return y if self.probes is None else y + self.probes[name]
 
 
 class _TappedLinear(nnx.Linear):
-    def __call__(self, x):
-        return _ACTIVE_TAP.get()(self, x, nnx.Linear.__call__)
+    def __call__(self, x, **kwargs):
+        return _ACTIVE_TAP.get()(self, x, nnx.Linear.__call__, **kwargs)
 
 
 class _TappedConv(nnx.Conv):
-    def __call__(self, x):
-        return _ACTIVE_TAP.get()(self, x, nnx.Conv.__call__)
+    def __call__(self, x, **kwargs):
+        return _ACTIVE_TAP.get()(self, x, nnx.Conv.__call__, **kwargs)
 
 
-_TAPPED = {nnx.Linear: _TappedLinear, nnx.Conv: _TappedConv}
+class _TappedLinearGeneral(nnx.LinearGeneral):
+    def __call__(self, x, **kwargs):  # MultiHeadAttention passes out_sharding
+        return _ACTIVE_TAP.get()(self, x, nnx.LinearGeneral.__call__, **kwargs)
 
 
-def tapped_apply(graphdef, layers: list[Layer]) -> Callable:
+_TAPPED = {nnx.Linear: _TappedLinear, nnx.Conv: _TappedConv, nnx.LinearGeneral: _TappedLinearGeneral}
+
+
+def tapped_apply(structure, layers: list[Layer]) -> Callable:
     """``f(params, state, x, probes) -> (logits, inputs, outputs)`` with every tracked layer tapped.
 
-    ``probes`` (``None`` or a dict ``name -> array`` shaped like the layer's output) is
-    added to each tracked layer's output; ``inputs``/``outputs`` map names to the
-    layers' raw inputs and outputs.
+    ``structure`` is a model's static structure and ``x`` a *normalised* batch. ``probes``
+    (``None`` or a dict ``name -> array`` shaped like the layer's output) is added to each
+    tracked layer's output; ``inputs``/``outputs`` map names to the layers' raw inputs and outputs.
     """
     from jaxpoison.models.linen import LinenStructure
 
-    if _is_equinox(graphdef):
+    if _is_equinox(structure):
         from jaxpoison.influence.equinox_capture import tapped_equinox_apply
 
-        return tapped_equinox_apply(graphdef, layers)
-    if isinstance(graphdef, LinenStructure):
+        return tapped_equinox_apply(structure, layers)
+    if isinstance(structure, LinenStructure):
         from jaxpoison.influence.linen_capture import tapped_linen_apply
 
-        return tapped_linen_apply(graphdef, layers)
+        return tapped_linen_apply(structure, layers)
+    if isinstance(structure, ApplyStructure):
+        from jaxpoison.influence.plain_capture import tapped_plain_apply
+
+        return tapped_plain_apply(structure, layers)
     tracked = {layer.name for layer in layers}
+    graphdef = structure.graphdef
 
     def f(params, state, x, probes):
         module = nnx.merge(graphdef, params, state, copy=True)
@@ -271,17 +308,15 @@ def conv_patches(x: jax.Array, layer: Layer) -> jax.Array:
 
 def layer_activations(x: jax.Array, layer: Layer) -> jax.Array:
     """Per-position layer inputs ``[N, P, in_dim]`` (patches for conv; a ones column for bias)."""
-    a = conv_patches(x, layer) if layer.kind == "conv" else x.reshape(x.shape[0], -1, x.shape[-1])
+    a = conv_patches(x, layer) if layer.kind == "conv" else x.reshape(x.shape[0], -1, layer.in_features)
     if layer.has_bias:
         a = jnp.concatenate([a, jnp.ones((*a.shape[:-1], 1), a.dtype)], axis=-1)
     return a
 
 
 def capture(
-    apply_tapped: Callable,
+    model: FunctionalModel,
     layers: list[Layer],
-    params,
-    state,
     x: jax.Array,
     labels: jax.Array,
     loss: LogitLoss,
@@ -291,10 +326,9 @@ def capture(
     """Per-example layer inputs and output gradients of ``loss`` for one batch.
 
     Args:
-      apply_tapped: from :func:`tapped_apply`.
-      layers: the tracked layers.
-      params, state: model pytrees.
-      x: a normalised batch ``[N, ...]``.
+      model: the model (its parameters are held fixed).
+      layers: the tracked layers (from :func:`find_layers`).
+      x: a batch ``[N, ...]`` as the model takes it (pixel space: the model normalises it).
       labels: ``[N]`` labels (ignored when ``sample_key`` is given).
       loss: per-example loss of ``(logits, label)``.
       sample_key: if given, labels are drawn from the model's own predictive
@@ -305,6 +339,8 @@ def capture(
     Returns:
       ``(logits, {name: (a [N, P, in_dim], g [N, P, out])})``.
     """
+    apply_tapped = tapped_apply(model.structure, list(layers))
+    params, state, x = model.params, model.state, model.normalize(x)
     _, _, outputs = jax.eval_shape(lambda p, s, x: apply_tapped(p, s, x, None), params, state, x)
     zeros = {name: jnp.zeros(o.shape, o.dtype) for name, o in outputs.items()}
 
@@ -345,7 +381,7 @@ def layer_gradient(params_grad: Any, layer: Layer) -> jax.Array:
     mat = kernel.reshape(*lead, layer.in_features, layer.out_features)
     if layer.has_bias:
         bias = node[layer.bias_key]
-        bias = bias[..., None, :] if layer.layout == "io" else bias.reshape(*lead, 1, layer.out_features)
+        bias = bias.reshape(*lead, 1, layer.out_features)
         mat = jnp.concatenate([mat, bias], axis=-2)
     return mat
 

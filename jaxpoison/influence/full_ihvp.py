@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxpoison.data import Dataset, normalize
+from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
 from jaxpoison.influence.grads import tree_dot
 from jaxpoison.influence.hvp import gnvp, hvp
@@ -32,13 +32,13 @@ RESIDUAL_BATCHES = 8  # minibatches of lissa.batch_size on which the reported re
 
 
 
-@functools.partial(jax.jit, static_argnames=("apply",))
-def _loss_grad_batch(apply, params, state, x, y, valid, mean, std):
+@jax.jit
+def _loss_grad_batch(model, x, y, valid):
     def total(p):
-        losses = cross_entropy(apply(p, state, normalize(x, mean, std)), y)
+        losses = cross_entropy(model.replace(params=p)(x), y)
         return jnp.sum(jnp.where(valid, losses, 0.0))
 
-    return jax.grad(total)(params)
+    return jax.grad(total)(model.params)
 
 
 def mean_loss_gradient(model: FunctionalModel, dataset: Dataset, batch_size: int = 256):
@@ -51,41 +51,42 @@ def mean_loss_gradient(model: FunctionalModel, dataset: Dataset, batch_size: int
     batch_size = min(batch_size, len(dataset))
     total = None
     for idx, valid in iterate_padded(len(dataset), batch_size):
-        g = _loss_grad_batch(model.apply, model.params, model.state, dataset.images[idx], dataset.labels[idx],
-                             valid, dataset.mean, dataset.std)  # fmt: skip
+        g = _loss_grad_batch(model, dataset.images[idx], dataset.labels[idx], valid)
         total = g if total is None else jax.tree.map(jnp.add, total, g)
     return jax.tree.map(lambda a: a / len(dataset), total)
 
 
-def _curvature_product(apply, params, state, x, y, curvature):
-    """``batch_hvp(u, idx)``: the Hessian or Gauss-Newton product of the mean CE on ``x[idx]``."""
+def _curvature_product(model, x, y, curvature):
+    """``batch_hvp(u, idx)``: the Hessian or Gauss-Newton product of the mean CE on ``x[idx]``
+    (``x`` as the network sees it: normalised)."""
 
     def bound(p, xb):
-        return apply(p, state, xb)
+        return model.structure.apply(p, model.state, xb)
 
     if curvature == "hessian":
         f = batch_loss(bound, cross_entropy, "mean")
-        return lambda u, idx: hvp(f, params, u, x[idx], y[idx])
-    return lambda u, idx: gnvp(bound, lambda z, t: cross_entropy(z, t).mean(), params, u, x[idx], y[idx])
+        return lambda u, idx: hvp(f, model.params, u, x[idx], y[idx])
+    return lambda u, idx: gnvp(bound, lambda z, t: cross_entropy(z, t).mean(), model.params, u, x[idx], y[idx])
 
 
-def _lissa_solve(apply, params, state, v, x, y, mean, std, key, *, config, curvature):
-    # Not jitted as a whole: `lissa` compiles its own step (or scan), see its loop option.
-    x = normalize(jnp.asarray(x), mean, std)
-    batch_hvp = _curvature_product(apply, params, state, x, jnp.asarray(y), curvature)
+def _lissa_solve(model, v, x, y, key, *, config, curvature):
+    # Not jitted as a whole: `lissa` compiles its own step (or scan), see its loop option. The
+    # training set is normalised once here, not once per sampled minibatch.
+    x = model.normalize(jnp.asarray(x))
+    batch_hvp = _curvature_product(model, x, jnp.asarray(y), curvature)
     return lissa(batch_hvp, v, x.shape[0], config, key)
 
 
-@functools.partial(jax.jit, static_argnames=("apply", "curvature"))
-def _power_step(apply, params, state, xb, yb, u, *, curvature):
-    """One power-iteration step on a fixed minibatch: ``w = C(u/‖u‖)`` and ``‖w‖``."""
-    batch_hvp = _curvature_product(apply, params, state, xb, yb, curvature)
+@functools.partial(jax.jit, static_argnames=("curvature",))
+def _power_step(model, xb, yb, u, *, curvature):
+    """One power-iteration step on a fixed (normalised) minibatch: ``w = C(u/‖u‖)`` and ``‖w‖``."""
+    batch_hvp = _curvature_product(model, xb, yb, curvature)
     unit = jax.tree.map(lambda a: a / jnp.sqrt(tree_dot(u, u)), u)
     w = batch_hvp(unit, jnp.arange(xb.shape[0]))
     return w, jnp.sqrt(tree_dot(w, w))
 
 
-def _top_eigenvalue(apply, params, state, x, y, mean, std, key, *, batch_size, curvature, iterations):
+def _top_eigenvalue(model, x, y, key, *, batch_size, curvature, iterations):
     """Power iteration on one random minibatch's curvature: its largest |eigenvalue|.
 
     Driven from Python, one compiled step per iteration (XLA:CPU is slow on convolutions
@@ -94,14 +95,14 @@ def _top_eigenvalue(apply, params, state, x, y, mean, std, key, *, batch_size, c
     idx_key, vec_key = jax.random.split(key)
     idx = np.asarray(jax.random.choice(idx_key, x.shape[0], (min(batch_size, x.shape[0]),), replace=False))
     # Only this one minibatch is ever used: normalise it alone, not the whole training set.
-    xb, yb = normalize(jnp.asarray(x[idx]), mean, std), jnp.asarray(y[idx])
-    leaves, treedef = jax.tree.flatten(params)
+    xb, yb = model.normalize(jnp.asarray(x[idx])), jnp.asarray(y[idx])
+    leaves, treedef = jax.tree.flatten(model.params)
     keys = jax.random.split(vec_key, len(leaves))
     u = jax.tree.unflatten(treedef, [jax.random.normal(k, leaf.shape, leaf.dtype)
                                      for k, leaf in zip(keys, leaves, strict=True)])  # fmt: skip
     estimate = jnp.zeros(())
     for _ in range(iterations):
-        u, estimate = _power_step(apply, params, state, xb, yb, u, curvature=curvature)
+        u, estimate = _power_step(model, xb, yb, u, curvature=curvature)
     return estimate
 
 
@@ -125,9 +126,8 @@ def top_curvature_eigenvalue(model: FunctionalModel, train: Dataset, config: Lis
                              curvature: str, iterations: int = 20) -> float:  # fmt: skip
     """A power-iteration estimate of the largest |eigenvalue| of the curvature on one random
     minibatch (``config.batch_size`` examples) of ``train``."""
-    return float(_top_eigenvalue(model.apply, model.params, model.state, train.images, train.labels, train.mean,
-                                 train.std, key, batch_size=config.batch_size, curvature=curvature,
-                                 iterations=iterations))  # fmt: skip
+    return float(_top_eigenvalue(model, train.images, train.labels, key, batch_size=config.batch_size,
+                                 curvature=curvature, iterations=iterations))  # fmt: skip
 
 
 def safe_lissa_scale(model: FunctionalModel, train: Dataset, config: LissaConfig, key: jax.Array,
@@ -136,10 +136,10 @@ def safe_lissa_scale(model: FunctionalModel, train: Dataset, config: LissaConfig
     return lissa_scale_for(top_curvature_eigenvalue(model, train, config, key, curvature, iterations), config)
 
 
-@functools.partial(jax.jit, static_argnames=("apply", "curvature"))
-def _curvature_batch(apply, params, state, xb, yb, u, mean, std, *, curvature):
+@functools.partial(jax.jit, static_argnames=("curvature",))
+def _curvature_batch(model, xb, yb, u, *, curvature):
     """The curvature product of the mean CE on one given minibatch (pixel-space images)."""
-    product = _curvature_product(apply, params, state, normalize(xb, mean, std), yb, curvature)
+    product = _curvature_product(model, model.normalize(xb), yb, curvature)
     return product(u, jnp.arange(xb.shape[0]))
 
 
@@ -156,8 +156,7 @@ def lissa_residual(model: FunctionalModel, train: Dataset, s, v, damping: float,
 
     def product(u, rows):
         rows = np.asarray(rows)
-        return _curvature_batch(model.apply, model.params, model.state, train.images[rows], train.labels[rows], u,
-                                train.mean, train.std, curvature=curvature)  # fmt: skip
+        return _curvature_batch(model, train.images[rows], train.labels[rows], u, curvature=curvature)
 
     return float(relative_residual(product, s, v, damping, idx)), int(idx.size)
 
@@ -172,15 +171,13 @@ def lissa_inverse_hvp(
     """
     if curvature not in CURVATURES:
         raise InputError(f"curvature must be one of {', '.join(CURVATURES)}; got {curvature!r}.")
-    return _lissa_solve(model.apply, model.params, model.state, v, train.images, train.labels, train.mean,
-                        train.std, key, config=config, curvature=curvature)  # fmt: skip
+    return _lissa_solve(model, v, train.images, train.labels, key, config=config, curvature=curvature)
 
 
-@functools.partial(jax.jit, static_argnames=("apply",))
-def _influence_batch(apply, params, state, s, x, y, mean, std):
-    x = normalize(x, mean, std)
+@jax.jit
+def _influence_batch(model, s, x, y):
     # d/dt ℓ_i(θ + t·s) at t = 0 is ∇ℓ_iᵀ s for every example of the batch at once.
-    return jax.jvp(lambda p: cross_entropy(apply(p, state, x), y), (params,), (s,))[1]
+    return jax.jvp(lambda p: cross_entropy(model.replace(params=p)(x), y), (model.params,), (s,))[1]
 
 
 def candidate_influence(
@@ -199,7 +196,6 @@ def candidate_influence(
     out = []
     batches = iterate_padded(n, batch_size)
     for idx, valid in tqdm(batches, total=-(-n // batch_size), desc="influence", disable=not progress, leave=False):
-        values = _influence_batch(model.apply, model.params, model.state, s, candidates.images[idx],
-                                  candidates.labels[idx], candidates.mean, candidates.std)  # fmt: skip
+        values = _influence_batch(model, s, candidates.images[idx], candidates.labels[idx])
         out.append(np.asarray(values)[valid])
     return np.concatenate(out)

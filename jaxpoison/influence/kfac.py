@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpoison.data import Dataset, normalize
+from jaxpoison.data import Dataset
 from jaxpoison.errors import ArtifactError, InputError, warn_recovery
 from jaxpoison.fileio import atomic_write_text
 from jaxpoison.influence.capture import (
@@ -50,7 +50,6 @@ from jaxpoison.influence.capture import (
     check_untracked,
     find_layers,
     per_example_layer_gradients,
-    tapped_apply,
 )
 from jaxpoison.influence.losses import cross_entropy
 from jaxpoison.influence.stream import reduce_dataset
@@ -196,16 +195,18 @@ def check_params(params: Any) -> None:
     check_finite(params, "the model parameters")
 
 
-def check_model(model: FunctionalModel, image_shape: tuple[int, ...]) -> None:
+def check_model(model: FunctionalModel, image_shape: tuple[int, ...], dtype=jnp.float32) -> None:
     """Refuse parameters that do not fit the model's structure, or inputs it cannot take.
 
-    Runs the model abstractly (``jax.eval_shape``, no computation) on one image.
+    Runs the model abstractly (``jax.eval_shape``, no computation) on one example of
+    ``image_shape`` and ``dtype`` (the dataset's: int32 for token ids).
     """
-    if model.graphdef is None:
-        raise InputError("the model has no graphdef; build it with jaxpoison.models.to_functional(nnx_model).")
+    if not isinstance(model, FunctionalModel):
+        raise InputError(f"expected a jaxpoison FunctionalModel; got {type(model).__name__}. Build one with "
+                         "jaxpoison.models.to_functional, from_linen, from_equinox or from_apply.")  # fmt: skip
     try:
-        example = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-        out = jax.eval_shape(model.apply, model.params, model.state, example)
+        example = jax.ShapeDtypeStruct((1, *image_shape), dtype)
+        out = jax.eval_shape(lambda m, x: m(x), model, example)
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise InputError(
             f"the parameters do not fit the model, or the model cannot take {tuple(image_shape)} images: {e}. "
@@ -224,21 +225,19 @@ def _eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(values, 0.0, None), vectors
 
 
-def _capture_batch(params, state, key, x, y, m, mean, std, graphdef, layers, fisher):
-    tapped = tapped_apply(graphdef, list(layers))
+def _capture_batch(model, key, x, y, m, layers, fisher):
     sample_key = key if fisher == "true" else None
-    _, captured = capture(tapped, list(layers), params, state, normalize(x, mean, std), y, cross_entropy,
-                          sample_key=sample_key, mask=m)  # fmt: skip
+    _, captured = capture(model, list(layers), x, y, cross_entropy, sample_key=sample_key, mask=m)
     return captured
 
 
-_STATIC = ("graphdef", "layers", "fisher")
+_STATIC = ("layers", "fisher")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _covariance_step(acc, params, state, key, x, y, m, mean, std, *, graphdef, layers, fisher):
+def _covariance_step(acc, model, key, x, y, m, *, layers, fisher):
     """Add a batch's Σ a aᵀ / P (inputs averaged over positions) and Σ g gᵀ to the accumulators."""
-    captured = _capture_batch(params, state, key, x, y, m, mean, std, graphdef, layers, fisher)
+    captured = _capture_batch(model, key, x, y, m, layers, fisher)
     out = {}
     for layer in layers:
         a, g = captured[layer.name]
@@ -250,13 +249,13 @@ def _covariance_step(acc, params, state, key, x, y, m, mean, std, *, graphdef, l
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _lambda_step(acc, params, state, rotations, key, x, y, m, mean, std, *, graphdef, layers, fisher):
+def _lambda_step(acc, model, rotations, key, x, y, m, *, layers, fisher):
     """Add a batch's Σ_n (Q_Aᵀ G_n Q_S)² to the accumulators.
 
     For a Dense layer the rotated gradient is rank one, ``u vᵀ`` with ``u = Q_Aᵀ a`` and
     ``v = Q_Sᵀ g``, so its square is ``u² (v²)ᵀ`` and no per-example gradient is formed.
     """
-    captured = _capture_batch(params, state, key, x, y, m, mean, std, graphdef, layers, fisher)
+    captured = _capture_batch(model, key, x, y, m, layers, fisher)
     out = {}
     for layer in layers:
         a, g = captured[layer.name]
@@ -387,20 +386,21 @@ def fit_factors(
         raise InputError("the training set is empty; factors need at least one example.")
     mesh = data_mesh() if mesh is None else mesh
     check_params(model.params)
-    check_model(model, dataset.image_shape)
-    layers, untracked = find_layers(model.graphdef, model.params, model.state)
+    check_model(model, dataset.image_shape, dataset.images.dtype)
+    layers, untracked = find_layers(model)
     if not layers:
         raise FactorError("the model has no nnx.Linear or nnx.Conv layer to fit factors for.")
     check_untracked(untracked, config.on_untracked)
-    params, state = replicate(mesh, (model.params, model.state))
+    replicated = replicate(mesh, model)
     base_key = jax.random.key(config.seed)
     n = len(dataset) if config.max_examples is None else min(config.max_examples, len(dataset))
     total = -(-n // config.batch_size)
-    dtype = jax.tree.leaves(params)[0].dtype
+    dtype = jax.tree.leaves(model.params)[0].dtype
     model_hash = params_hash(model.params)
     # Everything the partial sums depend on; a checkpoint with another fingerprint is never resumed.
     fingerprint = {
         "params_hash": model_hash,
+        "normalization": None if model.normalization is None else list(map(list, model.normalization)),
         "data_hash": dataset.content_hash,
         "config_hash": config.sums_hash(),
         "examples": n,
@@ -420,8 +420,7 @@ def fit_factors(
             resumed_from[stage] = done
         return (ckpt.checkpoint_manager(directory, max_to_keep=1), checkpoint_every)
 
-    static = {"graphdef": model.graphdef, "layers": tuple(layers), "fisher": config.fisher}
-    consts = (dataset.mean, dataset.std)
+    static = {"layers": tuple(layers), "fisher": config.fisher}
 
     # Stage 1: covariances. A averages inputs over examples and positions; S sums output
     # gradients over positions and averages over examples (KFC).
@@ -433,8 +432,7 @@ def fit_factors(
         for layer in layers
     }
     cov = reduce_dataset(
-        lambda acc, b, x, y, m: _covariance_step(acc, params, state, jax.random.fold_in(base_key, b), x, y, m,
-                                                 *consts, **static),
+        lambda acc, b, x, y, m: _covariance_step(acc, replicated, jax.random.fold_in(base_key, b), x, y, m, **static),
         init, dataset, config.batch_size, mesh, desc="covariance", progress=progress, limit=n,
         checkpoint=manager("covariance", init),
     )  # fmt: skip
@@ -465,7 +463,7 @@ def fit_factors(
         init = {layer.name: jnp.zeros((layer.in_dim, layer.out_features), dtype) for layer in layers}
         lam = reduce_dataset(
             lambda acc, b, x, y, m: _lambda_step(
-                acc, params, state, rotations, jax.random.fold_in(base_key, 10**9 + b), x, y, m, *consts, **static
+                acc, replicated, rotations, jax.random.fold_in(base_key, 10**9 + b), x, y, m, **static
             ),
             init, dataset, config.batch_size, mesh, desc="lambda", progress=progress, limit=n,
             checkpoint=manager("lambda", init, rotations_sha256=rotation_hash),
@@ -481,6 +479,7 @@ def fit_factors(
         "examples": n,
         "seed": int(config.seed),
         "params_hash": model_hash,
+        "normalization": None if model.normalization is None else list(map(list, model.normalization)),
         "data_hash": dataset.content_hash,
         "layers": [layer.name for layer in layers],
         "untracked": untracked,
@@ -580,7 +579,7 @@ def load_factors(directory: str | os.PathLike, model: FunctionalModel) -> Factor
     directory = Path(directory).absolute()
     record = _read_record(directory)
     meta = record["meta"]
-    layers, _ = find_layers(model.graphdef, model.params, model.state)
+    layers, _ = find_layers(model)
     if [layer.name for layer in layers] != meta["layers"]:
         raise FactorArtifactError(f"the factors in {directory} were fitted for other layers: {meta['layers'][:5]}…")
     if meta["params_hash"] != params_hash(model.params):

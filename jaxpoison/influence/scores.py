@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpoison.data import Dataset, normalize
+from jaxpoison.data import Dataset
 from jaxpoison.errors import ArtifactError, InputError
 from jaxpoison.fileio import atomic_write_text
 from jaxpoison.influence.capture import (
@@ -40,7 +40,6 @@ from jaxpoison.influence.capture import (
     find_layers,
     layer_gradient,
     per_example_layer_gradients,
-    tapped_apply,
 )
 from jaxpoison.influence.kfac import (
     FactorError,
@@ -116,18 +115,23 @@ class Scores(NamedTuple):
 def _layers(model: FunctionalModel, factors: Factors | None, on_untracked: str) -> tuple[Layer, ...]:
     if factors is not None:
         return factors.layers
-    layers, untracked = find_layers(model.graphdef, model.params, model.state)
+    layers, untracked = find_layers(model)
     check_untracked(untracked, on_untracked)
     return tuple(layers)
 
 
-def check_images(images: Any, image_shape: tuple[int, ...], what: str = "query images") -> np.ndarray:
+def check_images(
+    images: Any, image_shape: tuple[int, ...], what: str = "query images", kind: str = "image"
+) -> np.ndarray:
     """Pixel-space images ``[Q, *image_shape]`` as float32; one image may drop the ``Q`` axis.
 
     Refuses, naming ``what``: integer or other non-floating dtypes (uint8 pixels in [0, 255]
     would give scores hundreds of times too large), another per-image shape, no images at
-    all, and NaN or Inf (which give NaN scores that flag nothing).
+    all, and NaN or Inf (which give NaN scores that flag nothing). With ``kind="tokens"`` the
+    inputs must instead be non-negative integer ids (returned as int32).
     """
+    if kind == "tokens":
+        return _check_tokens(images, image_shape, what)
     try:
         array = np.asarray(images)
     except (TypeError, ValueError) as e:  # ragged nested lists
@@ -158,6 +162,19 @@ def check_images(images: Any, image_shape: tuple[int, ...], what: str = "query i
     return array
 
 
+def _check_tokens(tokens: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+    array = np.asarray(tokens)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        raise InputError(f"{what} must be integer token ids like the training set's; got dtype {array.dtype}.")
+    if array.ndim == len(shape):
+        array = array[None]
+    if array.shape[1:] != tuple(shape) or array.shape[0] == 0:
+        raise InputError(f"{what} have shape {array.shape} but must be [Q, {', '.join(map(str, shape))}] with Q ≥ 1.")
+    if array.min() < 0 or array.max() > np.iinfo(np.int32).max:
+        raise InputError(f"{what} must be token ids in [0, 2**31); got range [{array.min()}, {array.max()}].")
+    return array.astype(np.int32)
+
+
 def check_labels(labels: Any, count: int, num_classes: int, what: str = "query labels") -> np.ndarray:
     """Integer labels ``[count]`` in ``[0, num_classes)`` as int32; float and bool labels are refused, not truncated."""
     try:
@@ -183,23 +200,21 @@ def check_labels(labels: Any, count: int, num_classes: int, what: str = "query l
 
 
 def _check_queries(images: Any, labels: Any, train: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    images = check_images(images, train.image_shape)
+    images = check_images(images, train.image_shape, kind=train.kind)
     return images, check_labels(labels, images.shape[0], train.num_classes)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layers", "measurement"))
-def _query_gradients(params, state, x, y, mean, std, *, graphdef, layers, measurement):
-    tapped = tapped_apply(graphdef, list(layers))
-    _, captured = capture(tapped, list(layers), params, state, normalize(x, mean, std), y, measurement)
+@functools.partial(jax.jit, static_argnames=("layers", "measurement"))
+def _query_gradients(model, x, y, *, layers, measurement):
+    _, captured = capture(model, list(layers), x, y, measurement)
     return {name: per_example_layer_gradients(a, g) for name, (a, g) in captured.items()}
 
 
 def query_gradients(
-    model: FunctionalModel, layers, images: np.ndarray, labels: np.ndarray, mean, std, measurement: LogitLoss
+    model: FunctionalModel, layers, images: np.ndarray, labels: np.ndarray, measurement: LogitLoss
 ) -> dict[str, jax.Array]:
     """Per-query layer gradients ``{name: [Q, in_dim, out]}`` of the measurement (pixel-space images)."""
-    return _query_gradients(model.params, model.state, jnp.asarray(images), jnp.asarray(labels),
-                            jnp.asarray(mean), jnp.asarray(std), graphdef=model.graphdef, layers=tuple(layers),
+    return _query_gradients(model, jnp.asarray(images), jnp.asarray(labels), layers=tuple(layers),
                             measurement=measurement)  # fmt: skip
 
 
@@ -233,17 +248,15 @@ def _contract(layer: Layer, a: jax.Array, g: jax.Array, w: jax.Array) -> jax.Arr
     return jnp.einsum("nio,qio->qn", per_example_layer_gradients(a, g), w)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layers"))
-def _pairwise_batch(params, state, w, x, y, m, mean, std, *, graphdef, layers):
-    tapped = tapped_apply(graphdef, list(layers))
-    _, captured = capture(tapped, list(layers), params, state, normalize(x, mean, std), y, cross_entropy, mask=m)
+@functools.partial(jax.jit, static_argnames=("layers",))
+def _pairwise_batch(model, w, x, y, m, *, layers):
+    _, captured = capture(model, list(layers), x, y, cross_entropy, mask=m)
     return sum(_contract(layer, *captured[layer.name], w[layer.name]) for layer in layers)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layers"))
-def _self_batch(params, state, blocks, x, y, m, mean, std, *, graphdef, layers):
-    tapped = tapped_apply(graphdef, list(layers))
-    _, captured = capture(tapped, list(layers), params, state, normalize(x, mean, std), y, cross_entropy, mask=m)
+@functools.partial(jax.jit, static_argnames=("layers",))
+def _self_batch(model, blocks, x, y, m, *, layers):
+    _, captured = capture(model, list(layers), x, y, cross_entropy, mask=m)
     total = 0.0
     for layer in layers:
         a, g = captured[layer.name]
@@ -305,7 +318,7 @@ def check_entry(model: FunctionalModel, dataset: Dataset, config: Any, config_ty
     if len(dataset) == 0:
         raise InputError(empty)
     check_params(model.params)
-    check_model(model, dataset.image_shape)
+    check_model(model, dataset.image_shape, dataset.images.dtype)
 
 
 def check_score_inputs(model: FunctionalModel, train: Dataset, factors: Factors | None, config: ScoreConfig) -> None:
@@ -348,15 +361,13 @@ def pairwise_scores(
     images, labels = _check_queries(query_images, query_labels, train)
     layers = _layers(model, factors, config.on_untracked)
     if query_grads is None:
-        query_grads = query_gradients(model, layers, images, labels, train.mean, train.std,
-                                      get_measurement(config.measurement))  # fmt: skip
+        query_grads = query_gradients(model, layers, images, labels, get_measurement(config.measurement))
     check_finite(query_grads, "the query gradients", NON_FINITE_HINT, InputError)
     preconditioned = query_grads if factors is None else precondition(factors, query_grads, config.damping)
     preconditioned = replicate(mesh, {layer.name: _query_layout(layer, preconditioned[layer.name]) for layer in layers})
-    params, state = replicate(mesh, (model.params, model.state))
-    static = {"graphdef": model.graphdef, "layers": tuple(layers)}
+    replicated = replicate(mesh, model)
     values = collect_dataset(
-        lambda b, x, y, m: _pairwise_batch(params, state, preconditioned, x, y, m, train.mean, train.std, **static),
+        lambda b, x, y, m: _pairwise_batch(replicated, preconditioned, x, y, m, layers=tuple(layers)),
         train, config.batch_size, mesh, desc=f"scoring {images.shape[0]} queries", progress=progress,
     )  # fmt: skip
     check_finite(values, "the influence scores", NON_FINITE_HINT, InputError)
@@ -382,7 +393,7 @@ def self_scores(
     mesh = data_mesh() if mesh is None else mesh
     check_score_inputs(model, train, factors, config)
     layers = _layers(model, factors, config.on_untracked)
-    params, state = replicate(mesh, (model.params, model.state))
+    replicated = replicate(mesh, model)
     blocks = None
     if factors is not None:
         blocks = {}
@@ -392,9 +403,8 @@ def self_scores(
             inverse = 1.0 / (lam + layer_damping(lam, config.damping))
             blocks[layer.name] = (block["a_eigvecs"], block["s_eigvecs"], inverse)
         blocks = replicate(mesh, blocks)
-    static = {"graphdef": model.graphdef, "layers": tuple(layers)}
     values = collect_dataset(
-        lambda b, x, y, m: _self_batch(params, state, blocks, x, y, m, train.mean, train.std, **static),
+        lambda b, x, y, m: _self_batch(replicated, blocks, x, y, m, layers=tuple(layers)),
         train, config.batch_size, mesh, desc="self-influence", progress=progress,
     )  # fmt: skip
     check_finite(values, "the self-influence scores", NON_FINITE_HINT, InputError)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
 from jaxpoison.sharding import replicate, shard_batch
+from jaxpoison.training.evaluate import iterate_padded
 
 
 def num_batches(n: int, batch_size: int) -> int:
@@ -35,11 +36,7 @@ def batches(
     if batch_size % mesh.devices.size:
         raise InputError(f"batch_size {batch_size} is not divisible by the {mesh.devices.size} devices of the mesh.")
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    for b in range(start, num_batches(n, batch_size)):
-        idx = np.arange(b * batch_size, min((b + 1) * batch_size, n))
-        mask = np.zeros(batch_size, bool)
-        mask[: idx.size] = True
-        idx = np.concatenate([idx, np.zeros(batch_size - idx.size, idx.dtype)])
+    for b, (idx, mask) in enumerate(iterate_padded(n, batch_size, start), start):
         x, y, m = shard_batch(mesh, dataset.images[idx], dataset.labels[idx], mask)
         yield b, x, y, m
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpoison.data import Dataset, normalize
+from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
 from jaxpoison.influence.grads import per_example_grads
 from jaxpoison.influence.kfac import check_finite, is_finite_real, is_integer, params_hash
@@ -90,12 +90,10 @@ def _project(grads, projection, key, k: int) -> jax.Array:
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("apply", "k"))
-def _features(params, state, projection, key, x, y, m, mean, std, *, apply, k):
-    x = normalize(x, mean, std)
-    bound = lambda p, xb: apply(p, state, xb)
-    phi = _project(per_example_grads(bound, _log_odds, params, x, y), projection, key, k)
-    logits = bound(params, x)
+@functools.partial(jax.jit, static_argnames=("k",))
+def _features(model, projection, key, x, y, m, *, k):
+    phi = _project(per_example_grads(model.bind(), _log_odds, model.params, x, y), projection, key, k)
+    logits = model(x)
     p_correct = jnp.take_along_axis(jax.nn.softmax(logits), y[:, None], axis=1)[:, 0]
     return jnp.concatenate([phi, (1.0 - p_correct)[:, None]], axis=1) * m[:, None]
 
@@ -118,10 +116,9 @@ def trak_features(
     mesh = data_mesh() if mesh is None else mesh
     check_entry(model, dataset, config, TrakConfig, "the dataset is empty; TRAK features need at least one example.")
     projection, key = _projection(model, config)
-    params, state, projection = replicate(mesh, (model.params, model.state, projection))
+    replicated, projection = replicate(mesh, (model, projection))
     out = collect_dataset(
-        lambda b, x, y, m: _features(params, state, projection, key, x, y, m, dataset.mean, dataset.std,
-                                     apply=model.apply, k=config.projection_dim),
+        lambda b, x, y, m: _features(replicated, projection, key, x, y, m, k=config.projection_dim),
         dataset, config.batch_size, mesh, desc="TRAK features", progress=progress, axis=0,
     )  # fmt: skip
     # NaN features would make the least-squares solve fail or return NaN scores.

@@ -1,10 +1,20 @@
-"""Models, and the boundary that turns Flax NNX, Linen and Equinox models into pure functions."""
+"""Models, and the boundary that turns Flax NNX, Linen, Equinox and plain-function models into one pytree."""
 
 from jaxpoison.models.cnn import CNN
 from jaxpoison.models.freq_cnn import FreqCNN
-from jaxpoison.models.functional import FunctionalModel, count_params, output_layer, replace_layer, to_functional
+from jaxpoison.models.functional import (
+    FunctionalModel,
+    NNXStructure,
+    Normalization,
+    Structure,
+    count_params,
+    output_layer,
+    replace_layer,
+    to_functional,
+)
 from jaxpoison.models.linen import LinenStructure, from_linen
 from jaxpoison.models.mlp import MLP
+from jaxpoison.models.plain import ApplyStructure, from_apply
 from jaxpoison.models.registry import MODEL_NAMES, create_model
 from jaxpoison.models.resnet import BasicBlock, ResNet18
 from jaxpoison.models.vgg import VGG16
@@ -14,14 +24,19 @@ __all__ = [
     "MLP",
     "MODEL_NAMES",
     "VGG16",
+    "ApplyStructure",
     "BasicBlock",
     "EquinoxStructure",
     "FreqCNN",
     "FunctionalModel",
     "LinenStructure",
+    "NNXStructure",
+    "Normalization",
     "ResNet18",
+    "Structure",
     "count_params",
     "create_model",
+    "from_apply",
     "from_equinox",
     "from_linen",
     "output_layer",

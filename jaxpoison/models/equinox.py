@@ -103,6 +103,20 @@ class EquinoxStructure:
             return x.astype(dtype)
         return x
 
+    def apply(self, params, state, x):
+        net = self.module(params)
+        return jax.vmap(lambda one: net(self.example(one)))(self.batch(x, params))
+
+    def features(self, params, state, x):
+        net = self.module(params)
+        if not hasattr(net, "features"):
+            raise InputError(f"{type(net).__name__} has no `features` method; add one taking one example and "
+                             "returning its penultimate activations [D] to use feature-based detectors.")  # fmt: skip
+        return jax.vmap(lambda one: net.features(self.example(one)))(self.batch(x, params))
+
+    def train_apply(self, params, state, x):
+        return self.apply(params, state, x), state
+
 
 def _nest(paths: list[tuple[str, ...]], values: list) -> dict:
     """A nested dict holding ``values`` at ``paths`` (refusing paths that collide)."""
@@ -121,7 +135,13 @@ def _nest(paths: list[tuple[str, ...]], values: list) -> dict:
 
 
 def from_equinox(
-    model, input_shape: tuple[int, ...], *, input_dtype: str | None = None, channels_first: bool = False
+    model,
+    input_shape: tuple[int, ...],
+    *,
+    input_dtype: str | None = None,
+    channels_first: bool = False,
+    mean=None,
+    std=None,
 ) -> FunctionalModel:
     """An Equinox ``model`` as a :class:`FunctionalModel`.
 
@@ -133,6 +153,8 @@ def from_equinox(
       input_dtype: the dtype of the inputs when it is not the parameters' (``"int32"`` for token ids).
       channels_first: move each example's last axis first before calling the model (``HWC -> CHW``
         for images), for models built from ``eqx.nn.Conv2d``. Batches are NHWC either way.
+      mean, std: per-channel input normalisation, applied at the model's door (``None``: the
+        model sees its inputs as given).
 
     ``features`` calls the module's ``features`` method (one example in, ``[D]`` out) when it has
     one, which spectral signatures and activation clustering read; without it those detectors
@@ -149,7 +171,7 @@ def from_equinox(
       >>> model = from_equinox(eqx.nn.Linear(4, 3, key=jax.random.key(0)), (4,))
       >>> sorted(model.params)
       ['bias', 'weight']
-      >>> model.apply(model.params, model.state, jax.numpy.ones((2, 4))).shape
+      >>> model(jax.numpy.ones((2, 4))).shape
       (2, 3)
     """
     if not isinstance(model, eqx.Module):
@@ -181,18 +203,4 @@ def from_equinox(
                    "arrays wrapped in jax.lax.stop_gradient where they are used.")  # fmt: skip
         raise InputError(message) from e
 
-    def apply(params, state, x):
-        net = structure.module(params)
-        return jax.vmap(lambda one: net(structure.example(one)))(structure.batch(x, params))
-
-    def features(params, state, x):
-        if not hasattr(model, "features"):
-            raise InputError(f"{type(model).__name__} has no `features` method; add one taking one example and "
-                             "returning its penultimate activations [D] to use feature-based detectors.")  # fmt: skip
-        net = structure.module(params)
-        return jax.vmap(lambda one: net.features(structure.example(one)))(structure.batch(x, params))
-
-    def train_apply(params, state, x):
-        return apply(params, state, x), state
-
-    return FunctionalModel(apply, features, train_apply, params, {}, structure)
+    return FunctionalModel(params, {}, structure).with_normalization(mean, std)

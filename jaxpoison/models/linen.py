@@ -44,6 +44,22 @@ class LinenStructure:
     def variables(self, params, state) -> dict:
         return {"params": params, **state}
 
+    def apply(self, params, state, x):
+        return self.module.apply(self.variables(params, state), x, **dict(self.eval_kwargs))
+
+    def features(self, params, state, x):
+        if not hasattr(self.module, "features"):
+            raise InputError(f"{type(self.module).__name__} has no `features` method; add one returning the "
+                             "penultimate activations to use feature-based detectors.")  # fmt: skip
+        return self.module.apply(self.variables(params, state), x, method="features", **dict(self.eval_kwargs))
+
+    def train_apply(self, params, state, x):
+        training = dict(self.train_kwargs)
+        if not state:
+            return self.module.apply({"params": params}, x, **training), state
+        logits, updates = self.module.apply(self.variables(params, state), x, mutable=list(state), **training)
+        return logits, {**state, **updates}
+
 
 def from_linen(
     module: nn.Module,
@@ -53,6 +69,8 @@ def from_linen(
     eval_kwargs: dict | None = None,
     train_kwargs: dict | None = None,
     input_dtype: str | None = None,
+    mean=None,
+    std=None,
 ) -> FunctionalModel:
     """A Linen ``module`` and its ``variables`` as a :class:`FunctionalModel`.
 
@@ -67,6 +85,8 @@ def from_linen(
         e.g. ``{"train": False}`` and ``{"train": True}`` for a BatchNorm model.
       input_dtype: the dtype of the inputs when it is not the parameters' (``"int32"`` for
         token ids).
+      mean, std: per-channel input normalisation, applied at the model's door (``None``: the
+        module sees its inputs as given).
 
     ``features`` calls the module's ``features`` method when it has one (what spectral
     signatures and activation clustering read); without it those detectors refuse the model.
@@ -76,7 +96,7 @@ def from_linen(
       >>> from flax import linen as nn
       >>> module = nn.Dense(3)
       >>> model = from_linen(module, module.init(jax.random.key(0), jnp.zeros((1, 4))), (4,))
-      >>> model.apply(model.params, model.state, jnp.ones((2, 4))).shape
+      >>> model(jnp.ones((2, 4))).shape
       (2, 3)
     """
     if not isinstance(module, nn.Module):
@@ -88,24 +108,7 @@ def from_linen(
                                None if input_dtype is None else jnp.dtype(input_dtype).name)  # fmt: skip
     params = variables["params"]
     state = {k: v for k, v in variables.items() if k != "params"}
-    evaluate, training = dict(structure.eval_kwargs), dict(structure.train_kwargs)
-
-    def apply(params, state, x):
-        return module.apply(structure.variables(params, state), x, **evaluate)
-
-    def features(params, state, x):
-        if not hasattr(module, "features"):
-            raise InputError(f"{type(module).__name__} has no `features` method; add one returning the penultimate "
-                             "activations to use feature-based detectors.")  # fmt: skip
-        return module.apply(structure.variables(params, state), x, method="features", **evaluate)
-
-    def train_apply(params, state, x):
-        if not state:
-            return module.apply({"params": params}, x, **training), state
-        logits, updates = module.apply(structure.variables(params, state), x, mutable=list(state), **training)
-        return logits, {**state, **updates}
-
-    return FunctionalModel(apply, features, train_apply, params, state, structure)
+    return FunctionalModel(params, state, structure).with_normalization(mean, std)
 
 
 def trace_calls(structure: LinenStructure, params, state, interceptor) -> jax.ShapeDtypeStruct:

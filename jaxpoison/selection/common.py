@@ -18,7 +18,7 @@ from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
 from jaxpoison.models import FunctionalModel, create_model, to_functional
 from jaxpoison.sharding import data_mesh
-from jaxpoison.training import adam_recipe, make_train_step, train
+from jaxpoison.training import adam_recipe, train
 from jaxpoison.training.evaluate import forward as evaluate_forward
 
 
@@ -100,23 +100,19 @@ def triggered(dataset: Dataset, indices, trigger, target: int, batch_size: int =
     )
 
 
-def forward(fn: Callable, params, state, dataset: Dataset, batch_size: int = 512) -> np.ndarray:
-    """``fn(params, state, normalised images)`` over ``dataset``: the library's one forward pass, at batch 512."""
-    return evaluate_forward(fn, params, state, dataset, batch_size)
-
-
-_COMPILED: dict[tuple, tuple] = {}
-_COMPILED_MAX = 8
+def forward(model: FunctionalModel, dataset: Dataset, batch_size: int = 512, *, output: str = "logits") -> np.ndarray:
+    """The model's ``output`` over ``dataset``: the library's one forward pass, at batch 512."""
+    return evaluate_forward(model, dataset, batch_size, output=output)
 
 
 class ProxyTrainer:
-    """Trains fresh copies of one architecture with Adam, compiling the train step once.
+    """Trains fresh copies of one architecture with Adam.
 
-    FUS and RD train a new proxy model every round on a poisoned set of the same size;
-    building the step once and re-initialising only the parameters avoids a recompile
-    per round. The loop is :func:`jaxpoison.training.train` itself, given the prebuilt
-    step and a hook that sees the parameters after every epoch (FUS records its per-epoch
-    correctness there).
+    FUS and RD train a new proxy model every round on a poisoned set of the same size. The
+    loop is :func:`jaxpoison.training.train` itself, given a hook that sees the model after
+    every epoch (FUS records its per-epoch correctness there); its train step is compiled
+    once per architecture, recipe and batch shape, so later rounds (and later selection runs)
+    reuse it.
     """
 
     def __init__(self, model: str, model_kwargs: dict, dataset: Dataset, *, epochs: int, learning_rate: float,
@@ -134,43 +130,25 @@ class ProxyTrainer:
                 f"proxy batch_size {batch_size} is not divisible by the {self.mesh.devices.size} devices."
             )
         self.recipe = adam_recipe(epochs, learning_rate, batch_size)
-        self.steps = self.n // batch_size
         self.mean, self.std = dataset.mean, dataset.std
-        # The compiled step (and the template whose apply functions it closes over) is shared by
-        # trainers of the same model, data shape, recipe and normalisation: a second selection
-        # run (another seed, another method) does not compile again.
-        key = (model, tuple(sorted(self.kwargs.items())), self.shape, self.classes, self.recipe, self.n,
-               tuple(self.mean.tolist()), tuple(self.std.tolist()), self.mesh.devices.size)  # fmt: skip
-        try:
-            parts = _COMPILED.get(key)
-        except TypeError:  # unhashable model arguments: build without sharing
-            key, parts = None, None
-        if parts is None:
-            template = self.init(0)
-            optimizer = self.recipe.optimizer_for(self.steps)
-            parts = (template, optimizer, make_train_step(template, optimizer, self.recipe, self.mean, self.std))
-            if key is not None:
-                if len(_COMPILED) >= _COMPILED_MAX:
-                    _COMPILED.pop(next(iter(_COMPILED)))
-                _COMPILED[key] = parts
-        self.template, self.optimizer, self.step = parts
+        self.init(0)  # a model that cannot be built is refused here, before any training
 
     def init(self, seed: int) -> FunctionalModel:
+        """A fresh proxy initialised from ``seed``, normalising with the training set's constants."""
         try:
             module = create_model(self.name, self.shape, self.classes, seed=seed, **self.kwargs)
         except TypeError as err:
             raise SelectionError(f"model {self.name!r} does not take the arguments {self.kwargs}: {err}") from None
-        return to_functional(module)
+        return to_functional(module, self.mean, self.std)
 
     def fit(self, dataset: Dataset, seed: int, on_epoch: Callable | None = None, *, progress: bool = False,
             desc: str = "proxy epochs") -> FunctionalModel:  # fmt: skip
-        """A model initialised from ``seed`` and trained on ``dataset``; ``on_epoch(epoch, params, state)``."""
-        if len(dataset) != self.n or not (np.array_equal(dataset.mean, self.mean)
-                                          and np.array_equal(dataset.std, self.std)):  # fmt: skip
-            raise AssertionError("ProxyTrainer.fit needs a dataset of the size and normalisation it was built for.")
+        """A model initialised from ``seed`` and trained on ``dataset``; ``on_epoch(epoch, model)`` after each epoch."""
+        if len(dataset) != self.n:
+            raise AssertionError("ProxyTrainer.fit needs a dataset of the size it was built for.")
         result = train(self.init(seed), dataset, self.recipe, seed=seed, mesh=self.mesh, progress=progress,
-                       on_epoch_state=on_epoch, step_fn=self.step, desc=desc)  # fmt: skip
-        return self.template._replace(params=result.params, state=result.state)
+                       on_epoch_state=on_epoch, desc=desc)  # fmt: skip
+        return result.model
 
 
 def round_seed(seed: int, round_index: int, salt: int = 0) -> int:

@@ -197,8 +197,8 @@ def fus_selection(
         copies = poisoned.dataset.subset(poisoned.poison_indices)
         record: list[np.ndarray] = []
 
-        def on_epoch(epoch, params, state, copies=copies, record=record):
-            logits = forward(trainer.template.apply, params, state, copies)
+        def on_epoch(epoch, model, copies=copies, record=record):
+            logits = forward(model, copies)
             record.append(logits.argmax(-1) == target)
 
         trainer.fit(poisoned.dataset, round_seed(seed, r), on_epoch=on_epoch, progress=progress, desc="FUS proxy")

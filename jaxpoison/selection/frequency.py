@@ -36,6 +36,7 @@ import numpy as np
 from jaxpoison.data import Dataset
 from jaxpoison.data.dct import dct2
 from jaxpoison.selection.common import Selection, SelectionError, finish, poison_budget, triggered
+from jaxpoison.training.evaluate import iterate_padded
 
 ORDERS = ("descending", "ascending")
 
@@ -109,15 +110,10 @@ def hfe_scores(images, radius: float | None = None, batch_size: int = 1024) -> n
 
 
 def _scores_in_batches(images: np.ndarray, fn, batch_size: int) -> np.ndarray:
+    """``fn`` (one score per image) over fixed-size padded batches: one compilation."""
     n = images.shape[0]
-    batch_size = max(1, min(batch_size, n))
-    out = []
-    for start in range(0, n, batch_size):
-        chunk = images[start : start + batch_size]
-        valid = chunk.shape[0]
-        if valid < batch_size:  # pad to one shape: one compilation
-            chunk = np.concatenate([chunk, np.zeros((batch_size - valid, *chunk.shape[1:]), chunk.dtype)])
-        out.append(np.asarray(fn(chunk), np.float64)[:valid])
+    size = max(1, min(batch_size, n))
+    out = [np.asarray(fn(images[idx]), np.float64)[valid] for idx, valid in iterate_padded(n, size)]
     return np.concatenate(out) if out else np.zeros(0)
 
 

@@ -346,9 +346,8 @@ def _asr_record(source: str, indices: np.ndarray, data: Dataset, removed: int, d
             "removed_from_pool": removed, "disjointness": disjointness}  # fmt: skip
 
 
-def _asr_dataset(source: Dataset, chosen, trigger, target: int, dataset: Dataset) -> Dataset:
-    # The surrogate normalises with the training set's constants.
-    return triggered(source, chosen, trigger, target).replace(mean=dataset.mean, std=dataset.std)
+def _asr_dataset(source: Dataset, chosen, trigger, target: int) -> Dataset:
+    return triggered(source, chosen, trigger, target)
 
 
 def _check_group_one(labels, quota: dict[int, int], eta: int, k: int, rate: float, note: str = "") -> None:
@@ -438,7 +437,7 @@ def ifs_selection(
     rng = np.random.default_rng([seed, 0x1F5])
     if validation is None:
         held, pool_left = asr_holdout(dataset, pool, rs.indices, config.validation_size, rng)
-        val = _asr_dataset(dataset, held, trigger, target, dataset)
+        val = _asr_dataset(dataset, held, trigger, target)
         asr_set = _asr_record(HELD_OUT, held, dataset, int(pool.size - pool_left.size),
                               "held-out indices and their byte-identical copies removed from the candidates")
         pool = pool_left
@@ -450,7 +449,7 @@ def ifs_selection(
             raise SelectionError(f"the validation data has no images outside the target class {target}.")
         chosen = np.sort(rng.choice(victims, min(config.validation_size, victims.size), replace=False))
         check_disjoint(dataset, pool, validation, chosen)
-        val = _asr_dataset(validation, chosen, trigger, target, dataset)
+        val = _asr_dataset(validation, chosen, trigger, target)
         asr_set = _asr_record(CALLERS, chosen, validation, 0,
                               "checked: no ASR image byte-identical to a non-target training image")
     pool_labels = dataset.labels[pool]
@@ -465,7 +464,7 @@ def ifs_selection(
 
     # 2. Group-based pruning on clean features.
     t0 = time.perf_counter()
-    features = forward(model.features, model.params, model.state, dataset.subset(pool))
+    features = forward(model, dataset.subset(pool), output="features")
     groups = group_split(features.reshape(features.shape[0], -1), pool_labels, config.eta)
     group1 = pool[groups == 1]
     timings["grouping"] = time.perf_counter() - t0

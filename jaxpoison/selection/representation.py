@@ -108,9 +108,8 @@ def final_refill(k: int, rounds: int, ratio: float, decay: float) -> int:
 
 
 def rd_scores(model: FunctionalModel, images_triggered: Dataset, target: int, batch_size: int = 512) -> np.ndarray:
-    """RD of every image of ``images_triggered`` (pixel space, normalised with its own constants)
-    under ``model`` (its ``apply``, ``params`` and ``state``, inference mode): ``float64 [n]``."""
-    logits = forward(model.apply, model.params, model.state, images_triggered, batch_size)
+    """RD of every image of ``images_triggered`` (pixel space) under ``model`` in inference mode: ``float64 [n]``."""
+    logits = forward(model, images_triggered, batch_size)
     return representation_distance(logits, target)
 
 

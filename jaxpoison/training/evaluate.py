@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +12,9 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxpoison.data import Dataset, normalize
+from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
+from jaxpoison.models import FunctionalModel
 
 
 class EvalResult(NamedTuple):
@@ -23,14 +23,14 @@ class EvalResult(NamedTuple):
     predictions: np.ndarray  # int32 [N]
 
 
-def iterate_padded(n: int, batch_size: int):
-    """Yield ``(indices, valid)`` covering ``range(n)`` in fixed-size batches.
+def iterate_padded(n: int, batch_size: int, start: int = 0):
+    """Yield ``(indices, valid)`` covering ``range(n)`` in fixed-size batches, from batch ``start`` on.
 
     The last batch is padded by repeating index 0 and ``valid`` says which rows are
     real, so a jitted function sees one shape only and compiles once.
     """
-    for start in range(0, n, batch_size):
-        idx = np.arange(start, min(start + batch_size, n))
+    for first in range(start * batch_size, n, batch_size):
+        idx = np.arange(first, min(first + batch_size, n))
         valid = np.ones(batch_size, bool)
         if idx.size < batch_size:
             valid[idx.size :] = False
@@ -42,8 +42,8 @@ class NonFiniteOutputError(InputError):
     """The model outputs NaN or infinite logits, so no accuracy or attack metric can be read off it."""
 
 
-def predict_logits(apply: Callable, params: Any, state: Any, dataset: Dataset, batch_size: int = 1000) -> np.ndarray:
-    """Logits ``[N, num_classes]`` of ``apply(params, state, normalised images)``.
+def predict_logits(model: FunctionalModel, dataset: Dataset, batch_size: int = 1000) -> np.ndarray:
+    """Logits ``[N, num_classes]`` of ``model`` on the dataset's images.
 
     Raises:
       NonFiniteOutputError: some logits are NaN or infinite (a diverged model): their argmax
@@ -51,54 +51,58 @@ def predict_logits(apply: Callable, params: Any, state: Any, dataset: Dataset, b
     """
     if len(dataset) == 0:
         return np.zeros((0, dataset.num_classes), np.float32)
-    return forward(apply, params, state, dataset, batch_size)
+    return forward(model, dataset, batch_size)
 
 
-def predict_labels(apply: Callable, params: Any, state: Any, dataset: Dataset, batch_size: int = 1000) -> np.ndarray:
+def predict_labels(model: FunctionalModel, dataset: Dataset, batch_size: int = 1000) -> np.ndarray:
     """Predicted classes ``[N]`` (int32), the argmax taken on device; refuses as :func:`predict_logits`."""
     if len(dataset) == 0:
         return np.zeros(0, np.int32)
-    return forward(apply, params, state, dataset, batch_size, argmax=True)
+    return forward(model, dataset, batch_size, argmax=True)
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "argmax"))
-def _forward_batch(fn, params, state, x, mean, std, *, argmax):
-    # `fn` is static: jax keys the compiled program on the function, so every pass with the same
-    # model function and batch shape reuses it. The finiteness flag per row is reduced in the same
-    # program as the forward pass: no second pass over the data.
-    out = fn(params, state, normalize(x, mean, std))
+@functools.partial(jax.jit, static_argnames=("output", "argmax"))
+def _forward_batch(model, x, *, output, argmax):
+    # The model is a pytree argument: every pass with the same model structure and batch shape
+    # reuses one compiled program. The finiteness flag per row is reduced in the same program as
+    # the forward pass: no second pass over the data.
+    out = model.features(x) if output == "features" else model(x)
     finite = jnp.all(jnp.isfinite(out.reshape(out.shape[0], -1)), axis=-1)
     return (jnp.argmax(out, -1).astype(jnp.int32) if argmax else out), finite
 
 
+OUTPUTS = ("logits", "features")
+
+
 def forward(
-    fn: Callable,
-    params: Any,
-    state: Any,
+    model: FunctionalModel,
     dataset: Dataset,
     batch_size: int = 1000,
     *,
+    output: str = "logits",
     argmax: bool = False,
     progress: bool = False,
     desc: str = "forward",
 ) -> np.ndarray:
-    """The one forward pass over a dataset: ``fn(params, state, normalised images)`` for every example.
+    """The one forward pass over a dataset: the model's ``output`` for every example.
 
-    ``fn`` is a model's ``apply`` (logits) or ``features``. Batches have one fixed size (the
-    last is padded and the padding dropped), so the pass compiles once per function and
-    batch shape. ``argmax`` returns the predicted classes instead, computed on device.
+    ``output`` is ``"logits"`` or ``"features"`` (the penultimate features). Batches have one
+    fixed size (the last is padded and the padding dropped), so the pass compiles once per
+    model structure and batch shape. ``argmax`` returns the predicted classes instead,
+    computed on device.
 
     Raises:
       NonFiniteOutputError: some outputs are NaN or infinite (a diverged model).
     """
+    if output not in OUTPUTS:
+        raise InputError(f"output must be one of {OUTPUTS}; got {output!r}.")
     n = len(dataset)
     batch_size = min(batch_size, max(n, 1))
     out, bad = [], 0
     batches = tqdm(iterate_padded(n, batch_size), total=math.ceil(n / batch_size), desc=desc, disable=not progress,
                    leave=False, mininterval=1.0)  # fmt: skip
     for idx, valid in batches:
-        result, finite = _forward_batch(fn, params, state, jnp.asarray(dataset.images[idx]), dataset.mean,
-                                        dataset.std, argmax=argmax)  # fmt: skip
+        result, finite = _forward_batch(model, jnp.asarray(dataset.images[idx]), output=output, argmax=argmax)
         out.append(np.asarray(result)[valid])
         bad += int(np.sum(~np.asarray(finite)[valid]))
     if bad:
@@ -110,13 +114,13 @@ def forward(
     return np.concatenate(out)
 
 
-def evaluate(apply: Callable, params: Any, state: Any, dataset: Dataset, batch_size: int = 1000) -> EvalResult:
+def evaluate(model: FunctionalModel, dataset: Dataset, batch_size: int = 1000) -> EvalResult:
     """Top-1 accuracy and mean cross-entropy of the model on ``dataset``.
 
     Raises:
       NonFiniteOutputError: the model outputs NaN or infinite logits.
     """
-    logits = predict_logits(apply, params, state, dataset, batch_size)
+    logits = predict_logits(model, dataset, batch_size)
     labels = dataset.labels
     loss = float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(jnp.asarray(logits), labels)))
     preds = logits.argmax(-1).astype(np.int32)

@@ -1,7 +1,7 @@
 """Data-parallel training of a functional model with optax, checkpoints and resume.
 
-The train step is one jitted pure function of ``(params, state, opt_state, key,
-images, labels)``. Batches are split over a 1-D device mesh along the example axis
+The train step, :func:`train_step`, is one jitted pure function of ``(model, opt_state,
+key, images, labels)``. Batches are split over a 1-D device mesh along the example axis
 and everything else is replicated, so 1 device and N devices run the same
 computation (the global-view ``jit`` inserts the cross-device means, including
 BatchNorm's batch statistics).
@@ -15,8 +15,10 @@ parameters of an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -26,7 +28,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxpoison.data import Dataset, augment_batch, normalize
+from jaxpoison.data import Dataset, augment_batch, require_images
 from jaxpoison.errors import InputError
 from jaxpoison.models import FunctionalModel
 from jaxpoison.sharding import data_mesh, replicate, shard_batch
@@ -43,49 +45,51 @@ class TrainResult(NamedTuple):
     """What :func:`train` returns.
 
     Attributes:
-      params, state: the trained parameters and model state (replicated over the mesh).
+      model: the trained model (parameters and state replicated over the mesh).
       history: one dict per epoch: ``epoch``, ``train_loss``, ``train_accuracy``,
         ``seconds`` and, with an eval dataset, ``eval_accuracy``.
       step_losses: ``[steps]``, the loss of every step run in this call (in the model's dtype).
       train_seconds: wall time of the epochs run in this call (compilation included).
     """
 
-    params: Any
-    state: Any
+    model: FunctionalModel
     history: list[dict]
     step_losses: np.ndarray
     train_seconds: float
 
+    @property
+    def params(self) -> Any:
+        return self.model.params
 
-def make_train_step(
-    model: FunctionalModel, optimizer: optax.GradientTransformation, recipe: TrainRecipe, mean, std
-) -> Callable:
-    """The jitted step ``(params, state, opt_state, key, x, y) -> (params, state, opt_state, loss, correct)``.
+    @property
+    def state(self) -> Any:
+        return self.model.state
 
-    ``x`` holds pixel-space images; the step augments (as the recipe says), then
-    normalises with ``mean``/``std``, then takes one optimiser step on the mean
-    cross-entropy. ``correct`` is the number of correctly classified examples.
+
+@functools.partial(jax.jit, static_argnames=("recipe", "steps_per_epoch"), donate_argnums=(0, 1))
+def train_step(model: FunctionalModel, opt_state, key, x, y, *, recipe: TrainRecipe, steps_per_epoch: int):
+    """One optimiser step: ``(model, opt_state, key, x, y) -> (model, opt_state, loss, correct)``.
+
+    ``x`` holds pixel-space images; the step augments (as the recipe says) and takes one
+    step of the recipe's optimiser on the mean cross-entropy of ``model.train_logits(x)``
+    (the model normalises its own inputs). ``correct`` is the number of correctly classified
+    examples. Compiled once per model structure, recipe and batch shape, whoever calls it;
+    ``model`` and ``opt_state`` are donated.
     """
-    mean = jnp.asarray(mean)
-    std = jnp.asarray(std)
-    augmenting = recipe.crop_padding > 0 or recipe.flip or recipe.vflip
+    optimizer = recipe.optimizer_for(steps_per_epoch)
+    if recipe.crop_padding > 0 or recipe.flip or recipe.vflip:
+        x = augment_batch(key, x, recipe.crop_padding, recipe.flip, recipe.vflip)
 
-    def loss_fn(params, state, x, y):
-        logits, new_state = model.train_apply(params, state, x)
+    def loss_fn(params):
+        logits, new_state = model.replace(params=params).train_logits(x)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, (new_state, logits)
 
-    def step(params, state, opt_state, key, x, y):
-        if augmenting:
-            x = augment_batch(key, x, recipe.crop_padding, recipe.flip, recipe.vflip)
-        x = normalize(x, mean, std)
-        (loss, (state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, x, y)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        correct = jnp.sum(jnp.argmax(logits, -1) == y)
-        return params, state, opt_state, loss, correct
-
-    return jax.jit(step, donate_argnums=(0, 1, 2))
+    (loss, (state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(model.params)
+    updates, opt_state = optimizer.update(grads, opt_state, model.params)
+    model = model.replace(params=optax.apply_updates(model.params, updates), state=state)
+    correct = jnp.sum(jnp.argmax(logits, -1) == y)
+    return model, opt_state, loss, correct
 
 
 def _checkpoint_meta(recipe: TrainRecipe, dataset: Dataset, seed: int) -> dict:
@@ -99,7 +103,7 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def _check_finite(epoch_losses: np.ndarray, params, state, epoch: int, recipe: TrainRecipe) -> None:
+def _check_finite(epoch_losses: np.ndarray, model: FunctionalModel, epoch: int, recipe: TrainRecipe) -> None:
     """Raise :class:`DivergenceError` naming the first non-finite step of ``epoch`` (counted from 0)."""
     steps = epoch_losses.size
     advice = f"lower the learning rate (now {recipe.learning_rate:g}) or check the data for non-finite values."
@@ -110,11 +114,35 @@ def _check_finite(epoch_losses: np.ndarray, params, state, epoch: int, recipe: T
             f"training diverged: loss is {epoch_losses[s]} at epoch {epoch + 1}, step {s + 1} of {steps}; {advice}"
         )
     # The last step of an epoch can blow up the parameters with a finite loss; its epoch must not be saved.
-    if not bool(_all_finite((params, state))):
+    if not bool(_all_finite((model.params, model.state))):
         raise DivergenceError(
             f"training diverged: the parameters are non-finite after epoch {epoch + 1}, step {steps} of {steps} "
             f"(every loss was finite); {advice}"
         )
+
+
+class UnnormalisedInputWarning(UserWarning):
+    """A model without input normalisation trains on a dataset that has normalisation constants."""
+
+
+def check_normalization(model: FunctionalModel, dataset: Dataset) -> None:
+    """Warn when ``model`` has no normalisation but ``dataset`` declares constants other than (0, 1).
+
+    The model normalises its own inputs; a model built without the dataset's constants sees raw
+    pixels, which trains (worse) without any error, so it is said out loud.
+    """
+    if model.normalization is not None:
+        return
+    if np.allclose(dataset.mean, 0.0) and np.allclose(dataset.std, 1.0):
+        return
+    warnings.warn(
+        f"the model has no input normalisation, but the training set's constants are mean={np.round(dataset.mean, 4)}, "
+        f"std={np.round(dataset.std, 4)}: it trains on raw inputs. Build it with to_functional(module, data.mean, "
+        "data.std) (or from_linen / from_equinox with mean= and std=) to normalise, or pass "
+        "model.with_normalization(0.0, 1.0) to train on raw inputs on purpose.",
+        UnnormalisedInputWarning,
+        stacklevel=3,
+    )
 
 
 def train(
@@ -128,15 +156,18 @@ def train(
     checkpoint_dir: str | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[dict], None] | None = None,
-    on_epoch_state: Callable[[int, Any, Any], None] | None = None,
+    on_epoch_state: Callable[[int, FunctionalModel], None] | None = None,
     step_fn: Callable | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    order: Callable[[int], np.ndarray] | None = None,
+    key: jax.Array | None = None,
     desc: str | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``dataset`` following ``recipe``.
 
     Args:
       model: the functional model; its ``params``/``state`` are the starting point.
-      dataset: training data (pixel space; normalised with its own mean/std).
+      dataset: training data (pixel space; the model normalises it).
       recipe: optimiser, schedule, batch size, epochs and augmentation.
       seed: seeds the epoch permutations and augmentation keys.
       mesh: a 1-D ``"data"`` mesh (default: all devices). The batch size must be
@@ -146,11 +177,17 @@ def train(
         that finds checkpoints there resumes from the newest one.
       progress: show a progress bar per epoch.
       on_epoch_end: called with each epoch's history record (after checkpointing).
-      on_epoch_state: called with ``(epoch index, params, state)`` after each epoch, for
+      on_epoch_state: called with ``(epoch index, model)`` after each epoch, for
         callers that read the model itself as it trains (FUS's per-epoch correctness).
-      step_fn: a train step already built by :func:`make_train_step` for this ``model``'s
-        functions, ``recipe`` and the dataset's normalisation: callers that train many fresh
-        copies of one architecture (the selection proxies) pass it so it compiles once.
+      step_fn: a step of :func:`train_step`'s signature to use instead of it (e.g. with
+        another loss or input transform, as FreqDef's detector); it receives the replicated
+        model and the optimiser's state.
+      optimizer: the optimiser whose state ``step_fn`` updates (default: the recipe's). Only
+        with ``step_fn``, which must apply this same optimiser.
+      order: ``order(epoch) -> indices``, the example order of an epoch (default: a permutation
+        drawn from ``(seed, epoch)``); each epoch runs ``len(dataset) // batch_size`` steps over it.
+      key: the base key of the step keys (default ``jax.random.key(seed)``); step ``s`` of epoch
+        ``e`` gets ``fold_in(fold_in(key, e), s)``.
       desc: what is training, for the progress bar (``"victim · epoch 2/5"``).
 
     Returns:
@@ -165,6 +202,9 @@ def train(
     """
     mesh = data_mesh() if mesh is None else mesh
     n = len(dataset)
+    check_normalization(model, dataset)
+    if recipe.crop_padding > 0 or recipe.flip or recipe.vflip:
+        require_images(dataset, "augmentation (the recipe's crop_padding / flip / vflip)")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise InputError(f"seed must be a non-negative integer; got {seed!r}.")
     if recipe.batch_size > n:
@@ -174,9 +214,11 @@ def train(
             f"batch_size {recipe.batch_size} is not divisible by the {mesh.devices.size} devices of the mesh."
         )
     steps_per_epoch = n // recipe.batch_size
-    optimizer = recipe.optimizer_for(steps_per_epoch)
-    params, state = replicate(mesh, (model.params, model.state))
-    opt_state = replicate(mesh, optimizer.init(params))
+    if optimizer is not None and step_fn is None:
+        raise InputError("an optimizer override needs the step_fn that applies it; train_step uses the recipe's.")
+    optimizer = recipe.optimizer_for(steps_per_epoch) if optimizer is None else optimizer
+    model = replicate(mesh, model)
+    opt_state = replicate(mesh, optimizer.init(model.params))
     history: list[dict] = []
     start_epoch = 0
 
@@ -191,32 +233,31 @@ def train(
                     "Use a fresh directory to start over."
                 )
 
-        found = ckpt.restore_latest(manager, {"params": params, "state": state, "opt_state": opt_state},
+        found = ckpt.restore_latest(manager, {"params": model.params, "state": model.state, "opt_state": opt_state},
                                     accept=same_run)  # fmt: skip
         if found is not None:
             _, tree, saved = found
             params, state, opt_state = replicate(mesh, (tree["params"], tree["state"], tree["opt_state"]))
+            model = model.replace(params=params, state=state)
             history = list(saved["history"])
             start_epoch = int(saved["epoch"])
 
     if step_fn is None:
-        step_fn = make_train_step(model, optimizer, recipe, dataset.mean, dataset.std)
-    base_key = jax.random.key(seed)
+        step_fn = functools.partial(train_step, recipe=recipe, steps_per_epoch=steps_per_epoch)
+    base_key = jax.random.key(seed) if key is None else key
     step_losses: list[jax.Array] = []
     t_start = time.perf_counter()
     for epoch in range(start_epoch, recipe.epochs):
         t_epoch = time.perf_counter()
-        order = np.random.default_rng([seed, epoch]).permutation(n)
+        epoch_order = np.random.default_rng([seed, epoch]).permutation(n) if order is None else np.asarray(order(epoch))
         epoch_key = jax.random.fold_in(base_key, epoch)
         losses, corrects = [], []
         label = f"epoch {epoch + 1}/{recipe.epochs}" if desc is None else f"{desc} · epoch {epoch + 1}/{recipe.epochs}"
         bar = tqdm(range(steps_per_epoch), desc=label, disable=not progress, leave=False, mininterval=1.0)
         for s in bar:
-            idx = order[s * recipe.batch_size : (s + 1) * recipe.batch_size]
+            idx = epoch_order[s * recipe.batch_size : (s + 1) * recipe.batch_size]
             x, y = shard_batch(mesh, dataset.images[idx], dataset.labels[idx])
-            params, state, opt_state, loss, correct = step_fn(
-                params, state, opt_state, jax.random.fold_in(epoch_key, s), x, y
-            )
+            model, opt_state, loss, correct = step_fn(model, opt_state, jax.random.fold_in(epoch_key, s), x, y)
             losses.append(loss)
             corrects.append(correct)
             if progress and s % 50 == 0:
@@ -224,7 +265,7 @@ def train(
         # The epoch's losses come to the host here anyway, so checking them costs no extra sync per step;
         # it runs before the evaluation and the checkpoint, which would record a diverged epoch.
         epoch_losses = np.asarray(jax.device_get(losses), np.float32)
-        _check_finite(epoch_losses, params, state, epoch, recipe)
+        _check_finite(epoch_losses, model, epoch, recipe)
         step_losses.extend(losses)
         record = {
             "epoch": epoch + 1,
@@ -232,20 +273,20 @@ def train(
             "train_accuracy": float(np.sum(jax.device_get(corrects)) / (steps_per_epoch * recipe.batch_size)),
         }
         if eval_dataset is not None:
-            record["eval_accuracy"] = evaluate(model.apply, params, state, eval_dataset).accuracy
+            record["eval_accuracy"] = evaluate(model, eval_dataset).accuracy
         record["seconds"] = time.perf_counter() - t_epoch
         history.append(record)
         if manager is not None:
             ckpt.save(
                 manager,
                 epoch + 1,
-                {"params": params, "state": state, "opt_state": opt_state},
+                {"params": model.params, "state": model.state, "opt_state": opt_state},
                 {"epoch": epoch + 1, "history": history, "run": meta},
             )
         if on_epoch_end is not None:
             on_epoch_end(record)
         if on_epoch_state is not None:
-            on_epoch_state(epoch, params, state)
+            on_epoch_state(epoch, model)
     seconds = time.perf_counter() - t_start
     losses_host = np.asarray(jax.device_get(step_losses)).reshape(-1) if step_losses else np.zeros(0, np.float32)
-    return TrainResult(params, state, history, losses_host, seconds)
+    return TrainResult(model, history, losses_host, seconds)

@@ -47,9 +47,9 @@ def bad_teacher(
     num_classes = dataset.num_classes
 
     def loss(params, state, x, y, valid, forget):
-        logits, new_state = victim.train_apply(params, state, x)
-        good = victim.apply(victim.params, victim.state, x)
-        bad = random_teacher.apply(random_teacher.params, random_teacher.state, x)
+        logits, new_state = victim.replace(params=params, state=state).train_logits(x)
+        good = victim(x)
+        bad = random_teacher(x)
         teacher = jnp.where(forget[:, None] > 0, bad, good)
         per_example = kl_to_teacher(logits, teacher, t) / num_classes  # mean over classes, then over the batch
         return jnp.sum(per_example * valid) / jnp.maximum(valid.sum(), 1), new_state
@@ -65,7 +65,7 @@ def bad_teacher(
         params, state, opt_state, value = step(params, state, opt_state, x, y, valid, jnp.asarray(is_forget[idx]), 1.0)
         losses.append(float(value))
         if done % config.eval_every == 0 or done == config.distill.steps:
-            candidates.append(({"step": done}, victim._replace(params=params, state=state)))
+            candidates.append(({"step": done}, victim.replace(params=params, state=state)))
     best, scores = select(candidates, selector)
     info = {"method": "badt", "forgotten": int(forget_idx.size), "steps": config.distill.steps,
             "selection": selector.name if selector else None, "chosen": candidates[best][0], "candidates": scores,

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxpoison.data import Dataset, normalize
+from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
 from jaxpoison.training import iterate_padded
 
@@ -51,13 +51,13 @@ def kl_to_teacher(student_logits: jax.Array, teacher_logits: jax.Array, temperat
 
 
 def minibatches(dataset: Dataset, batch_size: int) -> Iterator[tuple[jax.Array, jax.Array, jax.Array, np.ndarray]]:
-    """Sequential fixed-shape minibatches ``(x normalised, y, valid, indices)``, cycling forever."""
+    """Sequential fixed-shape minibatches ``(x pixel space, y, valid, indices)``, cycling forever."""
     if len(dataset) == 0:
         raise InputError("cannot iterate over an empty set.")
     batch_size = min(batch_size, len(dataset))
     while True:
         for idx, valid in iterate_padded(len(dataset), batch_size):
-            x = normalize(jnp.asarray(dataset.images[idx]), dataset.mean, dataset.std)
+            x = jnp.asarray(dataset.images[idx])
             yield x, jnp.asarray(dataset.labels[idx]), jnp.asarray(valid, jnp.float32), idx
 
 

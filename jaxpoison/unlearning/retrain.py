@@ -25,7 +25,7 @@ def exact_unlearning(
     """EU: train ``init`` (a freshly initialised model) on ``dataset`` without the ``flagged`` points."""
     _, retain, forget = split_forget_retain(dataset, flagged)
     result = train(init, retain, recipe, seed=seed, progress=progress)
-    model = init._replace(params=result.params, state=result.state)
+    model = result.model
     return UnlearnResult(model, {"method": "eu", "forgotten": int(forget.size), "epochs": recipe.epochs})
 
 
@@ -50,7 +50,7 @@ def continued_training(
     if fresh_head is not None:
         start = replace_layer(victim, output_layer(victim, dataset.image_shape), fresh_head)
     result = train(start, retain, recipe, seed=seed, progress=progress)
-    model = victim._replace(params=result.params, state=result.state)
+    model = result.model
     info = {"method": "cf" if fresh_head is None else "cf_reset", "forgotten": int(forget.size),
             "epochs": recipe.epochs, "reset_head": fresh_head is not None}  # fmt: skip
     return UnlearnResult(model, info)

@@ -47,8 +47,8 @@ def scrub(
     t = config.temperature
 
     def loss(params, state, x, y, valid, aux):
-        logits, new_state = victim.train_apply(params, state, x)
-        teacher = victim.apply(victim.params, victim.state, x)
+        logits, new_state = victim.replace(params=params, state=state).train_logits(x)
+        teacher = victim(x)
         per_example = cross_entropy(logits, y) + config.alpha * t * t * kl_to_teacher(logits, teacher, t)
         return jnp.sum(per_example * valid) / jnp.maximum(valid.sum(), 1), new_state
 
@@ -73,7 +73,7 @@ def scrub(
             params, state, opt_state, value = step(params, state, opt_state, x, y, valid, None, 1.0)
             losses.append(float(value))
             done += 1
-        candidates.append(({"step": done}, victim._replace(params=params, state=state)))
+        candidates.append(({"step": done}, victim.replace(params=params, state=state)))
     best, scores = select(candidates, selector)
     info = {"method": "scrub", "forgotten": int(forget_idx.size), "steps": done, "max_steps_made": max_done,
             "selection": selector.name if selector else None, "chosen": candidates[best][0], "candidates": scores,

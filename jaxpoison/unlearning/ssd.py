@@ -17,14 +17,12 @@ evaluation per grid point, well inside the 10 % of the training budget that SCRU
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpoison.data import Dataset, normalize
+from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
 from jaxpoison.influence.losses import cross_entropy
 from jaxpoison.models import FunctionalModel
@@ -47,13 +45,13 @@ class SSDConfig:
             raise InputError("batch_size must be ≥ 1.")
 
 
-@functools.partial(jax.jit, static_argnames=("apply",))
-def _squared_grad(params, state, x, y, valid, mean, std, *, apply: Callable):
+@jax.jit
+def _squared_grad(model, x, y, valid):
     def loss(p):
-        ce = cross_entropy(apply(p, state, normalize(x, mean, std)), y)
+        ce = cross_entropy(model.replace(params=p)(x), y)
         return jnp.sum(ce * valid) / jnp.maximum(valid.sum(), 1)
 
-    return jax.tree.map(jnp.square, jax.grad(loss)(params))
+    return jax.tree.map(jnp.square, jax.grad(loss)(model.params))
 
 
 def importance(model: FunctionalModel, dataset: Dataset, batch_size: int = 512):
@@ -64,8 +62,7 @@ def importance(model: FunctionalModel, dataset: Dataset, batch_size: int = 512):
     total, batches = None, 0
     for idx, valid in iterate_padded(len(dataset), batch_size):
         x, y = jnp.asarray(dataset.images[idx]), jnp.asarray(dataset.labels[idx])
-        sq = _squared_grad(model.params, model.state, x, y, jnp.asarray(valid, jnp.float32), dataset.mean, dataset.std,
-                           apply=model.apply)  # fmt: skip
+        sq = _squared_grad(model, x, y, jnp.asarray(valid, jnp.float32))
         total = sq if total is None else jax.tree.map(jnp.add, total, sq)
         batches += 1
     return jax.tree.map(lambda t: t / batches, total)
@@ -98,7 +95,7 @@ def selective_synaptic_dampening(
     for alpha in config.alphas:
         for factor in config.lambda_factors:
             params = dampen(victim.params, f_imp, r_imp, alpha, factor * alpha)
-            candidates.append(({"alpha": alpha, "lambda": factor * alpha}, victim._replace(params=params)))
+            candidates.append(({"alpha": alpha, "lambda": factor * alpha}, victim.replace(params=params)))
     best, scores = select(candidates, selector)
     selected = np.mean([float(jnp.mean(f > candidates[best][0]["alpha"] * r))
                         for f, r in zip(jax.tree.leaves(f_imp), jax.tree.leaves(r_imp), strict=True)])  # fmt: skip
