@@ -69,7 +69,8 @@ def test_recipe_validation():
 
 
 def test_batch_larger_than_dataset_is_refused(tiny_dataset):
-    model = to_functional(create_model("mlp", tiny_dataset.image_shape, tiny_dataset.num_classes))
+    model = to_functional(create_model("mlp", tiny_dataset.image_shape, tiny_dataset.num_classes), tiny_dataset.mean,
+                          tiny_dataset.std)  # fmt: skip
     with pytest.raises(ValueError, match="exceeds"):
         train(model, tiny_dataset, adam_recipe(epochs=1, batch_size=1000), progress=False)
 

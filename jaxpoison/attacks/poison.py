@@ -168,8 +168,8 @@ def poison_dataset(dataset: Dataset, trigger, config: PoisonConfig) -> PoisonedD
       trigger: any object with ``apply(images) -> images`` and ``describe() -> dict``.
       config: who, how many, replace or append.
     """
+    chosen = choose_poisons(dataset, config)  # checks that it is a Dataset at all
     require_images(dataset, "a trigger (poison_dataset)")
-    chosen = choose_poisons(dataset, config)
     triggered = np.asarray(trigger.apply(dataset.images[chosen]), np.float32)
     expected = (chosen.size, *dataset.image_shape)
     if triggered.shape != expected:
