@@ -285,6 +285,7 @@ def rotated_gradients(a: jax.Array, g: jax.Array, qa: jax.Array, qs: jax.Array) 
 # What a mismatching fingerprint field means, for the note printed when partial sums are discarded.
 _FINGERPRINT_WORDS = {
     "params_hash": "other parameters",
+    "normalization": "another input normalisation",
     "data_hash": "other data",
     "config_hash": "another FactorConfig (fisher, batch size, seed, example cap or strategy)",
     "examples": "another number of examples",
