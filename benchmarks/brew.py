@@ -43,7 +43,7 @@ from jaxpoison.attacks.witches_brew import gradient_alignment
 from jaxpoison.data import Dataset
 from jaxpoison.experiments.config import DataConfig
 from jaxpoison.experiments.presets import CNN_ADAM
-from jaxpoison.experiments.victim import init_model, load_data, recipe_of
+from jaxpoison.experiments.victim import init_model, load_data
 from jaxpoison.models import FunctionalModel
 from jaxpoison.runinfo import environment
 from jaxpoison.training import predict_logits, train
@@ -52,16 +52,31 @@ from jaxpoison.training.checkpoint import CheckpointError, load_tree, save_tree
 
 def victim_config(dataset: str, epochs: int | None):
     """The fmnist presets' CNN victim (Adam 1e-3, the last epoch at lr/10); digits: 10 epochs, batch 32."""
-    base = CNN_ADAM if dataset == "fashion_mnist" else dataclasses.replace(CNN_ADAM, epochs=10, batch_size=32)
-    epochs = epochs or base.epochs
-    return dataclasses.replace(base, epochs=epochs, milestones=(epochs - 1,) if epochs > 1 else ())
+    recipe = CNN_ADAM.recipe if dataset == "fashion_mnist" else CNN_ADAM.recipe.replace(epochs=10, batch_size=32)
+    epochs = epochs or recipe.epochs
+    return dataclasses.replace(CNN_ADAM, recipe=recipe.replace(epochs=epochs, milestones=(epochs - 1,) if epochs > 1
+                                                                else ()))  # fmt: skip
+
+
+def same_settings(stored: dict | None, settings: dict) -> bool:
+    """``stored`` describes the run of ``settings``; a victim stored in the older flat layout
+    (model and recipe fields side by side) matches when every field it names is equal."""
+    if stored is None or stored.keys() != settings.keys():
+        return False
+    victim, flat = settings["victim"], stored["victim"]
+    if "recipe" not in flat:  # the older layout
+        merged = {"model": victim["model"], **victim["recipe"]}
+        if any(merged.get(k, object()) != v for k, v in flat.items()):
+            return False
+        stored = {**stored, "victim": victim}
+    return stored == settings
 
 
 def fit(config, dataset: Dataset, seed: int) -> tuple[FunctionalModel, float]:
     """Initialise with ``seed`` and train with ``seed`` (batch order); returns the model and seconds."""
     t0 = time.perf_counter()
     model = init_model(config, dataset, seed)
-    result = train(model, dataset, recipe_of(config), seed=seed, progress=False)
+    result = train(model, dataset, config.recipe, seed=seed, progress=False)
     return result.model, time.perf_counter() - t0
 
 
@@ -73,7 +88,7 @@ def clean_model(config, dataset: Dataset, seed: int, out: Path, settings: dict) 
     """
     arrays, record = out.with_suffix(".clean"), out.with_suffix(".clean.json")
     template = init_model(config, dataset, seed)
-    if record.exists() and json.loads(record.read_text()).get("settings") == settings:
+    if record.exists() and same_settings(json.loads(record.read_text()).get("settings"), settings):
         try:
             model = load_tree(arrays, template, what="kept clean model")
             print(f"clean model: reusing {arrays}")
@@ -160,11 +175,12 @@ def main(argv=None) -> dict:
 
     out = Path(args.out)
     records: list[dict] = []
+    written = settings
     if out.exists():
         previous = json.loads(out.read_text())
-        if previous.get("settings") != settings:
+        if not same_settings(previous.get("settings"), settings):
             raise SystemExit(f"{out} holds a run with other settings; pass another --out to start afresh.")
-        records = previous["targets"]
+        records, written = previous["targets"], previous["settings"]  # rewritten in the layout it was written in
         print(f"resuming: {len(records)} of {args.targets} targets already in {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -175,7 +191,7 @@ def main(argv=None) -> dict:
     print(f"clean model: accuracy {clean_info['accuracy']:.4f} ({clean_seconds:.0f} s)")
 
     def payload():
-        return {"settings": settings, "clean": clean_info, "targets": records, "summary": summarise(records),
+        return {"settings": written, "clean": clean_info, "targets": records, "summary": summarise(records),
                 "environment": environment()}  # fmt: skip
 
     done = {r["index"] for r in records}

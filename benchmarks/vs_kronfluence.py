@@ -50,7 +50,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -78,7 +77,7 @@ from jaxpoison.attacks import PoisonConfig, poison_dataset
 from jaxpoison.data import Dataset, load_splits
 from jaxpoison.experiments.config import AttackConfig
 from jaxpoison.experiments.presets import CNN_ADAM
-from jaxpoison.experiments.victim import make_trigger, recipe_of
+from jaxpoison.experiments.victim import make_trigger
 from jaxpoison.influence import FactorConfig, ScoreConfig, fit_factors, pairwise_scores
 from jaxpoison.influence.losses import cross_entropy, margin_measurement
 from jaxpoison.models import FunctionalModel, create_model, to_functional
@@ -274,7 +273,7 @@ def build_victim(train_set: Dataset, test: Dataset, args) -> tuple[Dataset, np.n
     queries = queries.replace(images=np.clip(np.asarray(trigger.apply(queries.images), np.float32), 0.0, 1.0),
                               labels=np.full(len(queries), TARGET, queries.labels.dtype))  # fmt: skip
     # The presets' recipe, with the lr/10 step kept on the last epoch when --epochs changes.
-    recipe = recipe_of(dataclasses.replace(CNN_ADAM, epochs=args.epochs, milestones=(args.epochs - 1,)))
+    recipe = CNN_ADAM.recipe.replace(epochs=args.epochs, milestones=(args.epochs - 1,))
     return poisoned.dataset, np.asarray(poisoned.poison_indices, np.int64), queries, recipe, trigger
 
 

@@ -16,6 +16,7 @@ from jaxpoison.experiments.registry import UNLEARNERS
 from jaxpoison.fileio import atomic_write_text
 from jaxpoison.models import MODEL_NAMES
 from jaxpoison.selection.registry import SELECTION_NAMES
+from jaxpoison.training.recipes import RECIPES
 
 
 def _seed(text: str) -> int:
@@ -330,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, choices=MODEL_NAMES)
     p.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
     p.add_argument("--out", required=True, help="output directory (checkpoints, metrics.json)")
-    p.add_argument("--recipe", choices=("adam", "reference"), default=None,
+    p.add_argument("--recipe", choices=tuple(RECIPES), default=None,
                    help="default: adam for mlp/logreg/cnn, reference (SGD, 40 epochs) for resnet18/vgg16")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)

@@ -40,7 +40,6 @@ import numpy as np
 
 from jaxpoison.detection import DeltaConfig, delta_influence, detection_metrics
 from jaxpoison.experiments import apply_overrides, get_preset, prepare, run_pipeline
-from jaxpoison.influence import ScoreConfig
 
 config = apply_overrides(get_preset(PRESET), OVERRIDES)
 print(config.attack)
@@ -77,7 +76,7 @@ plt.show()
 # %%
 result = delta_influence(run.victim.model, run.victim.train, run.victim.test_images, run.victim.target,
                          run.factors, DeltaConfig(n_b=50, tau=0.0, n_tol=1),
-                         ScoreConfig(damping=config.detection.damping), progress=False)  # fmt: skip
+                         config.detection.scores, progress=False)  # fmt: skip
 metrics = detection_metrics(result.flagged, poisons, len(run.victim.train), result.scores)
 print({k: metrics[k] for k in ("tpr", "precision", "auroc", "n_flagged")})
 print("seconds:", {k: round(v, 2) for k, v in result.seconds.items()})

@@ -45,9 +45,8 @@ def tiny_run(tmp_path_factory):
 
     from jaxpoison.experiments.pipeline import prepare
     from jaxpoison.experiments.presets import get_preset
-    from jaxpoison.influence import ScoreConfig
 
     config = get_preset("digits-badnet-tiny")
     prepared = prepare(config, tmp_path_factory.mktemp("tiny_run"), progress=False)
-    score_config = ScoreConfig(damping=config.detection.damping, batch_size=config.detection.score_batch_size)
+    score_config = config.detection.scores
     return SimpleNamespace(**prepared._asdict(), prepared=prepared, score_config=score_config)

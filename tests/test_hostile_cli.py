@@ -17,7 +17,16 @@ import numpy as np
 import pytest
 
 from jaxpoison.cli import main
-from jaxpoison.experiments import ConfigError, RunDirectoryError, RunStore, apply_overrides, get_preset, to_dict
+from jaxpoison.experiments import (
+    ConfigError,
+    RunConfig,
+    RunDirectoryError,
+    RunStore,
+    apply_overrides,
+    from_dict,
+    get_preset,
+    to_dict,
+)
 
 TINY = "digits-badnet-tiny"
 
@@ -31,14 +40,18 @@ TINY = "digits-badnet-tiny"
         ("seed=-1", "seed must be a non-negative integer"),
         ("data.train_size=-5", "data.train_size must be at least 1"),
         ("data.test_size=0", "data.test_size must be at least 1"),
-        ("victim.learning_rate=nan", "victim.learning_rate must be a finite number"),
-        ("victim.learning_rate=0", "victim.learning_rate must be positive"),
-        ("victim.learning_rate=-1e-3", "victim.learning_rate must be positive"),
-        ("victim.weight_decay=inf", "victim.weight_decay must be a finite number"),
-        ("victim.epochs=0", "victim.epochs must be at least 1"),
-        ("victim.batch_size=0", "victim.batch_size must be at least 1"),
-        ("victim.optimizer=rmsprop", "victim.optimizer must be 'adam' or 'sgd'"),
-        ("victim.milestones=9,3", "victim.milestones must be increasing epochs"),
+        ("victim.recipe.learning_rate=nan", "victim.recipe: TrainRecipe.learning_rate must be a finite number > 0"),
+        ("victim.recipe.learning_rate=0", "victim.recipe: TrainRecipe.learning_rate must be a finite number > 0"),
+        ("victim.recipe.learning_rate=-1e-3", "victim.recipe: TrainRecipe.learning_rate must be a finite number"),
+        ("victim.recipe.weight_decay=inf", "victim.recipe: TrainRecipe.weight_decay must be a finite number ≥ 0"),
+        ("victim.recipe.epochs=0", "victim.recipe: TrainRecipe.epochs must be an integer ≥ 1"),
+        ("victim.recipe.batch_size=0", "victim.recipe: TrainRecipe.batch_size must be an integer ≥ 1"),
+        ("victim.recipe.optimizer=rmsprop", "victim.recipe: unknown optimizer 'rmsprop'"),
+        ("victim.recipe.milestones=9,3", "victim.recipe: TrainRecipe.milestones must be strictly increasing epochs"),
+        ("victim.epochs=3", "victim.epochs moved to victim.recipe.epochs"),
+        ("attack.brew_steps=3", "attack.brew_steps moved to attack.brew.steps"),
+        ("attack.brew.steps=0", "attack.brew: steps, restarts and batch_size must be ≥ 1"),
+        ("attack.brew.seed=2", "attack.brew.seed follows the run's seed"),
         ("attack.rate=nan", "attack.rate must be a finite number"),
         ("attack.rate=1.5", "attack.rate must lie in (0, 1)"),
         ("attack.epsilon=inf", "attack.epsilon must be a finite number"),
@@ -46,22 +59,44 @@ TINY = "digits-badnet-tiny"
         ("attack.target=-1", "attack.target must be a class index"),
         ("attack.source=0", "attack.source must be a class index ≥ 0 other than attack.target"),
         ("detection.delta.tau=nan", "detection.delta: DeltaConfig.tau must be a finite number"),
-        ("detection.damping=inf", "detection.damping must be a finite number"),
-        ("detection.damping=0", "detection.damping must be positive"),
-        ("detection.damping=nan", "detection.damping must be a finite number"),
-        ("detection.score_batch_size=0", "detection.score_batch_size must be at least 1"),
+        ("detection.scores.damping=inf", "detection.scores: ScoreConfig.damping must be a finite number > 0"),
+        ("detection.scores.damping=0", "detection.scores: ScoreConfig.damping must be a finite number > 0"),
+        ("detection.scores.damping=nan", "detection.scores: ScoreConfig.damping must be a finite number > 0"),
+        ("detection.scores.batch_size=0", "detection.scores: ScoreConfig.batch_size must be"),
+        ("detection.damping=1e-3", "detection.damping moved to detection.scores.damping"),
+        ("detection.factors.fisher=exact", "detection.factors: unknown fisher"),
+        ("detection.factors.strategy=kfac", "detection.factors.strategy must be 'ekfac'"),
+        ("detection.trak.projection_dim=0", "detection.trak: TrakConfig.projection_dim must be an integer ≥ 1"),
+        ("detection.freqdef.epochs=0", "detection.freqdef: FreqDefConfig.epochs must be an integer ≥ 1"),
+        ("detection.factors.seed=1", "detection.factors.seed follows the run's seed"),
         ("unlearning.max_psr=nan", "unlearning.max_psr must be a finite number"),
         ("unlearning.max_psr=1.5", "unlearning.max_psr must be in [0, 1]"),
-        ("unlearning.cf_learning_rate=-0.1", "unlearning.cf_learning_rate must be positive"),
-        ("unlearning.scrub_lr=nan", "unlearning.scrub_lr must be a finite number"),
-        ("unlearning.ssd_alphas=1,nan", "unlearning.ssd_alphas must be a finite number"),
-        ("unlearning.ssd_alphas=-1", "unlearning.ssd_alphas must be positive numbers"),
+        ("unlearning.cf.learning_rate=-0.1", "unlearning.cf: TrainRecipe.learning_rate must be a finite number > 0"),
+        ("unlearning.cf_learning_rate=0.1", "unlearning.cf_learning_rate moved to unlearning.cf.learning_rate"),
+        ("unlearning.scrub.distill.learning_rate=nan", "unlearning.scrub.distill.learning_rate must be a finite"),
+        ("unlearning.scrub_lr=0.1", "unlearning.scrub_lr moved to unlearning.scrub.distill.learning_rate"),
+        ("unlearning.scrub_budget=0", "unlearning.scrub_budget must be a positive share"),
+        ("unlearning.ssd.alphas=1,nan", "unlearning.ssd.alphas must be a finite number"),
+        ("unlearning.ssd.alphas=-1", "unlearning.ssd: SSD needs non-empty, positive alpha"),
     ],
 )
 def test_run_config_refuses_bad_values_naming_the_key(override, message):
     with pytest.raises(ConfigError) as info:
         apply_overrides(get_preset(TINY), [override])
     assert message in str(info.value)
+
+
+def test_a_config_in_the_older_flat_layout_is_refused_naming_where_each_key_moved():
+    stored = to_dict(get_preset(TINY))
+    stored["victim"] = {"model": "cnn", "epochs": 10, "batch_size": 32}
+    with pytest.raises(ConfigError, match=r"victim\.batch_size moved to victim\.recipe\.batch_size; "
+                                          r"victim\.epochs moved to victim\.recipe\.epochs"):  # fmt: skip
+        from_dict(RunConfig, stored)
+
+
+def test_overriding_a_field_of_the_unset_cf_recipe_starts_from_the_victims():
+    config = apply_overrides(get_preset("cifar10-badnet-paper"), ["unlearning.cf.learning_rate=0.01"])
+    assert config.unlearning.cf == get_preset("cifar10-badnet-paper").victim.recipe.replace(learning_rate=0.01)
 
 
 def test_every_preset_passes_validation():

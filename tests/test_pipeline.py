@@ -89,7 +89,7 @@ def test_changing_one_unlearners_settings_reruns_only_that_unlearner(tiny_report
     shutil.copytree(root, copy)
     config = get_preset("digits-badnet-tiny")
     run_pipeline(config, copy, progress=False)  # finish whatever another test left interrupted
-    slower_cf = apply_overrides(config, ["unlearning.cf_learning_rate=0.02", "unlearning.ssd_alphas=5"])
+    slower_cf = apply_overrides(config, ["unlearning.cf.learning_rate=0.02", "unlearning.ssd.alphas=5"])
     calls = []
     real = pipeline_module.run_unlearner
 
@@ -102,8 +102,10 @@ def test_changing_one_unlearners_settings_reruns_only_that_unlearner(tiny_report
     assert calls == ["cf"]  # EU's retrain does not depend on CF's (or SSD's) settings
     u = slower_cf.unlearning
     assert pipeline_module.unlearner_settings(u, "eu") == {}
-    assert pipeline_module.unlearner_settings(u, "cf")["cf_learning_rate"] == 0.02
-    assert "ssd_alphas" not in pipeline_module.unlearner_settings(u, "cf")
+    assert pipeline_module.unlearner_settings(u, "cf")["cf"]["learning_rate"] == 0.02
+    assert "ssd" not in pipeline_module.unlearner_settings(u, "cf")
+    assert "cf_short_epochs" not in pipeline_module.unlearner_settings(u, "cf")  # only cf_short reads it
+    assert pipeline_module.unlearner_settings(u, "scrub")["scrub_budget"] == 0.1
     assert pipeline_module.unlearner_settings(u, "scrub")["selection"] == "clean"  # selection changes SCRUB's result
     assert "selection" not in pipeline_module.unlearner_settings(u, "cf")
     with pytest.raises(ValueError, match="unknown unlearning method"):
@@ -113,9 +115,9 @@ def test_changing_one_unlearners_settings_reruns_only_that_unlearner(tiny_report
 def test_overrides_and_their_errors():
     config = apply_overrides(get_preset("digits-badnet-tiny"),
                              ["attack.rate=0.05", "detection.delta.n_tol=2", "unlearning.methods=eu,ssd",
-                              "data.train_size=none", "victim.flip=true"])  # fmt: skip
+                              "data.train_size=none", "victim.recipe.flip=true"])  # fmt: skip
     assert config.attack.rate == 0.05 and config.detection.delta.n_tol == 2
-    assert config.unlearning.methods == ("eu", "ssd") and config.data.train_size is None and config.victim.flip
+    assert config.unlearning.methods == ("eu", "ssd") and config.data.train_size is None and config.victim.recipe.flip
     assert from_dict(type(config), to_dict(config)) == config
     for bad, match in (("attack.nope=1", "unknown key"), ("nope.rate=1", "unknown section"),
                        ("attack.rate=abc", "attack.rate"), ("attack.rate", "KEY=VALUE"),

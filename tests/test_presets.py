@@ -19,7 +19,7 @@ from jaxpoison.experiments import victim as victim_module
 from jaxpoison.experiments.config import AttackConfig, VictimConfig, apply_overrides, to_dict
 from jaxpoison.experiments.presets import get_preset
 from jaxpoison.experiments.store import RunStore
-from jaxpoison.experiments.victim import init_model, load_data, make_trigger, poison_stage, recipe_of
+from jaxpoison.experiments.victim import init_model, load_data, make_trigger, poison_stage
 
 # What the Δ-Influence reference code runs (research notes, section 1): source → target,
 # exact poison count, Δ-Influence τ / n_tol / label rule, and whether vertical flips are used.
@@ -40,16 +40,17 @@ def test_paper_preset_matches_the_reference(name):
     )  # fmt: skip
     assert config.selection == "rs" and config.data.name == ref["dataset"]
     # ResNet-18, SGD (Nesterov) 0.1, 40 epochs at batch 128, lr ×0.1 at 14/25/35, ±4 px shift + flips
-    victim = config.victim
-    assert (victim.model, victim.optimizer, victim.learning_rate, victim.epochs, victim.batch_size) == (
+    victim, recipe = config.victim, config.victim.recipe
+    assert (victim.model, recipe.optimizer, recipe.learning_rate, recipe.epochs, recipe.batch_size) == (
         "resnet18", "sgd", 0.1, 40, 128,
     )  # fmt: skip
-    assert victim.weight_decay == 5e-4 and tuple(victim.milestones) == (14, 25, 35)
-    assert (victim.crop_padding, victim.flip, victim.vflip) == (4, True, ref["vflip"])
-    assert recipe_of(victim).nesterov
+    assert recipe.weight_decay == 5e-4 and tuple(recipe.milestones) == (14, 25, 35)
+    assert (recipe.crop_padding, recipe.flip, recipe.vflip) == (4, True, ref["vflip"])
+    assert recipe.nesterov and recipe.momentum == 0.9
     # kronfluence's EK-FAC default damping; Δ-Influence transforms the normalised tensor
     detection = config.detection
-    assert detection.damping == 1e-8 and detection.ekfac_threshold == 10.0  # the reference's "score > 10"
+    assert detection.scores.damping == 1e-8 and detection.ekfac_threshold == 10.0  # the reference's "score > 10"
+    assert detection.factors.strategy == "ekfac" and detection.scores.measurement == "margin"
     assert detection.test_points == 1 and "delta_influence" in detection.methods
     delta = detection.delta
     assert (delta.n_b, delta.tau, delta.n_tol, delta.label_rule, delta.space, delta.modify) == (

@@ -12,9 +12,9 @@ import pytest
 
 from jaxpoison.experiments import ConfigError, RunStore, apply_overrides, get_preset, to_dict
 from jaxpoison.experiments import pipeline as pipeline_module
-from jaxpoison.experiments.pipeline import approximate_steps, make_selector, run_unlearner, unlearn_stage
+from jaxpoison.experiments.pipeline import distill_config, make_selector, run_unlearner, unlearn_stage
 from jaxpoison.experiments.report import unlearning_table
-from jaxpoison.experiments.victim import accuracy, init_model, poison_success, recipe_of
+from jaxpoison.experiments.victim import accuracy, init_model, poison_success
 from jaxpoison.models import create_model, output_layer, to_functional
 from jaxpoison.unlearning import (
     DistillConfig,
@@ -128,7 +128,7 @@ def test_cf_with_a_reset_head_starts_from_a_fresh_output_layer_and_removes_the_b
     prepared = tiny_run.prepared
     victim, data = prepared.victim.model, prepared.poisoning.dataset
     fresh = init_model(prepared.config.victim, data, 123)
-    recipe = recipe_of(prepared.config.victim).replace(optimizer="sgd", learning_rate=0.05, nesterov=True)
+    recipe = prepared.config.victim.recipe.replace(optimizer="sgd", learning_rate=0.05, nesterov=True)
     result = continued_training(victim, data, prepared.poisoning.poison_indices, recipe, fresh_head=fresh,
                                 progress=False)  # fmt: skip
     assert result.info["reset_head"] and result.info["method"] == "cf_reset"
@@ -201,7 +201,7 @@ def test_clean_selection_finds_an_unlearned_checkpoint_when_there_is_a_choice(ti
     # batch 512): one candidate, so nothing to choose. With the reference's 40 steps there are
     # several, and the trigger-free rule has to find one that lost the backdoor but kept accuracy.
     prepared = tiny_run.prepared
-    config = apply_overrides(prepared.config, [f"unlearning.{method}_steps=40"])
+    config = apply_overrides(prepared.config, [f"unlearning.{method}_budget=none"])  # distill.steps: 40
     blind = _blind(prepared._replace(config=config), _RecordingTrigger())
     result = run_unlearner(blind, method, prepared.poisoning.poison_indices, progress=False)
     assert len(result.info["candidates"]) > 1
@@ -255,17 +255,21 @@ def test_selection_mode_is_checked():
 @pytest.mark.parametrize("method", ["scrub", "badt"])
 def test_approximate_unlearners_get_a_tenth_of_the_victims_training_budget(tiny_run, method):
     prepared = tiny_run.prepared
-    u, victim, n = prepared.config.unlearning, prepared.config.victim, len(prepared.poisoning.dataset)
+    u, recipe, n = prepared.config.unlearning, prepared.config.victim.recipe, len(prepared.poisoning.dataset)
     per_epoch = math.ceil(n / DistillConfig().batch_size)
-    expected = math.ceil(0.1 * victim.epochs * per_epoch)
+    expected = math.ceil(0.1 * recipe.epochs * per_epoch)
     result = run_unlearner(prepared, method, prepared.poisoning.poison_indices, progress=False)
     assert result.info["steps"] == expected, (result.info["steps"], expected)
-    # It follows the victim's recipe and the data size, and an explicit step count still wins.
-    longer = dataclasses.replace(prepared.config, victim=dataclasses.replace(victim, epochs=40))
-    assert approximate_steps(longer, method, n) == math.ceil(0.1 * 40 * per_epoch)
-    assert approximate_steps(longer, method, 4 * n) == math.ceil(0.1 * 40 * math.ceil(4 * n / 512))
-    fixed = apply_overrides(prepared.config, [f"unlearning.{method}_steps=40"])
-    assert approximate_steps(fixed, method, n) == 40
+    # It follows the victim's recipe and the data size; without a budget, the configured steps.
+    longer = apply_overrides(prepared.config, ["victim.recipe.epochs=40"])
+    assert distill_config(longer, method, n).steps == math.ceil(0.1 * 40 * per_epoch)
+    assert distill_config(longer, method, 4 * n).steps == math.ceil(0.1 * 40 * math.ceil(4 * n / 512))
+    fixed = apply_overrides(prepared.config, [f"unlearning.{method}_budget=none",
+                                              f"unlearning.{method}.distill.steps=40"])  # fmt: skip
+    assert distill_config(fixed, method, n).steps == 40
+    # The rest of the optimiser settings are the configured ones.
+    faster = apply_overrides(prepared.config, [f"unlearning.{method}.distill.learning_rate=0.5"])
+    assert distill_config(faster, method, n).learning_rate == 0.5
     assert getattr(u, f"{method}_budget") == 0.1
 
 

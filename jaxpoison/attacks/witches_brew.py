@@ -50,7 +50,8 @@ class BrewConfig:
       0.25; 0.4·ε is the same step relative to the budget.
     batch_size: poisons per gradient batch.
     augment: shift (``padding`` px) and flip the poisons while brewing.
-    padding: shift range of the augmentation.
+    padding: shift range of the augmentation (``None``: an eighth of the image side, at
+      least 1 — 4 px on 32×32 images, as in the reference).
     seed: seeds initialisation and augmentation.
     """
 
@@ -60,7 +61,7 @@ class BrewConfig:
     learning_rate: float = 0.4
     batch_size: int = 512
     augment: bool = True
-    padding: int = 4
+    padding: int | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -68,6 +69,8 @@ class BrewConfig:
             raise InputError(f"epsilon must lie in (0, 1] (pixel units); got {self.epsilon}.")
         if self.steps < 1 or self.restarts < 1 or self.batch_size < 1:
             raise InputError("steps, restarts and batch_size must be ≥ 1.")
+        if self.padding is not None and self.padding < 0:
+            raise InputError(f"padding must be ≥ 0 pixels (None: an eighth of the image side); got {self.padding}.")
 
 
 class Brew(NamedTuple):
@@ -223,6 +226,8 @@ def brew_poisons(
         raise InputError("no poison indices given.")
     if np.asarray(target_image).shape != dataset.image_shape:
         raise InputError(f"target_image must have shape {dataset.image_shape}; got {np.asarray(target_image).shape}.")
+    if config.padding is None:
+        config = dataclasses.replace(config, padding=max(1, dataset.image_shape[0] // 8))
     g_target = _target_gradient(model, jnp.asarray(target_image, jnp.float32)[None], jnp.asarray([intended_class]))
     images = jnp.asarray(dataset.images[poison_indices], jnp.float32)
     labels = jnp.asarray(dataset.labels[poison_indices])

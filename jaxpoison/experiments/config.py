@@ -1,9 +1,14 @@
 """Typed run configurations: what data, which attack, which victim, how to detect and unlearn.
 
-A :class:`RunConfig` is a tree of frozen dataclasses. It round-trips through JSON
-(:func:`to_dict` / :func:`from_dict`) and takes command-line overrides as dotted keys
-(``--set attack.rate=0.02 detection.delta.n_tol=2``) via :func:`apply_overrides`;
-unknown keys and values of the wrong type are refused with the list of valid keys.
+A :class:`RunConfig` is a tree of frozen dataclasses whose branches are the library's own
+configs — ``victim.recipe`` is a :class:`~jaxpoison.training.TrainRecipe`,
+``detection.scores`` a :class:`~jaxpoison.influence.ScoreConfig`, ``unlearning.scrub`` a
+:class:`~jaxpoison.unlearning.ScrubConfig` — so a setting means the same in a run as in a
+direct call, and each library config checks its own values. The tree round-trips through
+JSON (:func:`to_dict` / :func:`from_dict`) and takes command-line overrides as dotted keys
+(``--set attack.rate=0.02 victim.recipe.epochs=3``) via :func:`apply_overrides`; unknown
+keys and values of the wrong type are refused with the list of valid keys, and a key of the
+older flat layout (``victim.epochs``) with the key it moved to.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ import types
 import typing
 from typing import Any
 
+from jaxpoison.attacks import BrewConfig
 from jaxpoison.detection.delta_influence import DeltaConfig
+from jaxpoison.detection.freqdef import FreqDefConfig
 from jaxpoison.errors import InputError
 from jaxpoison.experiments.registry import ATTACKS, DETECTORS, UNLEARNERS
-from jaxpoison.influence.scores import DEFAULT_DAMPING
+from jaxpoison.influence import FactorConfig, ScoreConfig, TrakConfig
 from jaxpoison.selection.registry import SELECTION_NAMES
+from jaxpoison.training import TrainRecipe
+from jaxpoison.unlearning import BadTeacherConfig, ScrubConfig, SSDConfig
 
 UNLEARNING_SELECTION = ("clean", "oracle")
 
@@ -55,8 +64,9 @@ class AttackConfig:
     rate: poisons as a fraction of the training set (after the validation split).
     count: the exact number of poisons (``None``: ``rate`` decides). The paper presets state
       counts, so that holding out a validation split never shrinks the attack.
-    epsilon: blend ratio (``blended``) or ℓ∞ budget (``brew``; ``None`` = 16/255).
-    brew_steps / brew_restarts: Witches' Brew optimisation budget.
+    epsilon: blend ratio of ``blended`` (``None``: 0.1).
+    brew: Witches' Brew's :class:`~jaxpoison.attacks.BrewConfig` (ℓ∞ budget, steps, restarts,
+      …); its ``seed`` follows the run's.
     """
 
     name: str = "badnet"
@@ -65,26 +75,19 @@ class AttackConfig:
     rate: float = 0.01
     count: int | None = None
     epsilon: float | None = None
-    brew_steps: int = 100
-    brew_restarts: int = 2
+    brew: BrewConfig = BrewConfig(steps=100, restarts=2)
 
 
 @dataclasses.dataclass(frozen=True)
 class VictimConfig:
-    """Attributes: model name and its Adam (small models) or reference SGD recipe; augmentation
-    by random crop (``crop_padding``, a shift of up to that many pixels), horizontal ``flip``
-    and vertical ``vflip``."""
+    """Attributes:
+    model: a name of the model registry (:func:`jaxpoison.models.create_model`).
+    recipe: how it is trained (:class:`~jaxpoison.training.TrainRecipe`): optimiser, schedule,
+      batch size, and augmentation by random crop, horizontal and vertical flips.
+    """
 
     model: str = "cnn"
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    epochs: int = 5
-    batch_size: int = 128
-    weight_decay: float = 0.0
-    milestones: tuple[int, ...] = ()
-    crop_padding: int = 0
-    flip: bool = False
-    vflip: bool = False
+    recipe: TrainRecipe = TrainRecipe(epochs=5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,27 +98,27 @@ class DetectionConfig:
       assigns to the target). With more than one, Δ-Influence and the EK-FAC/TRAK thresholds
       keep only points flagged from every test point (the paper's Tables 4–5); the paper's
       headline setting is one.
-    delta: Δ-Influence settings.
-    fisher: ``"true"`` (sampled labels, kronfluence's default) or ``"empirical"`` Fisher for EK-FAC.
-    factor_batch_size / score_batch_size: batch sizes of the factor fit and scoring passes.
-    damping: EK-FAC damping (the library's ``DEFAULT_DAMPING``; ``None``: 0.1 × mean eigenvalue).
+    delta: Δ-Influence settings (:class:`~jaxpoison.detection.DeltaConfig`).
+    factors: the EK-FAC fit (:class:`~jaxpoison.influence.FactorConfig`): ``fisher`` is
+      ``"true"`` (sampled labels, kronfluence's default) or ``"empirical"``.
+    scores: how influence is scored (:class:`~jaxpoison.influence.ScoreConfig`): measurement,
+      damping (the library's one ``DEFAULT_DAMPING``; ``None``: 0.1 × mean eigenvalue) and
+      batch size.
     ekfac_threshold: score cut of the EK-FAC baseline (``None``: robust median + 5·MAD).
-    trak_projection_dim: TRAK's projection size.
-    freqdef_epochs / freqdef_train_size / freqdef_width: the FreqDef detector's budget.
+    trak: the TRAK baseline (:class:`~jaxpoison.influence.TrakConfig`).
+    freqdef: the FreqDef detector's budget (:class:`~jaxpoison.detection.freqdef.FreqDefConfig`).
+
+    The ``seed`` of ``delta``, ``factors``, ``trak`` and ``freqdef`` follows the run's.
     """
 
     methods: tuple[str, ...] = ("delta_influence", "ekfac", "spectral", "activation_clustering")
     test_points: int = 1
     delta: DeltaConfig = DeltaConfig()
-    fisher: str = "true"
-    factor_batch_size: int = 128
-    score_batch_size: int = 256
-    damping: float | None = DEFAULT_DAMPING
+    factors: FactorConfig = FactorConfig()
+    scores: ScoreConfig = ScoreConfig(batch_size=256)
     ekfac_threshold: float | None = None
-    trak_projection_dim: int = 256
-    freqdef_epochs: int = 3
-    freqdef_train_size: int | None = 10_000
-    freqdef_width: int = 16
+    trak: TrakConfig = TrakConfig(projection_dim=256, batch_size=256)
+    freqdef: FreqDefConfig = FreqDefConfig(width=16, epochs=3, max_train=10_000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,25 +128,23 @@ class UnlearnConfig:
       ``cf`` is the paper's CF (continue training the victim as it is); ``cf_reset`` is a
       jaxpoison variant that re-initialises the victim's output layer first.
     detectors: which detectors' flags to unlearn (``None``: all that ran).
-    cf_optimizer / cf_learning_rate / cf_weight_decay / cf_epochs: the recipe of ``cf``,
-      ``cf_reset`` and ``cf_short`` (``None``: the victim's). The reference's CF restarts its SGD
-      schedule at lr 0.1, and that large step is what makes the network forget; Adam victims keep
-      their backdoor under a restarted Adam (digits: PSR 0.27; SGD at 0.05: 0.00) and, on
-      Fashion-MNIST, under SGD at 0.05 (PSR 0.24; SGD at 0.1: 0.02), so the CNN presets continue
-      with SGD at the reference's 0.1. With a 5-epoch budget the full Fashion-MNIST BadNet victim
-      keeps PSR 0.09 under ``cf`` from the 8 poisons Δ-Influence misses (0.03 when every poison is
-      removed); under ``cf_reset``, 0.019 at clean accuracy 0.9087 (unpoisoned 0.9166).
-    cf_reset_head: removed; ``true`` is refused — run method ``cf_reset`` instead, so that both
-      CF rows appear in the report.
+    cf: the recipe of ``cf``, ``cf_reset`` and ``cf_short`` (``None``: the victim's). The
+      reference's CF restarts its SGD schedule at lr 0.1, and that large step is what makes the
+      network forget; Adam victims keep their backdoor under a restarted Adam (digits: PSR 0.27;
+      SGD at 0.05: 0.00) and, on Fashion-MNIST, under SGD at 0.05 (PSR 0.24; SGD at 0.1: 0.02),
+      so the CNN presets continue with SGD at the reference's 0.1. With a 5-epoch budget the
+      full Fashion-MNIST BadNet victim keeps PSR 0.09 under ``cf`` from the 8 poisons
+      Δ-Influence misses (0.03 when every poison is removed); under ``cf_reset``, 0.019 at clean
+      accuracy 0.9087 (unpoisoned 0.9166).
     cf_short_epochs: epochs of the short fine-tune variant of CF (with CF's recipe).
-    ssd_alphas / ssd_lambda_factors: the SSD grid (λ = factor · α).
+    ssd: the SSD grid (:class:`~jaxpoison.unlearning.SSDConfig`; λ = factor · α).
+    scrub / badt: SCRUB's and bad-teacher distillation's settings
+      (:class:`~jaxpoison.unlearning.ScrubConfig`, :class:`~jaxpoison.unlearning.BadTeacherConfig`).
     scrub_budget / badt_budget: the share of the victim's training budget SCRUB and BadT get, as
-      minibatch steps: ``ceil(budget · victim epochs · ceil(training set / unlearning batch))``.
-      The Δ-Influence paper gives approximate unlearners 10 % (4 epochs for a 40-epoch victim).
-    scrub_steps / badt_steps: an explicit step count instead (``None``: the budget decides; the
-      reference's code ran 40).
-    scrub_max_steps / scrub_lr / scrub_alpha / scrub_temperature: SCRUB.
-    badt_lr: bad-teacher distillation.
+      minibatch steps: ``ceil(budget · victim epochs · ceil(training set / distillation batch))``;
+      it replaces ``distill.steps``. The Δ-Influence paper gives approximate unlearners 10 %
+      (4 epochs for a 40-epoch victim). ``None``: ``distill.steps`` as set (the reference's code
+      ran 40).
     selection: how SSD, SCRUB and BadT choose among their candidates (grid points, checkpoints).
       ``"clean"``: clean validation accuracy and how much of the flagged points' labels the model
       still reproduces (:func:`jaxpoison.unlearning.clean_rule`) — no knowledge of the attack, as
@@ -155,42 +156,28 @@ class UnlearnConfig:
 
     methods: tuple[str, ...] = ("eu", "cf")
     detectors: tuple[str, ...] | None = ("delta_influence",)
-    cf_optimizer: str | None = None
-    cf_learning_rate: float | None = None
-    cf_weight_decay: float | None = None
-    cf_epochs: int | None = None
-    cf_reset_head: bool | None = None
+    cf: TrainRecipe | None = None
     cf_short_epochs: int = 1
-    ssd_alphas: tuple[float, ...] = (2.0, 10.0, 50.0)
-    ssd_lambda_factors: tuple[float, ...] = (0.01, 0.1, 1.0)
-    scrub_budget: float = 0.1
-    scrub_steps: int | None = None
-    scrub_max_steps: int = 400
-    scrub_lr: float = 0.025
-    scrub_alpha: float = 0.001
-    scrub_temperature: float = 4.0
-    badt_budget: float = 0.1
-    badt_steps: int | None = None
-    badt_lr: float = 0.025
+    ssd: SSDConfig = SSDConfig()
+    scrub: ScrubConfig = ScrubConfig()
+    scrub_budget: float | None = 0.1
+    badt: BadTeacherConfig = BadTeacherConfig()
+    badt_budget: float | None = 0.1
     selection: str = "clean"
     selection_tolerance: float = 0.02
     max_psr: float = 0.05
 
     def __post_init__(self):
-        if self.cf_reset_head:  # False (old saved configs) meant the paper's CF, which `cf` now always is
-            raise ConfigError("unlearning.cf_reset_head was removed: CF with a reset output layer is its own method; "
-                              "add 'cf_reset' to unlearning.methods (and keep 'cf' for the paper's plain CF).")
         if self.selection not in UNLEARNING_SELECTION:
             raise ConfigError(f"unlearning.selection must be 'clean' (no knowledge of the attack) or 'oracle' "
                               f"(chooses with the trigger); got {self.selection!r}.")  # fmt: skip
         if self.selection_tolerance < 0:
             raise ConfigError(f"unlearning.selection_tolerance must be ≥ 0; got {self.selection_tolerance}.")
         for key in ("scrub", "badt"):
-            budget, steps = getattr(self, f"{key}_budget"), getattr(self, f"{key}_steps")
-            if budget <= 0:
-                raise ConfigError(f"unlearning.{key}_budget must be a positive share of training; got {budget}.")
-            if steps is not None and steps < 1:
-                raise ConfigError(f"unlearning.{key}_steps must be ≥ 1 (or None to use the budget); got {steps}.")
+            budget = getattr(self, f"{key}_budget")
+            if budget is not None and budget <= 0:
+                raise ConfigError(f"unlearning.{key}_budget must be a positive share of training (or None for "
+                                  f"unlearning.{key}.distill.steps); got {budget}.")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,8 +218,6 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"attack.count must be at least 1 (or None to use attack.rate); got {config.attack.count}.")
     if not 0 <= config.data.validation_fraction < 0.5:
         raise ConfigError(f"data.validation_fraction must lie in [0, 0.5); got {config.data.validation_fraction}.")
-    if config.detection.fisher not in ("true", "empirical"):
-        raise ConfigError(f"detection.fisher must be 'true' or 'empirical'; got {config.detection.fisher!r}.")
     if config.selection not in SELECTION_NAMES:
         raise ConfigError(f"selection must be one of {SELECTION_NAMES}; got {config.selection!r}.")
     if config.selection != "rs" and (config.attack.name == "brew" or config.attack.source is not None):
@@ -240,11 +225,60 @@ def validate(config: RunConfig) -> None:
                           "Witches' Brew or a source-specific attack.")  # fmt: skip
     if config.detection.test_points < 1:
         raise ConfigError(f"detection.test_points must be at least 1; got {config.detection.test_points}.")
+    if config.attack.name == "brew" and config.attack.epsilon is not None:
+        raise ConfigError("attack.epsilon is the blend ratio of 'blended'; Witches' Brew's ℓ∞ budget is "
+                          "attack.brew.epsilon.")  # fmt: skip
     if config.attack.name == "brew" and config.detection.test_points != 1:
         raise ConfigError("Witches' Brew poisons one target test image: set detection.test_points=1.")
+    if not isinstance(config.detection.scores.measurement, str):
+        raise ConfigError("detection.scores.measurement must be a measurement's name in a run configuration (it is "
+                          "written to JSON); call the library directly to score with a function.")  # fmt: skip
+    for key in _RUN_SEEDED:
+        if _get(config, key) != 0:
+            raise ConfigError(f"{key} follows the run's seed; set `seed` instead (got {key}={_get(config, key)}).")
     for key, ok, want in _ranges(config):
         if not ok:
             raise ConfigError(f"{key} must be {want}; got {_get(config, key)!r}.")
+
+
+# Seeds of nested library configs that the run sets from its own `seed`.
+_RUN_SEEDED = ("attack.brew.seed", "detection.delta.seed", "detection.factors.seed", "detection.trak.seed",
+               "detection.freqdef.seed")  # fmt: skip
+
+# Keys of the older flat layout, and where each now lives (for the error that refuses them).
+_FLAT_VICTIM = ("optimizer", "learning_rate", "epochs", "batch_size", "weight_decay", "milestones", "crop_padding")
+_FLAT_VICTIM += ("flip", "vflip")
+_FLAT_CF = ("optimizer", "learning_rate", "weight_decay", "epochs")
+MOVED_KEYS = {
+    **{f"victim.{k}": f"victim.recipe.{k}" for k in _FLAT_VICTIM},
+    "attack.brew_steps": "attack.brew.steps",
+    "attack.brew_restarts": "attack.brew.restarts",
+    "detection.fisher": "detection.factors.fisher",
+    "detection.factor_batch_size": "detection.factors.batch_size",
+    "detection.score_batch_size": "detection.scores.batch_size (and detection.trak.batch_size)",
+    "detection.damping": "detection.scores.damping",
+    "detection.trak_projection_dim": "detection.trak.projection_dim",
+    "detection.freqdef_epochs": "detection.freqdef.epochs",
+    "detection.freqdef_train_size": "detection.freqdef.max_train",
+    "detection.freqdef_width": "detection.freqdef.width",
+    **{f"unlearning.cf_{k}": f"unlearning.cf.{k} (a whole TrainRecipe; None: the victim's)" for k in _FLAT_CF},
+    "unlearning.cf_reset_head": "unlearning.methods (add 'cf_reset')",
+    "unlearning.ssd_alphas": "unlearning.ssd.alphas",
+    "unlearning.ssd_lambda_factors": "unlearning.ssd.lambda_factors",
+    "unlearning.scrub_steps": "unlearning.scrub.distill.steps (with unlearning.scrub_budget=None)",
+    "unlearning.scrub_max_steps": "unlearning.scrub.max_steps",
+    "unlearning.scrub_lr": "unlearning.scrub.distill.learning_rate",
+    "unlearning.scrub_alpha": "unlearning.scrub.alpha",
+    "unlearning.scrub_temperature": "unlearning.scrub.temperature",
+    "unlearning.badt_steps": "unlearning.badt.distill.steps (with unlearning.badt_budget=None)",
+    "unlearning.badt_lr": "unlearning.badt.distill.learning_rate",
+}
+
+
+def _moved(keys: list[str]) -> str:
+    """`` (X moved to Y; …)`` for those of ``keys`` that the older flat layout had; else ``""``."""
+    moved = [f"{k} moved to {MOVED_KEYS[k]}" for k in keys if k in MOVED_KEYS]
+    return f" ({'; '.join(moved)})" if moved else ""
 
 
 def _get(config: Any, key: str) -> Any:
@@ -266,8 +300,8 @@ def _check_finite(node: Any, prefix: str = "") -> None:
 
 
 def _ranges(c: RunConfig) -> list[tuple[str, bool, str]]:
-    """``(key, holds, what it must be)`` for every bounded field (finiteness is checked before)."""
-    a, v, d, u = c.attack, c.victim, c.detection, c.unlearning
+    """``(key, holds, what it must be)`` for every bounded field the library configs do not check themselves."""
+    a, d, u = c.attack, c.detection, c.unlearning
 
     def optional(value, test):
         return value is None or test(value)
@@ -277,39 +311,18 @@ def _ranges(c: RunConfig) -> list[tuple[str, bool, str]]:
         ("data.train_size", optional(c.data.train_size, lambda n: n >= 1), "at least 1 (or None for all)"),
         ("data.test_size", optional(c.data.test_size, lambda n: n >= 1), "at least 1 (or None for all)"),
         ("attack.target", a.target >= 0, "a class index ≥ 0"),
-        ("attack.source", optional(a.source, lambda s: s >= 0 and s != a.target),
-         "a class index ≥ 0 other than attack.target (or None for all classes)"),
+        (
+            "attack.source",
+            optional(a.source, lambda s: s >= 0 and s != a.target),
+            "a class index ≥ 0 other than attack.target (or None for all classes)",
+        ),
         ("attack.epsilon", optional(a.epsilon, lambda e: 0 < e <= 1), "in (0, 1] (or None for the attack's default)"),
-        ("attack.brew_steps", a.brew_steps >= 1, "at least 1"),
-        ("attack.brew_restarts", a.brew_restarts >= 1, "at least 1"),
-        ("victim.optimizer", v.optimizer in ("adam", "sgd"), "'adam' or 'sgd'"),
-        ("victim.learning_rate", v.learning_rate > 0, "positive"),
-        ("victim.epochs", v.epochs >= 1, "at least 1"),
-        ("victim.batch_size", v.batch_size >= 1, "at least 1"),
-        ("victim.weight_decay", v.weight_decay >= 0, "≥ 0"),
-        ("victim.milestones", all(0 < m < v.epochs for m in v.milestones) and sorted(set(v.milestones)) == list(
-            v.milestones), f"increasing epochs inside (0, victim.epochs={v.epochs})"),
-        ("victim.crop_padding", v.crop_padding >= 0, "≥ 0"),
-        ("detection.factor_batch_size", d.factor_batch_size >= 1, "at least 1"),
-        ("detection.score_batch_size", d.score_batch_size >= 1, "at least 1"),
-        ("detection.damping", optional(d.damping, lambda x: x > 0), "positive (or None for 0.1 × the mean eigenvalue)"),
-        ("detection.trak_projection_dim", d.trak_projection_dim >= 1, "at least 1"),
-        ("detection.freqdef_epochs", d.freqdef_epochs >= 1, "at least 1"),
-        ("detection.freqdef_train_size", optional(d.freqdef_train_size, lambda n: n >= 1), "at least 1 (or None)"),
-        ("detection.freqdef_width", d.freqdef_width >= 1, "at least 1"),
-        ("unlearning.cf_optimizer", u.cf_optimizer in (None, "adam", "sgd"), "'adam', 'sgd' or None"),
-        ("unlearning.cf_learning_rate", optional(u.cf_learning_rate, lambda x: x > 0), "positive (or None)"),
-        ("unlearning.cf_weight_decay", optional(u.cf_weight_decay, lambda x: x >= 0), "≥ 0 (or None)"),
-        ("unlearning.cf_epochs", optional(u.cf_epochs, lambda n: n >= 1), "at least 1 (or None)"),
+        (
+            "detection.factors.strategy",
+            d.factors.strategy == "ekfac",
+            "'ekfac' (Δ-Influence and the EK-FAC baseline score with eigen-corrected factors)",
+        ),
         ("unlearning.cf_short_epochs", u.cf_short_epochs >= 1, "at least 1"),
-        ("unlearning.ssd_alphas", bool(u.ssd_alphas) and all(x > 0 for x in u.ssd_alphas), "positive numbers"),
-        ("unlearning.ssd_lambda_factors", bool(u.ssd_lambda_factors) and all(x > 0 for x in u.ssd_lambda_factors),
-         "positive numbers"),
-        ("unlearning.scrub_max_steps", u.scrub_max_steps >= 1, "at least 1"),
-        ("unlearning.scrub_lr", u.scrub_lr > 0, "positive"),
-        ("unlearning.scrub_alpha", u.scrub_alpha >= 0, "≥ 0"),
-        ("unlearning.scrub_temperature", u.scrub_temperature > 0, "positive"),
-        ("unlearning.badt_lr", u.badt_lr > 0, "positive"),
         ("unlearning.max_psr", 0 <= u.max_psr <= 1, "in [0, 1]"),
     ]
 
@@ -341,6 +354,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             if type(None) in typing.get_args(hint):
                 return None
         for option in options:
+            if isinstance(value, dict) and dataclasses.is_dataclass(option):  # a section: its own error says what
+                return _coerce(value, option, key)
             try:
                 return _coerce(value, option, key)
             except ConfigError:
@@ -384,14 +399,19 @@ def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
     unknown = set(values) - fields
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown key(s) {sorted(where + u for u in unknown)}; valid: {sorted(fields)}.")
+        keys = sorted(where + u for u in unknown)
+        raise ConfigError(f"unknown key(s) {keys}{_moved(keys)}; valid: {sorted(fields)}.")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
     try:
         return cls(**kwargs)  # missing fields (and sections) take their defaults
     except ConfigError:
         raise
-    except ValueError as error:
+    except ValueError as error:  # a library config's own check (an InputError) names the field, not the section
         raise ConfigError(f"{prefix or cls.__name__}: {error}") from None
+
+
+# Sections that may be None; overriding one of their fields starts from this value.
+_OPTIONAL_SECTIONS = {"cf": lambda config: config.victim.recipe}
 
 
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
@@ -403,11 +423,14 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         key, value = item.split("=", 1)
         node, parts = tree, key.strip().split(".")
         for part in parts[:-1]:
+            if node.get(part) is None and part in _OPTIONAL_SECTIONS:  # e.g. unlearning.cf: start from the default
+                node[part] = to_dict(_OPTIONAL_SECTIONS[part](config))
             if not isinstance(node.get(part), dict):
-                raise ConfigError(f"unknown section {part!r} in {key!r}; sections: {sorted(k for k in node)}.")
+                raise ConfigError(f"unknown section {part!r} in {key!r}{_moved([key.strip()])}; "
+                                  f"sections: {sorted(k for k in node)}.")  # fmt: skip
             node = node[part]
         if parts[-1] not in node:
-            raise ConfigError(f"unknown key {key!r}; valid keys here: {sorted(node)}.")
+            raise ConfigError(f"unknown key {key!r}{_moved([key.strip()])}; valid keys here: {sorted(node)}.")
         if isinstance(node[parts[-1]], dict):
             raise ConfigError(f"{key} is a section; set its fields as {key}.FIELD=VALUE.")
         node[parts[-1]] = value

@@ -25,7 +25,7 @@ from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import to_dict
 from jaxpoison.experiments.detectors import Victim, run_detector
 from jaxpoison.experiments.registry import INFLUENCE_BASED, NEEDS_FACTORS
-from jaxpoison.influence import NUMERICS_VERSION, FactorConfig, fit_factors, load_factors, save_factors
+from jaxpoison.influence import NUMERICS_VERSION, fit_factors, load_factors, save_factors
 from jaxpoison.models import FunctionalModel
 from jaxpoison.training import predict_logits
 
@@ -67,8 +67,7 @@ def control_stage(prepared, methods: tuple[str, ...], *, progress: bool = True) 
 
     factors, factor_key = None, None
     if any(m in NEEDS_FACTORS for m in methods):
-        factor_config = FactorConfig(strategy="ekfac", fisher=config.detection.fisher,
-                                     batch_size=config.detection.factor_batch_size, seed=config.seed)  # fmt: skip
+        factor_config = dataclasses.replace(config.detection.factors, seed=config.seed)
 
         def fit(directory: Path) -> dict:
             fitted = fit_factors(prepared.clean, train, factor_config, checkpoint_dir=directory / "partial",

@@ -8,6 +8,7 @@ share and which is reported once as its own stage.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, NamedTuple
 
@@ -17,16 +18,18 @@ from jaxpoison.data import Dataset
 from jaxpoison.detection.activation_clustering import activation_clustering
 from jaxpoison.detection.delta_influence import delta_influence
 from jaxpoison.detection.features import penultimate_features
+from jaxpoison.detection.freqdef import freqdef_detect, train_freqdef
 from jaxpoison.detection.spectral import spectral_signatures, spectral_signatures_reference
 from jaxpoison.detection.threshold import ekfac_threshold, trak_threshold
 from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import DetectionConfig
 from jaxpoison.experiments.registry import DETECTOR_LABELS, NEEDS_FACTORS
-from jaxpoison.influence import Factors, ScoreConfig, TrakConfig
+from jaxpoison.influence import Factors
 from jaxpoison.models import FunctionalModel
 
 DELTA_MODES = {"delta_influence": "both", "delta_label_only": "label", "delta_image_only": "image"}
 LABELS = DETECTOR_LABELS
+
 
 class Detection(NamedTuple):
     """``flagged`` indices, ``scores [N]`` (higher = more suspicious), ``seconds``, ``extra`` arrays/info."""
@@ -71,7 +74,7 @@ def run_detector(
     """Run detector ``method`` (see ``LABELS``) and time it."""
     if method in NEEDS_FACTORS and factors is None:
         raise InputError(f"{method} needs fitted EK-FAC factors; fit them first.")
-    score_config = ScoreConfig(damping=config.damping, batch_size=config.score_batch_size)
+    score_config = config.scores
     start = time.perf_counter()
     extra: dict[str, Any] = {}
     if method in DELTA_MODES:
@@ -87,7 +90,7 @@ def run_detector(
                                  config.ekfac_threshold, progress=progress)  # fmt: skip
         flagged, scores, extra = result.flagged, result.scores, {"thresholds": list(result.thresholds)}
     elif method == "trak":
-        trak = TrakConfig(projection_dim=config.trak_projection_dim, batch_size=config.score_batch_size, seed=seed)
+        trak = dataclasses.replace(config.trak, seed=seed)
         result = trak_threshold(victim.model, victim.train, victim.test_images, victim.target, trak,
                                 progress=progress)  # fmt: skip
         flagged, scores, extra = result.flagged, result.scores, {"thresholds": list(result.thresholds)}
@@ -103,11 +106,7 @@ def run_detector(
             result = activation_clustering(features, victim.train.labels, seed=seed)
         flagged, scores = result.flagged, result.scores
     elif method == "freqdef":
-        from jaxpoison.detection.freqdef import FreqDefConfig, freqdef_detect, train_freqdef
-
-        freq = FreqDefConfig(width=config.freqdef_width, epochs=config.freqdef_epochs,
-                             max_train=config.freqdef_train_size, seed=seed)  # fmt: skip
-        detector = train_freqdef(victim.clean_train, freq, progress=progress)
+        detector = train_freqdef(victim.clean_train, dataclasses.replace(config.freqdef, seed=seed), progress=progress)
         flagged, scores = freqdef_detect(detector, victim.train)
     else:
         raise InputError(f"unknown detector {method!r}; choose one of {tuple(LABELS)}.")

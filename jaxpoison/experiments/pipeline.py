@@ -36,18 +36,14 @@ from jaxpoison.experiments.victim import (
     pick_test_points,
     poison_stage,
     poison_success,
-    recipe_of,
     validate_against_data,
     victim_stage,
 )
-from jaxpoison.influence import NUMERICS_VERSION, FactorConfig, Factors, fit_factors, load_factors, save_factors
+from jaxpoison.influence import NUMERICS_VERSION, Factors, fit_factors, load_factors, save_factors
 from jaxpoison.models import FunctionalModel
 from jaxpoison.unlearning import (
-    BadTeacherConfig,
     DistillConfig,
-    ScrubConfig,
     Selector,
-    SSDConfig,
     UnlearnResult,
     bad_teacher,
     clean_rule,
@@ -114,8 +110,7 @@ def _prepare_stages(config: RunConfig, store: RunStore, splits: Splits, progress
 
     factors, factor_key = None, None
     if any(m in NEEDS_FACTORS for m in config.detection.methods):
-        factor_config = FactorConfig(strategy="ekfac", fisher=config.detection.fisher,
-                                     batch_size=config.detection.factor_batch_size, seed=config.seed)  # fmt: skip
+        factor_config = dataclasses.replace(config.detection.factors, seed=config.seed)
 
         def fit(directory: Path) -> dict:
             # Partial sums carry their own parameter/data/config hashes, so an interrupted fit
@@ -217,34 +212,31 @@ def make_selector(prepared: Prepared, flagged, mode: str | None = None) -> Selec
     return Selector("clean", clean_score, clean_rule(reference, u.selection_tolerance))
 
 
-def approximate_steps(config: RunConfig, method: str, train_size: int) -> int:
-    """Minibatch steps for SCRUB or BadT: ``{method}_steps`` if set, else ``{method}_budget`` of the victim's training.
+def distill_config(config: RunConfig, method: str, train_size: int) -> DistillConfig:
+    """SCRUB's or BadT's optimiser settings, with ``{method}_budget`` of the victim's training as steps.
 
     The victim sees the training set ``epochs`` times; at the unlearner's batch size one pass
     is ``ceil(train_size / batch)`` steps, so a budget of 0.1 gives a 40-epoch victim's
-    unlearner 4 passes (the Δ-Influence paper's setting).
+    unlearner 4 passes (the Δ-Influence paper's setting). Without a budget, ``distill.steps``.
     """
-    u = config.unlearning
-    steps = getattr(u, f"{method}_steps")
-    if steps is not None:
-        return steps
-    per_epoch = math.ceil(train_size / DistillConfig().batch_size)
-    return max(1, math.ceil(getattr(u, f"{method}_budget") * config.victim.epochs * per_epoch))
+    distill = getattr(config.unlearning, method).distill
+    budget = getattr(config.unlearning, f"{method}_budget")
+    if budget is None:
+        return distill
+    per_epoch = math.ceil(train_size / distill.batch_size)
+    return dataclasses.replace(distill, steps=max(1, math.ceil(budget * config.victim.recipe.epochs * per_epoch)))
 
 
 def run_unlearner(prepared: Prepared, method: str, flagged: np.ndarray, *, progress: bool = True) -> UnlearnResult:
     """Apply unlearning ``method`` to the victim given ``flagged`` training indices."""
     config, u = prepared.config, prepared.config.unlearning
     victim, data = prepared.victim.model, prepared.poisoning.dataset
-    recipe = recipe_of(config.victim)
+    recipe = config.victim.recipe
     if method == "eu":
         return exact_unlearning(init_model(config.victim, data, config.seed), data, flagged, recipe,
                                 seed=config.seed, progress=progress)  # fmt: skip
     if method in ("cf", "cf_reset", "cf_short"):
-        changes = {"optimizer": u.cf_optimizer, "learning_rate": u.cf_learning_rate,
-                   "weight_decay": u.cf_weight_decay, "epochs": u.cf_epochs}  # fmt: skip
-        cf_recipe = recipe.replace(**{k: v for k, v in changes.items() if v is not None})
-        cf_recipe = cf_recipe.replace(nesterov=cf_recipe.optimizer == "sgd")
+        cf_recipe = recipe if u.cf is None else u.cf
         if method == "cf_short":
             cf_recipe = cf_recipe.replace(epochs=u.cf_short_epochs, milestones=())
         # Only `cf_reset` touches the output layer: `cf` is the paper's CF, the victim as it is.
@@ -255,15 +247,13 @@ def run_unlearner(prepared: Prepared, method: str, flagged: np.ndarray, *, progr
         raise InputError(f"unknown unlearning method {method!r}.")
     selector = make_selector(prepared, flagged)
     if method == "ssd":
-        return selective_synaptic_dampening(victim, data, flagged, SSDConfig(u.ssd_alphas, u.ssd_lambda_factors),
-                                            selector=selector)  # fmt: skip
+        return selective_synaptic_dampening(victim, data, flagged, u.ssd, selector=selector)
     if method == "scrub":
-        distill = DistillConfig(steps=approximate_steps(config, "scrub", len(data)), learning_rate=u.scrub_lr)
-        scrub_config = ScrubConfig(distill, u.scrub_max_steps, u.scrub_alpha, u.scrub_temperature)
+        scrub_config = dataclasses.replace(u.scrub, distill=distill_config(config, "scrub", len(data)))
         return scrub(victim, data, flagged, scrub_config, selector=selector)
     teacher = init_model(config.victim, data, config.seed + 1)
-    distill = DistillConfig(steps=approximate_steps(config, "badt", len(data)), learning_rate=u.badt_lr)
-    return bad_teacher(victim, teacher, data, flagged, BadTeacherConfig(distill), selector=selector)
+    badt_config = dataclasses.replace(u.badt, distill=distill_config(config, "badt", len(data)))
+    return bad_teacher(victim, teacher, data, flagged, badt_config, selector=selector)
 
 
 # Fields that choose among candidates: they change the result of the methods that select.
@@ -280,9 +270,9 @@ def unlearner_settings(unlearning: UnlearnConfig, method: str) -> dict:
     """
     if method not in UNLEARNER_SPECS:
         raise InputError(f"unknown unlearning method {method!r}; choose from {sorted(UNLEARNER_SPECS)}.")
-    prefix, selecting = UNLEARNER_SPECS[method]
+    fields, selecting = UNLEARNER_SPECS[method]
     values = to_dict(unlearning)
-    settings = {k: v for k, v in values.items() if prefix and k.startswith(prefix) and k != "cf_reset_head"}
+    settings = {k: values[k] for k in fields}
     if selecting:
         settings.update({k: values[k] for k in _SELECTION_FIELDS})
     return settings

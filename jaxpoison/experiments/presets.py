@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxpoison.detection.delta_influence import DeltaConfig
+from jaxpoison.detection.freqdef import FreqDefConfig
 from jaxpoison.detection.transforms import REFERENCE_TRANSFORM_NAMES
 from jaxpoison.experiments.config import (
     AttackConfig,
@@ -20,44 +21,60 @@ from jaxpoison.experiments.config import (
     VictimConfig,
 )
 from jaxpoison.experiments.registry import ALL_DETECTORS
+from jaxpoison.influence import FactorConfig, ScoreConfig, TrakConfig
+from jaxpoison.training import TrainRecipe
 
 DEMO_DETECTORS = ("delta_influence", "ekfac", "spectral", "activation_clustering")
 # The last epoch runs at lr/10: with a constant rate the final test accuracy of this CNN
 # jitters by about a point from run to run, more than the clean-accuracy change unlearning
 # is judged by (the unpoisoned model, the victim and EU all use this recipe).
-CNN_ADAM = VictimConfig(model="cnn", optimizer="adam", learning_rate=1e-3, epochs=5, batch_size=128, milestones=(4,))
-# CF for Adam-trained CNNs: a restarted high-learning-rate SGD run, like the reference's CF.
-SGD_CF = UnlearnConfig(methods=("eu", "cf"), cf_optimizer="sgd", cf_learning_rate=0.1, cf_weight_decay=5e-4)
+CNN_ADAM = VictimConfig("cnn", TrainRecipe(optimizer="adam", learning_rate=1e-3, epochs=5, batch_size=128,
+                                           milestones=(4,)))  # fmt: skip
+
+
+def sgd_cf(victim: VictimConfig, learning_rate: float = 0.1, methods: tuple[str, ...] = ("eu", "cf")) -> UnlearnConfig:
+    """CF for Adam-trained CNNs: the victim's schedule restarted as SGD (Nesterov 0.9, weight decay 5e-4)
+    at a high learning rate, like the reference's CF."""
+    recipe = victim.recipe.replace(optimizer="sgd", learning_rate=learning_rate, weight_decay=5e-4, nesterov=True)
+    return UnlearnConfig(methods=methods, cf=recipe)
+
+
 # The paper's CF (`cf`) and, in its own row, jaxpoison's CF with a reset output layer (`cf_reset`).
 # On the full Fashion-MNIST BadNet victim the few poisons a detector misses keep the backdoor
 # alive under plain CF (PSR 0.093 with 8 of 570 left); re-initialising the output layer first
 # makes the retained set re-learn the trigger→target link, which 8 poisons cannot teach in
 # 5 epochs (PSR 0.019 at clean accuracy 0.9087 vs the unpoisoned 0.9166).
-SGD_CF_RESET = dataclasses.replace(SGD_CF, methods=("eu", "cf", "cf_reset"))
+CF_WITH_RESET = ("eu", "cf", "cf_reset")
 # The Δ-Influence reference's CIFAR victim recipe: ResNet-18 (3×3 stem, no max-pool), SGD with
-# Nesterov momentum 0.9 (recipe_of turns it on for "sgd") at lr 0.1, weight decay 5e-4, batch 128,
+# Nesterov momentum 0.9 at lr 0.1, weight decay 5e-4, batch 128,
 # 40 epochs with lr ×0.1 after epochs 14, 25 and 35, and a ±4 px shift with horizontal and
 # vertical flips. The shift is a zero-padded random crop in pixel space (black border, whole
 # pixels); the reference shifts by bilinear grid_sample in normalized space (border = mean
 # colour, sub-pixel offsets).
-PAPER_RESNET = VictimConfig(model="resnet18", optimizer="sgd", learning_rate=0.1, epochs=40, batch_size=128,
-                            weight_decay=5e-4, milestones=(14, 25, 35), crop_padding=4, flip=True,
-                            vflip=True)  # fmt: skip
+PAPER_RESNET = VictimConfig("resnet18", TrainRecipe(optimizer="sgd", learning_rate=0.1, epochs=40, batch_size=128,
+                                                    nesterov=True, weight_decay=5e-4, milestones=(14, 25, 35),
+                                                    crop_padding=4, flip=True, vflip=True))  # fmt: skip
 # kronfluence's default EK-FAC damping, which the reference runs with (in effect no damping).
 PAPER_DAMPING = 1e-8
 # Both paper presets: the reference's Δ-Influence (its seven transforms, not the paper's eight,
 # applied to the normalized tensor) and its baselines at full budget.
 PAPER_DELTA = DeltaConfig(transforms=REFERENCE_TRANSFORM_NAMES, space="normalized")
-PAPER_DETECTION = DetectionConfig(methods=ALL_DETECTORS, damping=PAPER_DAMPING, factor_batch_size=25,
-                                  ekfac_threshold=10.0, freqdef_epochs=10, freqdef_train_size=None,
-                                  freqdef_width=32)  # fmt: skip
+PAPER_DETECTION = DetectionConfig(methods=ALL_DETECTORS, factors=FactorConfig(batch_size=25),
+                                  scores=ScoreConfig(damping=PAPER_DAMPING, batch_size=256), ekfac_threshold=10.0,
+                                  freqdef=FreqDefConfig(width=32, epochs=10, max_train=None))  # fmt: skip
 
 
 def _fmnist(attack: AttackConfig, **detection) -> RunConfig:
     detection_config = DetectionConfig(methods=DEMO_DETECTORS, **detection)
     return RunConfig(data=DataConfig("fashion_mnist"), attack=attack, victim=CNN_ADAM, detection=detection_config,
-                     unlearning=SGD_CF_RESET)  # fmt: skip
+                     unlearning=sgd_cf(CNN_ADAM, methods=CF_WITH_RESET))  # fmt: skip
 
+
+TINY_CNN = VictimConfig("cnn", TrainRecipe(epochs=10, batch_size=32))
+TINY_DETECTION = DetectionConfig(methods=DEMO_DETECTORS, factors=FactorConfig(batch_size=64),
+                                 scores=ScoreConfig(batch_size=128),
+                                 trak=TrakConfig(projection_dim=256, batch_size=128))  # fmt: skip
+DEMO_CNN = dataclasses.replace(CNN_ADAM, recipe=CNN_ADAM.recipe.replace(epochs=3, milestones=(2,)))
 
 PRESETS: dict[str, RunConfig] = {
     # jaxpoison run digits-badnet-tiny --out runs/tiny   (≈1 min on 2 CPU cores; the tests' preset)
@@ -66,10 +83,10 @@ PRESETS: dict[str, RunConfig] = {
     "digits-badnet-tiny": RunConfig(
         data=DataConfig("digits", validation_fraction=0.05),
         attack=AttackConfig("badnet", target=0, rate=0.03),
-        victim=VictimConfig(model="cnn", epochs=10, batch_size=32),
-        detection=DetectionConfig(methods=DEMO_DETECTORS, factor_batch_size=64, score_batch_size=128),
+        victim=TINY_CNN,
+        detection=TINY_DETECTION,
         # batch 32: lr 0.1 diverges here (clean accuracy 0.10); 0.05 forgets the backdoor (PSR 0.00)
-        unlearning=dataclasses.replace(SGD_CF, cf_learning_rate=0.05),
+        unlearning=sgd_cf(TINY_CNN, learning_rate=0.05),
     ),
     # jaxpoison run fmnist-badnet --out runs/fmnist-badnet   (≈25 min on 2 idle CPU cores)
     # 570 BadNet poisons (1 % of the 57,000 images left after the validation split), CNN 5 epochs:
@@ -84,9 +101,9 @@ PRESETS: dict[str, RunConfig] = {
     "fmnist-badnet-demo": RunConfig(
         data=DataConfig("fashion_mnist", train_size=20_000),
         attack=AttackConfig("badnet", target=0, rate=0.01),
-        victim=dataclasses.replace(CNN_ADAM, epochs=3, milestones=(2,)),
+        victim=DEMO_CNN,
         detection=DetectionConfig(methods=DEMO_DETECTORS, test_points=3),
-        unlearning=SGD_CF,
+        unlearning=sgd_cf(DEMO_CNN),
     ),
     # jaxpoison run fmnist-blended --out runs/fmnist-blended   (blend ratio ε = 0.1)
     "fmnist-blended": _fmnist(AttackConfig("blended", target=0, rate=0.01, epsilon=0.1)),
@@ -110,7 +127,7 @@ PRESETS: dict[str, RunConfig] = {
     # - Shift by a zero-padded crop instead of bilinear grid_sample (see PAPER_RESNET). The vertical
     #   flip is the reference's declared dataset transform; its construct_datasets then replaces
     #   the dataset's transform with ToTensor + Normalize, so its victim may in fact have trained
-    #   with shift + horizontal flip only (`--set victim.vflip=false`).
+    #   with shift + horizontal flip only (`--set victim.recipe.vflip=false`).
     # - BadNet pixels: the reference code's 4 black pixels at (28,30) (29,29) (30,28) (30,30), set
     #   in pixel space before normalization (the paper's text says a 3×3 black checkerboard).
     # - Δ-Influence's colour jitter applies its four factors in a fixed order (torchvision shuffles
@@ -149,7 +166,7 @@ PRESETS: dict[str, RunConfig] = {
     "cifar100-smooth-paper": RunConfig(
         data=DataConfig("cifar100", validation_fraction=0.05),
         attack=AttackConfig("smooth", target=68, source=86, count=125),
-        victim=dataclasses.replace(PAPER_RESNET, vflip=False),
+        victim=dataclasses.replace(PAPER_RESNET, recipe=PAPER_RESNET.recipe.replace(vflip=False)),
         detection=dataclasses.replace(
             PAPER_DETECTION, delta=PAPER_DELTA.replace(tau=-40.0, n_tol=0, label_rule="distinct")
         ),

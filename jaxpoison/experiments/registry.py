@@ -31,12 +31,12 @@ class UnlearnerSpec(NamedTuple):
     """An unlearner a run can name.
 
     Attributes:
-      settings_prefix: the ``UnlearnConfig`` fields it reads start with this (``None``: none,
-        exact unlearning retrains with the victim's own recipe).
+      settings: the ``UnlearnConfig`` fields it reads, its stage key (none for exact
+        unlearning, which retrains with the victim's own recipe).
       selecting: it chooses among candidates on held-out data (``unlearning.selection``).
     """
 
-    settings_prefix: str | None
+    settings: tuple[str, ...] = ()
     selecting: bool = False
 
 
@@ -55,13 +55,13 @@ DETECTOR_SPECS: dict[str, DetectorSpec] = {
 }
 
 UNLEARNER_SPECS: dict[str, UnlearnerSpec] = {
-    "eu": UnlearnerSpec(None),
-    "cf": UnlearnerSpec("cf_"),
-    "cf_reset": UnlearnerSpec("cf_"),
-    "cf_short": UnlearnerSpec("cf_"),
-    "ssd": UnlearnerSpec("ssd_", selecting=True),
-    "scrub": UnlearnerSpec("scrub_", selecting=True),
-    "badt": UnlearnerSpec("badt_", selecting=True),
+    "eu": UnlearnerSpec(),
+    "cf": UnlearnerSpec(("cf",)),
+    "cf_reset": UnlearnerSpec(("cf",)),
+    "cf_short": UnlearnerSpec(("cf", "cf_short_epochs")),
+    "ssd": UnlearnerSpec(("ssd",), selecting=True),
+    "scrub": UnlearnerSpec(("scrub", "scrub_budget"), selecting=True),
+    "badt": UnlearnerSpec(("badt", "badt_budget"), selecting=True),
 }
 
 DETECTORS = tuple(DETECTOR_SPECS)

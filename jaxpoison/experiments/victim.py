@@ -15,7 +15,6 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxpoison.attacks import (
-    BrewConfig,
     PoisonConfig,
     Trigger,
     apply_brew,
@@ -43,7 +42,7 @@ from jaxpoison.experiments.config import (
 from jaxpoison.experiments.store import RunStore
 from jaxpoison.models import FunctionalModel, create_model, to_functional
 from jaxpoison.selection import select_poisons
-from jaxpoison.training import TrainRecipe, evaluate, predict_logits, train
+from jaxpoison.training import evaluate, predict_logits, train
 from jaxpoison.training.checkpoint import load_tree, save_tree
 
 
@@ -86,13 +85,6 @@ def load_data(config: DataConfig, seed: int = 0) -> Splits:
     return Splits(train_set, validation, test_set)
 
 
-def recipe_of(config: VictimConfig) -> TrainRecipe:
-    return TrainRecipe(optimizer=config.optimizer, learning_rate=config.learning_rate, epochs=config.epochs,
-                       batch_size=config.batch_size, weight_decay=config.weight_decay,
-                       milestones=tuple(config.milestones), crop_padding=config.crop_padding,
-                       flip=config.flip, vflip=config.vflip, nesterov=config.optimizer == "sgd")  # fmt: skip
-
-
 def init_model(config: VictimConfig, dataset: Dataset, seed: int) -> FunctionalModel:
     """A freshly initialised model, normalising its inputs with ``dataset``'s constants."""
     module = create_model(config.model, dataset.image_shape, dataset.num_classes, seed=seed)
@@ -112,7 +104,7 @@ def load_model(directory: Path, template: FunctionalModel) -> FunctionalModel:
 
 def fit_model(config: VictimConfig, dataset: Dataset, seed: int, progress: bool) -> FunctionalModel:
     model = init_model(config, dataset, seed)
-    return train(model, dataset, recipe_of(config), seed=seed, progress=progress).model
+    return train(model, dataset, config.recipe, seed=seed, progress=progress).model
 
 
 def accuracy(model: FunctionalModel, dataset: Dataset) -> float:
@@ -159,9 +151,9 @@ def validate_against_data(config: RunConfig, splits: Splits) -> None:
             key = "attack.count" if attack.count is not None else "attack.rate"
             raise ConfigError(f"{key} asks for {budget} poisons but {where} of the {len(train)}-image training set "
                               f"has only {pool.size}; lower {key}.")  # fmt: skip
-    if config.victim.batch_size > len(train):
-        raise ConfigError(f"victim.batch_size={config.victim.batch_size} is larger than the {len(train)}-image "
-                          "training set; lower it.")  # fmt: skip
+    if config.victim.recipe.batch_size > len(train):
+        raise ConfigError(f"victim.recipe.batch_size={config.victim.recipe.batch_size} is larger than the "
+                          f"{len(train)}-image training set; lower it.")  # fmt: skip
 
 
 def make_trigger(attack: AttackConfig, train_set: Dataset, clean: FunctionalModel, seed: int, progress: bool):
@@ -215,9 +207,7 @@ def poison_stage(
             if budget > pool.size:
                 raise InputError(f"attack.rate asks for {budget} brew poisons but class {intended} has {pool.size}.")
             poisons = np.sort(rng.choice(pool, budget, replace=False))
-            brew_config = BrewConfig(epsilon=16 / 255 if attack.epsilon is None else attack.epsilon,
-                                     steps=attack.brew_steps, restarts=attack.brew_restarts, seed=config.seed,
-                                     padding=max(1, train_set.image_shape[0] // 8))  # fmt: skip
+            brew_config = dataclasses.replace(attack.brew, seed=config.seed)
             brew = brew_poisons(clean, train_set, poisons, splits.test.images[brew_target], intended, brew_config,
                                 progress=progress)  # fmt: skip
             dataset, target, trigger = apply_brew(train_set, poisons, brew), intended, None
