@@ -525,3 +525,42 @@ def test_an_nnx_transformers_captured_gradients_and_ekfac_equal_the_dense_refere
     # gradients, so the dense reference is jitted too.
     reference = jax.jit(lambda p: per_example_grads(model.bind(), cross_entropy, p, tokens, y))(model.params)
     assert_ekfac_eigenvalues_equal_dense(factors, reference)
+
+
+class EinsumClassifier(nnx.Module):
+    """Tokens → embeddings → two einsum projections at every position (one over two output axes) → head."""
+
+    def __init__(self, *, rngs):
+        self.embed = nnx.Embed(11, 4, param_dtype=jnp.float64, rngs=rngs)
+        self.project = nnx.Einsum("btd,dhk->bthk", (4, 2, 3), (2, 3), param_dtype=jnp.float64, rngs=rngs)
+        self.mix = nnx.Einsum("...hk,hkf->...f", (2, 3, 5), None, param_dtype=jnp.float64, rngs=rngs)
+        self.heads = nnx.Einsum("nta,hab->nthb", (2, 4, 3), (2, 3), param_dtype=jnp.float64, rngs=rngs)
+        self.head = nnx.Linear(5, 3, param_dtype=jnp.float64, rngs=rngs)
+
+    def __call__(self, tokens):
+        h = self.embed(tokens)
+        h = jnp.tanh(self.mix(jnp.tanh(self.project(h)))) + 0.0 * self.heads(h).sum((-1, -2))[..., None]
+        return self.head(h.mean(axis=1))
+
+
+def test_einsum_projections_are_captured_like_dense_layers_and_other_equations_are_untracked():
+    model = to_functional(EinsumClassifier(rngs=nnx.Rngs(0)))
+    layers, untracked = find_layers(model)
+    assert [layer.name for layer in layers] == ["head", "mix", "project"]
+    # "nta,hab->nthb": the kernel's head axis is not a trailing projection, so it is reported
+    assert untracked == ["embed.embedding", "heads.bias", "heads.kernel"]
+    shapes = {layer.name: (layer.in_dim, layer.out_features) for layer in layers}
+    assert shapes["project"] == (4 + 1, 6) and shapes["mix"] == (6, 5)
+    tokens = jax.random.randint(jax.random.key(1), (6, 5), 0, 11)
+    y = jax.random.randint(jax.random.key(2), (6,), 0, 3)
+    _, captured = capture(model, layers, tokens, y, cross_entropy)
+    reference = per_example_grads(model.bind(), cross_entropy, model.params, tokens, y)
+    for layer in layers:
+        got = per_example_layer_gradients(*captured[layer.name])
+        np.testing.assert_allclose(got, layer_gradient(reference, layer), rtol=1e-9, atol=1e-12, err_msg=layer.name)
+    data = Dataset(np.asarray(tokens), np.asarray(y), ("a", "b", "c"), None, None,
+                   Provenance("synthetic", "tokens", "train"), kind="tokens")  # fmt: skip
+    config = FactorConfig(strategy="ekfac", fisher="empirical", batch_size=4, on_untracked="ignore")
+    factors = fit_factors(model, data, config, progress=False)
+    reference = jax.jit(lambda p: per_example_grads(model.bind(), cross_entropy, p, tokens, y))(model.params)
+    assert_ekfac_eigenvalues_equal_dense(factors, reference)

@@ -13,8 +13,9 @@ parsing the traced graph:
   per-example output gradient (examples are independent in inference mode).
 
 Exact ``nnx.Linear`` and ``nnx.Conv`` layers (no feature groups) are tracked, and
-``nnx.LinearGeneral`` layers that contract their trailing axes (the query, key, value and
-output projections of ``nnx.MultiHeadAttention``), with their input and output axes flattened.
+``nnx.LinearGeneral`` and ``nnx.Einsum`` layers that contract their trailing axes (the query,
+key, value and output projections of ``nnx.MultiHeadAttention``; an Einsum such as
+``"btd,dh->bth"``), with their input and output axes flattened.
 Every other parameter (BatchNorm scales, custom layers) is reported by name by
 :func:`find_layers`, so callers can refuse or accept the gap knowingly.
 
@@ -138,11 +139,11 @@ def find_layers(model: FunctionalModel) -> tuple[list[Layer], list[str]]:
     module = nnx.merge(structure.graphdef, params, state, copy=True)
     layers = []
     for path, sub in nnx.iter_graph(module):
-        if type(sub) is nnx.LinearGeneral:
-            if _trailing_projection(sub):
+        if type(sub) in (nnx.LinearGeneral, nnx.Einsum):
+            out_axes = _trailing_projection(sub) if type(sub) is nnx.LinearGeneral else _einsum_projection(sub)
+            if out_axes is not None:
                 shape = tuple(sub.kernel.shape)
-                layers.append(Layer(_name(path), tuple(path), "dense", shape, sub.bias is not None,
-                                    out_axes=len(sub.out_features)))  # fmt: skip
+                layers.append(Layer(_name(path), tuple(path), "dense", shape, sub.bias is not None, out_axes=out_axes))
             continue  # other axis layouts: reported as untracked
         kind = {nnx.Linear: "dense", nnx.Conv: "conv"}.get(type(sub))
         if kind is None:
@@ -163,10 +164,38 @@ def find_layers(model: FunctionalModel) -> tuple[list[Layer], list[str]]:
     return layers, untracked
 
 
-def _trailing_projection(layer: nnx.LinearGeneral) -> bool:
-    """Whether a LinearGeneral contracts the trailing input axes with no batch axes: a dense layer
-    over flattened features, applied at every leading position (attention's projections)."""
-    return not layer.batch_axis and tuple(layer.axis) == tuple(range(-len(layer.in_features), 0))
+def _trailing_projection(layer: nnx.LinearGeneral) -> int | None:
+    """Its output axes if a LinearGeneral contracts the trailing input axes with no batch axes: a
+    dense layer over flattened features, applied at every leading position (attention's projections)."""
+    if not layer.batch_axis and tuple(layer.axis) == tuple(range(-len(layer.in_features), 0)):
+        return len(layer.out_features)
+    return None
+
+
+def _einsum_projection(layer: nnx.Einsum) -> int | None:
+    """Its output axes if an Einsum is a trailing projection, e.g. ``"btd,dh->bth"``: the kernel's
+    first axes contract the input's last ones in order, its other axes become the output's last
+    ones in order, the input's leading axes pass through unchanged, and any bias spans the output
+    axes. Such a layer is a dense layer at every leading position; other equations are untracked."""
+    equation = layer.einsum_str.replace(" ", "")
+    if "->" not in equation or equation.count(",") != 1:
+        return None
+    inputs, out = equation.split("->")
+    lhs, rhs = inputs.split(",")
+    letters = [c for c in lhs + rhs if c != "."]
+    if "." in rhs or len(set(rhs)) != len(rhs) or len(set(lhs.replace("...", "."))) != len(lhs.replace("...", ".")):
+        return None
+    contracted = sum(1 for c in rhs if c in lhs)
+    out_axes = len(rhs) - contracted
+    if not 0 < contracted <= len(lhs) or out_axes < 1 or len(letters) != len(set(letters)) + contracted:
+        return None  # every contracted letter appears exactly twice; nothing else repeats
+    if lhs[len(lhs) - contracted :] != rhs[:contracted] or out[len(out) - out_axes :] != rhs[contracted:]:
+        return None
+    if lhs[: len(lhs) - contracted] != out[: len(out) - out_axes]:
+        return None  # the leading (position) axes must pass through in order
+    if layer.bias is not None and tuple(layer.bias.shape) != tuple(layer.kernel.shape[contracted:]):
+        return None
+    return out_axes
 
 
 def check_untracked(untracked: list[str], on_untracked: str) -> None:
@@ -224,7 +253,16 @@ class _TappedLinearGeneral(nnx.LinearGeneral):
         return _ACTIVE_TAP.get()(self, x, nnx.LinearGeneral.__call__, **kwargs)
 
 
-_TAPPED = {nnx.Linear: _TappedLinear, nnx.Conv: _TappedConv, nnx.LinearGeneral: _TappedLinearGeneral}
+class _TappedEinsum(nnx.Einsum):
+    def __call__(self, x, einsum_str=None, **kwargs):
+        if einsum_str is not None:  # the layer was found from its constructor's equation
+            raise InputError("a tracked nnx.Einsum must use the equation it was built with; it was called with "
+                             f"einsum_str={einsum_str!r}.")  # fmt: skip
+        return _ACTIVE_TAP.get()(self, x, nnx.Einsum.__call__, **kwargs)
+
+
+_TAPPED = {nnx.Linear: _TappedLinear, nnx.Conv: _TappedConv, nnx.LinearGeneral: _TappedLinearGeneral,
+           nnx.Einsum: _TappedEinsum}  # fmt: skip
 
 
 def tapped_apply(structure, layers: list[Layer]) -> Callable:
