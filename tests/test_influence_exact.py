@@ -7,6 +7,8 @@ EK-FAC eigenvalues from per-example gradients computed by ``vmap(grad)``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,9 +35,11 @@ from jaxpoison.influence import (
     hvp,
     layer_gradient,
     lissa,
+    margin_measurement,
     pairwise_scores,
     per_example_grads,
     precondition,
+    query_gradients,
     self_scores,
     solve_dense,
 )
@@ -564,3 +568,87 @@ def test_einsum_projections_are_captured_like_dense_layers_and_other_equations_a
     factors = fit_factors(model, data, config, progress=False)
     reference = jax.jit(lambda p: per_example_grads(model.bind(), cross_entropy, p, tokens, y))(model.params)
     assert_ekfac_eigenvalues_equal_dense(factors, reference)
+
+
+# --------------------------------------------------------------------------- low-rank queries, dtype policy
+
+
+@pytest.mark.parametrize("factored", [True, False])
+def test_full_rank_query_factors_give_the_exact_scores_by_either_contraction(scored_setup, monkeypatch, factored):
+    from jaxpoison.influence import scores as scores_module
+
+    model, data, queries, factors = scored_setup
+    config = ScoreConfig(damping=1e-3, batch_size=4)
+    full = pairwise_scores(model, data, queries.images, queries.labels, factors, config, progress=False).values
+    monkeypatch.setattr(scores_module, "factored_is_cheaper", lambda *shape: factored)
+    scores_module._pairwise_batch.clear_cache()  # the path is chosen while tracing
+    try:
+        low = pairwise_scores(model, data, queries.images, queries.labels, factors,
+                              dataclasses.replace(config, query_rank=10_000), progress=False)  # fmt: skip
+    finally:
+        scores_module._pairwise_batch.clear_cache()
+    np.testing.assert_allclose(low.values, full, rtol=1e-9, atol=1e-12)
+    assert low.meta["query_rank"] == 10_000
+
+
+def test_rank_r_scores_are_those_of_the_best_rank_r_query_gradients(scored_setup):
+    model, data, queries, _ = scored_setup
+    layers = model_layers(model)
+    grads = query_gradients(model, layers, queries.images, queries.labels, margin_measurement)
+    truncated = {}
+    for name, w in grads.items():
+        u, s, vt = np.linalg.svd(np.asarray(w), full_matrices=False)
+        truncated[name] = jnp.asarray((u[..., :2] * s[:, None, :2]) @ vt[:, :2, :])
+    config = ScoreConfig(damping=1e-3, batch_size=4)
+    want = pairwise_scores(model, data, queries.images, queries.labels, None, config, query_grads=truncated,
+                           progress=False).values  # fmt: skip
+    got = pairwise_scores(model, data, queries.images, queries.labels, None, dataclasses.replace(config, query_rank=2),
+                          progress=False).values  # fmt: skip
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    full = pairwise_scores(model, data, queries.images, queries.labels, None, config, progress=False).values
+    assert not np.allclose(got, full, rtol=1e-3)  # rank 2 is an approximation here, not the full scores
+
+
+def test_factored_contraction_is_chosen_by_multiply_adds():
+    from jaxpoison.influence.scores import factored_is_cheaper
+
+    assert factored_is_cheaper(1, 3137, 128, 51, 8)  # the CNN's 3136→128 layer: (in+out)·Q·r ≪ in·Q·out
+    assert not factored_is_cheaper(1, 3137, 128, 51, 128)
+    assert not factored_is_cheaper(196, 288, 64, 51, 8)  # a convolution's positions multiply the factored cost
+
+
+def test_bfloat16_contractions_agree_with_float32_and_bad_settings_are_refused():
+    with jax.enable_x64(False):
+        model = create_model("cnn", (8, 8, 1), 4, seed=0, width=4, hidden=8)
+        model = to_functional(model)
+        data = tiny_data(n=40).replace(images=tiny_data(n=40).images.astype(np.float32))
+        queries = tiny_data(n=3, seed=7)
+        qi = queries.images.astype(np.float32)
+        f32 = pairwise_scores(model, data, qi, queries.labels, None, ScoreConfig(batch_size=8, dtype="float32"),
+                              progress=False).values  # fmt: skip
+        bf16 = pairwise_scores(model, data, qi, queries.labels, None, ScoreConfig(batch_size=8, dtype="bfloat16"),
+                               progress=False)  # fmt: skip
+    assert bf16.values.dtype == np.float32 and bf16.meta["dtype"] == "bfloat16"
+    assert not np.array_equal(bf16.values, f32)  # the contractions did run in bfloat16
+    for q in range(3):
+        assert spearmanr(bf16.values[q], f32[q])[0] > 0.99
+    with pytest.raises(ValueError, match="query_rank must be an integer ≥ 1"):
+        ScoreConfig(query_rank=0)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        ScoreConfig(dtype="float16")
+
+
+def test_bfloat16_factor_sums_agree_with_float32():
+    with jax.enable_x64(False):
+        model = to_functional(create_model("cnn", (8, 8, 1), 4, seed=0, width=4, hidden=8))
+        data = tiny_data(n=40).replace(images=tiny_data(n=40).images.astype(np.float32))
+        fits = {d: fit_factors(model, data, FactorConfig(fisher="empirical", batch_size=8, dtype=d), progress=False)
+                for d in ("float32", "bfloat16")}  # fmt: skip
+    for layer in fits["float32"].layers:
+        want, got = (np.asarray(fits[d].blocks[layer.name]["eigenvalues"]) for d in ("float32", "bfloat16"))
+        assert not np.array_equal(got, want)  # the sums did run in bfloat16
+        np.testing.assert_allclose(got, want, rtol=0.05, atol=0.02 * want.max(), err_msg=layer.name)
+    assert fits["bfloat16"].meta["compute_dtype"] == "bfloat16"
+    assert FactorConfig(dtype="bfloat16").sums_hash() != FactorConfig().sums_hash()  # never resumed across dtypes
+    with pytest.raises(ValueError, match="FactorConfig.dtype must be one of"):
+        FactorConfig(dtype="int8")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,12 +11,15 @@ import pytest
 
 from jaxpoison.influence import (
     TrakConfig,
+    find_layers,
     flatten_batch,
+    layer_gradient,
     margin_measurement,
     per_example_grads,
     trak_features,
     trak_scores,
 )
+from jaxpoison.influence.trak import kronecker_dims, kronecker_projections
 from jaxpoison.models import create_model, to_functional
 from tests.conftest import make_dataset
 
@@ -40,29 +45,33 @@ def _grads(model, data):
     return np.asarray(flatten_batch(grads))
 
 
-def test_square_projection_gives_the_exact_trak_formula():
+@pytest.mark.parametrize("projection", ["kronecker", "dense"])
+def test_square_projection_gives_the_exact_trak_formula(projection):
     model = _model()
     train = make_dataset(n=40, shape=(2, 2, 1), num_classes=3)
     queries = make_dataset(n=3, shape=(2, 2, 1), num_classes=3, seed=5)
-    d = 15  # 4·3 kernel + 3 bias: a square Gaussian projection is invertible, so TRAK is exact
-    scores = trak_scores(model, train, queries.images, queries.labels, TrakConfig(projection_dim=d, batch_size=8),
-                         progress=False)  # fmt: skip
+    # 4·3 kernel + 3 bias: a square Gaussian projection is invertible, so TRAK is exact (Kronecker:
+    # a 5×5 input and a 3×3 output-gradient projection, k = 15 = 5·3)
+    d = 15
+    config = TrakConfig(projection_dim=d, batch_size=8, projection=projection)
+    scores = trak_scores(model, train, queries.images, queries.labels, config, progress=False)
     g, gq = _grads(model, train), _grads(model, queries)
     x = (jnp.asarray(train.images) - train.mean) / train.std
     p = np.asarray(jax.nn.softmax(model.structure.apply(model.params, model.state, x)))[np.arange(40), train.labels]
     want = gq @ np.linalg.solve(g.T @ g, g.T) * (1 - p)[None]
     np.testing.assert_allclose(scores.values, want, rtol=1e-6, atol=1e-9)
     assert scores.meta["strategy"] == "trak" and scores.meta["checkpoints"] == 1
+    assert scores.meta["projection"] == projection
 
 
-def test_projection_preserves_inner_products():
+def test_dense_projection_preserves_inner_products():
     model = _model()
     data = make_dataset(n=6, shape=(2, 2, 1), num_classes=3)
-    phi, _ = trak_features(model, data, TrakConfig(projection_dim=4096, batch_size=3), progress=False)
+    config = TrakConfig(projection_dim=4096, batch_size=3, projection="dense")
+    phi, _ = trak_features(model, data, config, progress=False)
     g = _grads(model, data)
     np.testing.assert_allclose(phi @ phi.T, g @ g.T, atol=0.1 * np.abs(g @ g.T).max())
-    regenerated, _ = trak_features(model, data, TrakConfig(projection_dim=4096, batch_size=3, materialize_bytes=0),
-                                   progress=False)  # fmt: skip
+    regenerated, _ = trak_features(model, data, dataclasses.replace(config, materialize_bytes=0), progress=False)
     np.testing.assert_allclose(regenerated, phi, rtol=1e-10)  # the same projection, generated per batch
 
 
@@ -78,3 +87,28 @@ def test_ensemble_averages_checkpoints():
         trak_scores([], train, train.images[:1], train.labels[:1], config)
     with pytest.raises(ValueError, match="query images have shape"):
         trak_scores(models, train, np.zeros((1, 3, 3, 1)), np.zeros(1, int), config)
+
+
+def test_kronecker_features_are_the_layerwise_projected_per_example_gradients_summed():
+    model = to_functional(create_model("cnn", (8, 8, 1), 3, seed=0, width=2, hidden=5), mean=[0.5], std=[0.25])
+    cast = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t)
+    model = model.replace(params=cast(model.params), state=cast(model.state))
+    data = make_dataset(n=7, shape=(8, 8, 1), num_classes=3)
+    config = TrakConfig(projection_dim=12, batch_size=4, seed=3)
+    phi, one_minus_p = trak_features(model, data, config, progress=False)
+    layers, _ = find_layers(model)
+    projections = kronecker_projections(layers, 12, 3, jnp.float64)
+    x = (jnp.asarray(data.images) - data.mean) / data.std
+    log_odds = lambda logits, y: -margin_measurement(logits, y)
+    network = lambda p, x: model.structure.apply(p, model.state, x)
+    grads = per_example_grads(network, log_odds, model.params, x, jnp.asarray(data.labels))
+    want = 0.0
+    for layer in layers:
+        pa, pg = projections[layer.name]
+        g = layer_gradient(grads, layer)  # [N, in, out] from vmap(grad), bias row included
+        want = want + jnp.einsum("ia,nio,ob->nab", pa, g, pg).reshape(len(data), -1)
+    assert kronecker_dims(12) == (4, 3) and phi.shape == (7, 12)
+    np.testing.assert_allclose(phi, want, rtol=1e-9, atol=1e-12)
+    assert one_minus_p.shape == (7,) and np.all((one_minus_p > 0) & (one_minus_p < 1))
+    with pytest.raises(ValueError, match="projection must be one of"):
+        TrakConfig(projection="sparse")

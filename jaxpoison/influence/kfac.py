@@ -52,6 +52,7 @@ from jaxpoison.influence.capture import (
     per_example_layer_gradients,
 )
 from jaxpoison.influence.losses import cross_entropy
+from jaxpoison.influence.precision import check_dtype, einsum
 from jaxpoison.influence.stream import reduce_dataset
 from jaxpoison.models import FunctionalModel
 from jaxpoison.sharding import data_mesh, replicate
@@ -107,6 +108,9 @@ class FactorConfig:
       max_examples: use only the first ``max_examples`` training examples (``None``: all).
       seed: seeds the sampled labels.
       on_untracked: ``"warn"``, ``"error"`` or ``"ignore"`` for parameters no factor covers.
+      dtype: the dtype of the covariance and Lambda contractions, ``"float32"`` or ``"bfloat16"``
+        (products accumulate in float32); ``None``: the model's own. The eigendecomposition is
+        float64 either way.
     """
 
     strategy: str = "ekfac"
@@ -115,6 +119,7 @@ class FactorConfig:
     max_examples: int | None = None
     seed: int = 0
     on_untracked: str = "warn"
+    dtype: str | None = None
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -126,11 +131,14 @@ class FactorConfig:
                 raise InputError(f"FactorConfig.{name} must be an integer ≥ 1; got {value!r}.")
         if not is_integer(self.seed):
             raise InputError(f"FactorConfig.seed must be an integer; got {self.seed!r}.")
+        check_dtype(self.dtype, "FactorConfig.dtype")
 
     def sums_hash(self) -> str:
         """SHA-256 (16 hex chars) of the fields the fitted sums depend on (not ``on_untracked``)."""
         fields = dataclasses.asdict(self)
         fields.pop("on_untracked")
+        if fields["dtype"] is None:  # sums fitted before the field existed are the model-dtype ones
+            fields.pop("dtype")
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=int).encode()).hexdigest()[:16]
 
 
@@ -231,25 +239,25 @@ def _capture_batch(model, key, x, y, m, layers, fisher):
     return captured
 
 
-_STATIC = ("layers", "fisher")
+_STATIC = ("layers", "fisher", "dtype")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _covariance_step(acc, model, key, x, y, m, *, layers, fisher):
+def _covariance_step(acc, model, key, x, y, m, *, layers, fisher, dtype):
     """Add a batch's Σ a aᵀ / P (inputs averaged over positions) and Σ g gᵀ to the accumulators."""
     captured = _capture_batch(model, key, x, y, m, layers, fisher)
     out = {}
     for layer in layers:
         a, g = captured[layer.name]
         out[layer.name] = {
-            "a": acc[layer.name]["a"] + jnp.einsum("npi,npj->ij", a, a) / a.shape[1],
-            "s": acc[layer.name]["s"] + jnp.einsum("npo,npq->oq", g, g),
+            "a": acc[layer.name]["a"] + einsum("npi,npj->ij", a, a, dtype=dtype) / a.shape[1],
+            "s": acc[layer.name]["s"] + einsum("npo,npq->oq", g, g, dtype=dtype),
         }
     return out
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _lambda_step(acc, model, rotations, key, x, y, m, *, layers, fisher):
+def _lambda_step(acc, model, rotations, key, x, y, m, *, layers, fisher, dtype):
     """Add a batch's Σ_n (Q_Aᵀ G_n Q_S)² to the accumulators.
 
     For a Dense layer the rotated gradient is rank one, ``u vᵀ`` with ``u = Q_Aᵀ a`` and
@@ -261,9 +269,13 @@ def _lambda_step(acc, model, rotations, key, x, y, m, *, layers, fisher):
         a, g = captured[layer.name]
         qa, qs = rotations[layer.name]
         if a.shape[1] == 1:  # Dense: (u vᵀ)² = u² (v²)ᵀ, summed over the batch by one matrix product
-            update = jnp.einsum("ni,no->io", (a[:, 0] @ qa) ** 2, (g[:, 0] @ qs) ** 2)
-        else:
+            u, v = einsum("ni,ij->nj", a[:, 0], qa, dtype=dtype), einsum("no,op->np", g[:, 0], qs, dtype=dtype)
+            update = einsum("ni,no->io", u**2, v**2, dtype=dtype)
+        elif dtype is None:
             update = jnp.sum(rotated_gradients(a, g, qa, qs) ** 2, axis=0)
+        else:  # the per-example gradient, then its rotation, each accumulated in float32
+            rotated = einsum("ia,nio,ob->nab", qa, einsum("npi,npo->nio", a, g, dtype=dtype), qs, dtype=dtype)
+            update = jnp.sum(rotated**2, axis=0)
         out[layer.name] = acc[layer.name] + update
     return out
 
@@ -421,7 +433,7 @@ def fit_factors(
             resumed_from[stage] = done
         return (ckpt.checkpoint_manager(directory, max_to_keep=1), checkpoint_every)
 
-    static = {"layers": tuple(layers), "fisher": config.fisher}
+    static = {"layers": tuple(layers), "fisher": config.fisher, "dtype": config.dtype}
 
     # Stage 1: covariances. A averages inputs over examples and positions; S sums output
     # gradients over positions and averages over examples (KFC).
@@ -479,6 +491,7 @@ def fit_factors(
         "fisher": config.fisher,
         "examples": n,
         "seed": int(config.seed),
+        "compute_dtype": config.dtype or str(dtype),
         "params_hash": model_hash,
         "normalization": None if model.normalization is None else list(map(list, model.normalization)),
         "data_hash": dataset.content_hash,

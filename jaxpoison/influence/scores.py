@@ -56,6 +56,7 @@ from jaxpoison.influence.kfac import (
     rotated_gradients,
 )
 from jaxpoison.influence.losses import LogitLoss, cross_entropy, get_measurement
+from jaxpoison.influence.precision import check_dtype, einsum
 from jaxpoison.influence.stream import collect_dataset
 from jaxpoison.models import FunctionalModel
 from jaxpoison.sharding import data_mesh, replicate
@@ -86,18 +87,32 @@ class ScoreConfig:
         ``None`` = 0.1 × mean eigenvalue per layer. Ignored by the identity strategy.
       batch_size: training examples per batch of the scoring pass.
       on_untracked: ``"warn"``, ``"error"`` or ``"ignore"`` for parameters no layer covers.
+      query_rank: keep each layer's preconditioned query gradient ``[in, out]`` as its best
+        rank-``r`` approximation ``U Vᵀ`` (an SVD; ``None``: the full matrix). A training example's
+        score is then ``Σ_k Σ_p (a_pᵀ u_k)(g_pᵀ v_k)`` without its per-example gradient, wherever
+        that costs fewer multiply-adds than forming the gradient (a rank at or above
+        ``min(in, out)`` is exact).
+      dtype: the dtype of the scoring contractions: ``"float32"`` or ``"bfloat16"`` (layer inputs,
+        output gradients and queries are cast to it; products accumulate in float32). ``None``:
+        the model's own dtype, unchanged. The curvature's eigendecomposition is float64 either way.
     """
 
     measurement: str | Callable = "margin"
     damping: float | None = DEFAULT_DAMPING
     batch_size: int = 128
     on_untracked: str = "warn"
+    query_rank: int | None = None
+    dtype: str | None = None
 
     def __post_init__(self):
         get_measurement(self.measurement)
         check_damping(self.damping, "ScoreConfig.damping")
         if not (is_integer(self.batch_size) and self.batch_size >= 1):
             raise InputError(f"ScoreConfig.batch_size must be an integer ≥ 1; got {self.batch_size!r}.")
+        if self.query_rank is not None and not (is_integer(self.query_rank) and self.query_rank >= 1):
+            raise InputError(f"ScoreConfig.query_rank must be an integer ≥ 1 (or None for full rank); got "
+                             f"{self.query_rank!r}.")  # fmt: skip
+        check_dtype(self.dtype, "ScoreConfig.dtype")
 
     @property
     def measurement_name(self) -> str:
@@ -238,20 +253,70 @@ def _query_layout(layer: Layer, w: jax.Array) -> jax.Array:
     return jnp.swapaxes(w, 0, 1) if layer.kind == "dense" else w
 
 
-def _contract(layer: Layer, a: jax.Array, g: jax.Array, w: jax.Array) -> jax.Array:
+class LowRankQuery(NamedTuple):
+    """A layer's queries as rank-``r`` factors, ``W_q = left_q · right_qᵀ``.
+
+    Attributes:
+      left: ``[in, Q, r]``: left singular vectors scaled by their singular values.
+      right: ``[out, Q, r]``: right singular vectors.
+    """
+
+    left: jax.Array
+    right: jax.Array
+
+
+def low_rank_queries(grads: dict[str, Any], rank: int) -> dict[str, LowRankQuery]:
+    """The best rank-``rank`` factors of each query's ``[in, out]`` layer gradient (an SVD in float64).
+
+    A rank at or above ``min(in, out)`` keeps every singular value, so the factors are exact.
+    """
+    out = {}
+    for name, w in grads.items():
+        dtype = w.dtype
+        u, sv, vt = np.linalg.svd(np.asarray(w, np.float64), full_matrices=False)  # [Q, in, k], [Q, k], [Q, k, out]
+        r = min(rank, sv.shape[-1])
+        left = u[..., :r] * sv[:, None, :r]
+        right = np.swapaxes(vt[:, :r, :], 1, 2)
+        out[name] = LowRankQuery(jnp.asarray(np.swapaxes(left, 0, 1), dtype), jnp.asarray(np.swapaxes(right, 0, 1),
+                                                                                             dtype))  # fmt: skip
+    return out
+
+
+def factored_is_cheaper(positions: int, in_dim: int, out: int, queries: int, rank: int) -> bool:
+    """Whether scoring a layer from rank-``r`` query factors costs fewer multiply-adds per example
+    than forming the per-example gradient and contracting it with every full query.
+
+    Factored: ``P·(in + out)·Q·r``. Gradient first: ``P·in·out`` (none for a Dense layer
+    applied once, whose score is ``(aᵀW)·g``) plus ``Q·in·out``.
+    """
+    factored = positions * (in_dim + out) * queries * rank
+    gradient = (0 if positions == 1 else positions * in_dim * out) + queries * in_dim * out
+    return factored < gradient
+
+
+def _contract(layer: Layer, a: jax.Array, g: jax.Array, w: jax.Array | LowRankQuery, dtype: str | None) -> jax.Array:
     """Scores ``[Q, N]`` of laid-out preconditioned queries ``w`` against a batch's ``(a, g)``."""
+    if isinstance(w, LowRankQuery):
+        _, q, r = w.left.shape
+        if factored_is_cheaper(a.shape[1], a.shape[2], g.shape[2], q, r):
+            # Σ_p Σ_k (a_pᵀ u_qk)(g_pᵀ v_qk): the per-example gradient is never formed
+            au = einsum("npi,iqr->npqr", a, w.left, dtype=dtype)
+            gv = einsum("npo,oqr->npqr", g, w.right, dtype=dtype)
+            return jnp.einsum("npqr,npqr->qn", au, gv)
+        w = jnp.einsum("iqr,oqr->iqo", w.left, w.right)  # rebuilt per batch: Q·in·out·r, small beside the batch
+        w = w if layer.kind == "dense" else jnp.swapaxes(w, 0, 1)
     if layer.kind == "dense":
         if a.shape[1] == 1:  # (aᵀ W_q) · g without forming the per-example gradient
-            aw = (a[:, 0] @ w.reshape(w.shape[0], -1)).reshape(a.shape[0], w.shape[1], w.shape[2])
-            return jnp.einsum("nqo,no->qn", aw, g[:, 0])
-        return jnp.einsum("nio,iqo->qn", per_example_layer_gradients(a, g), w)
-    return jnp.einsum("nio,qio->qn", per_example_layer_gradients(a, g), w)
+            aw = einsum("ni,iqo->nqo", a[:, 0], w, dtype=dtype)
+            return einsum("nqo,no->qn", aw, g[:, 0], dtype=dtype)
+        return einsum("nio,iqo->qn", per_example_layer_gradients(a, g), w, dtype=dtype)
+    return einsum("nio,qio->qn", per_example_layer_gradients(a, g), w, dtype=dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("layers",))
-def _pairwise_batch(model, w, x, y, m, *, layers):
+@functools.partial(jax.jit, static_argnames=("layers", "dtype"))
+def _pairwise_batch(model, w, x, y, m, *, layers, dtype):
     _, captured = capture(model, list(layers), x, y, cross_entropy, mask=m)
-    return sum(_contract(layer, *captured[layer.name], w[layer.name]) for layer in layers)
+    return sum(_contract(layer, *captured[layer.name], w[layer.name], dtype) for layer in layers)
 
 
 @functools.partial(jax.jit, static_argnames=("layers",))
@@ -364,15 +429,19 @@ def pairwise_scores(
         query_grads = query_gradients(model, layers, images, labels, get_measurement(config.measurement))
     check_finite(query_grads, "the query gradients", NON_FINITE_HINT, InputError)
     preconditioned = query_grads if factors is None else precondition(factors, query_grads, config.damping)
-    preconditioned = replicate(mesh, {layer.name: _query_layout(layer, preconditioned[layer.name]) for layer in layers})
+    if config.query_rank is None:
+        laid_out = {layer.name: _query_layout(layer, preconditioned[layer.name]) for layer in layers}
+    else:
+        laid_out = low_rank_queries({layer.name: preconditioned[layer.name] for layer in layers}, config.query_rank)
+    laid_out = replicate(mesh, laid_out)
     replicated = replicate(mesh, model)
     values = collect_dataset(
-        lambda b, x, y, m: _pairwise_batch(replicated, preconditioned, x, y, m, layers=tuple(layers)),
+        lambda b, x, y, m: _pairwise_batch(replicated, laid_out, x, y, m, layers=tuple(layers), dtype=config.dtype),
         train, config.batch_size, mesh, desc=f"scoring {images.shape[0]} queries", progress=progress,
     )  # fmt: skip
     check_finite(values, "the influence scores", NON_FINITE_HINT, InputError)
     meta = _meta(model, train, factors, config, _strategy(factors), n_queries=int(images.shape[0]),
-                 query_labels=labels.tolist())  # fmt: skip
+                 query_labels=labels.tolist(), query_rank=config.query_rank, dtype=config.dtype)  # fmt: skip
     return Scores(values, meta)
 
 
