@@ -96,10 +96,46 @@ def _print_run(report: dict, out: Path) -> None:
     print(f"Report: {out / 'report.md'} and {out / 'report.json'}; plots in {out / 'plots'}")
 
 
-def _cmd_run(args) -> int:
-    from jaxpoison.experiments import apply_overrides, get_preset, run_pipeline
+def _memory_budget(args) -> tuple[int | None, str]:
+    """The budget a plan is checked against: ``--memory-budget`` GiB, else the device's, else (CPU) the host's."""
+    from jaxpoison.experiments.plan import host_memory_bytes
+    from jaxpoison.influence.plan import device_memory_bytes
+
+    if args.memory_budget is not None:
+        if not args.memory_budget > 0:
+            raise InputError(f"--memory-budget is in GiB and must be positive; got {args.memory_budget}.")
+        return int(args.memory_budget * 2**30), "--memory-budget"
+    device = device_memory_bytes()
+    return (device, "the device's memory") if device else (host_memory_bytes(), "this machine's memory")
+
+
+def _cmd_plan(args) -> int:
+    from jaxpoison.experiments import apply_overrides, get_preset
+    from jaxpoison.experiments.plan import check_plan_fits, format_plan, plan_run, training_set_size
 
     config = apply_overrides(get_preset(args.preset), args.set)
+    n_train = args.n_train if args.n_train is not None else training_set_size(config)
+    budget, source = _memory_budget(args)
+    plan = plan_run(config, n_train)
+    print(f"{args.preset}: {config.data.name}, {n_train if n_train is not None else 'unknown (pass --n-train)'} "
+          f"training images, budget {budget / 2**30:.1f} GiB ({source})\n")  # fmt: skip
+    print(format_plan(plan, budget))
+    try:
+        check_plan_fits(config, budget, plan)
+    except InputError as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from jaxpoison.experiments import apply_overrides, get_preset, run_pipeline
+    from jaxpoison.experiments.plan import check_plan_fits
+    from jaxpoison.influence.plan import device_memory_bytes
+
+    config = apply_overrides(get_preset(args.preset), args.set)
+    if args.memory_budget is not None or device_memory_bytes():  # on CPU only when asked: host memory swaps
+        check_plan_fits(config, _memory_budget(args)[0])
     out = Path(args.out)
     report = run_pipeline(config, out, force=args.force, progress=not args.no_progress)
     _print_run(report, out)
@@ -383,7 +419,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--force", action="store_true", help="reuse a directory that holds another run's artifacts")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--memory-budget", type=float, default=None, metavar="GIB",
+                   help="refuse the run before it starts if a stage's step needs more (default on GPU/TPU: the "
+                        "device's memory; on CPU: no check)")  # fmt: skip
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("plan", help="each stage's batch, FLOPs and memory per step, from XLA, before a run")
+    p.add_argument("preset", help="a preset name (see jaxpoison.experiments.PRESETS)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--n-train", type=int, default=None, help="training images (default: counted from the dataset)")
+    p.add_argument("--memory-budget", type=float, default=None, metavar="GIB",
+                   help="default: the device's memory (GPU/TPU) or this machine's (CPU)")  # fmt: skip
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("detect", help="run detectors on a run directory; writes DIR/detection.json and plots")
     p.add_argument("--method", required=True, help="a detector, a comma-separated list, or 'all'")

@@ -42,9 +42,11 @@ from jaxpoison.influence.losses import (
     get_measurement,
     margin_measurement,
 )
+from jaxpoison.influence.plan import StageCost, influence_stage_costs, largest_batch_within
 from jaxpoison.influence.scores import (
     DEFAULT_DAMPING,
     SIGN_CONVENTION,
+    LowRankQuery,
     ScoreConfig,
     Scores,
     gradients_from_pytree,
@@ -77,8 +79,10 @@ __all__ = [
     "Layer",
     "LissaConfig",
     "LissaInfo",
+    "LowRankQuery",
     "ScoreConfig",
     "Scores",
+    "StageCost",
     "TrakConfig",
     "UntrackedParametersError",
     "batch_loss",
@@ -100,6 +104,8 @@ __all__ = [
     "gnvp",
     "gradients_from_pytree",
     "hvp",
+    "influence_stage_costs",
+    "largest_batch_within",
     "layer_gradient",
     "lissa",
     "lissa_inverse_hvp",
