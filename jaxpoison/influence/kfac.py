@@ -55,7 +55,7 @@ from jaxpoison.influence.losses import cross_entropy
 from jaxpoison.influence.precision import check_dtype, einsum
 from jaxpoison.influence.stream import reduce_dataset
 from jaxpoison.models import FunctionalModel
-from jaxpoison.sharding import data_mesh, replicate
+from jaxpoison.sharding import data_mesh, replicate, to_host
 
 STRATEGIES = ("kfac", "ekfac")
 FISHER_TYPES = ("true", "empirical")
@@ -449,7 +449,7 @@ def fit_factors(
         init, dataset, config.batch_size, mesh, desc="covariance", progress=progress, limit=n,
         checkpoint=manager("covariance", init),
     )  # fmt: skip
-    cov = jax.tree.map(lambda c: np.asarray(c, np.float64) / n, jax.device_get(cov))
+    cov = jax.tree.map(lambda c: np.asarray(c, np.float64) / n, to_host(cov))
 
     # Stage 2: eigendecompositions in float64 on the host.
     blocks: dict[str, dict[str, Any]] = {}
@@ -481,7 +481,7 @@ def fit_factors(
             init, dataset, config.batch_size, mesh, desc="lambda", progress=progress, limit=n,
             checkpoint=manager("lambda", init, rotations_sha256=rotation_hash),
         )  # fmt: skip
-        for name, value in jax.device_get(lam).items():
+        for name, value in to_host(lam).items():
             blocks[name]["eigenvalues"] = np.asarray(value, np.float64) / n
 
     blocks = {name: {k: jnp.asarray(v, dtype) for k, v in b.items()} for name, b in blocks.items()}

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
-from jaxpoison.sharding import replicate, shard_batch
+from jaxpoison.sharding import local_rows, replicate, shard_local_batch, to_host
 from jaxpoison.training.evaluate import iterate_padded
 
 
@@ -36,8 +36,10 @@ def batches(
     if batch_size % mesh.devices.size:
         raise InputError(f"batch_size {batch_size} is not divisible by the {mesh.devices.size} devices of the mesh.")
     n = len(dataset) if limit is None else min(limit, len(dataset))
+    rows = local_rows(mesh, batch_size)  # with several processes, each reads only its own rows
     for b, (idx, mask) in enumerate(iterate_padded(n, batch_size, start), start):
-        x, y, m = shard_batch(mesh, dataset.images[idx], dataset.labels[idx], mask)
+        idx, mask = idx[rows], mask[rows]
+        x, y, m = shard_local_batch(mesh, batch_size, dataset.images[idx], dataset.labels[idx], mask)
         yield b, x, y, m
 
 
@@ -103,5 +105,5 @@ def collect_dataset(
     for b, x, y, m in tqdm(batches(dataset, batch_size, mesh), total=num_batches(n, batch_size), desc=desc,
                            disable=not progress, leave=False, mininterval=1.0):  # fmt: skip
         parts.append(step(b, x, y, m))
-    out = np.concatenate([np.asarray(p) for p in jax.device_get(parts)], axis=axis)
+    out = np.concatenate([np.asarray(p) for p in to_host(parts)], axis=axis)
     return np.take(out, np.arange(n), axis=axis)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from jaxpoison.data import Dataset, augment_batch, require_images
 from jaxpoison.errors import InputError
 from jaxpoison.models import FunctionalModel
-from jaxpoison.sharding import data_mesh, replicate, shard_batch
+from jaxpoison.sharding import data_mesh, replicate, shard_batch, to_host
 from jaxpoison.training import checkpoint as ckpt
 from jaxpoison.training.evaluate import NonFiniteOutputError, evaluate
 from jaxpoison.training.recipes import TrainRecipe
@@ -264,13 +264,13 @@ def train(
                 bar.set_postfix(loss=f"{float(loss):.4f}")
         # The epoch's losses come to the host here anyway, so checking them costs no extra sync per step;
         # it runs before the evaluation and the checkpoint, which would record a diverged epoch.
-        epoch_losses = np.asarray(jax.device_get(losses), np.float32)
+        epoch_losses = np.asarray(to_host(losses), np.float32)
         _check_finite(epoch_losses, model, epoch, recipe)
         step_losses.extend(losses)
         record = {
             "epoch": epoch + 1,
             "train_loss": float(epoch_losses.mean()),
-            "train_accuracy": float(np.sum(jax.device_get(corrects)) / (steps_per_epoch * recipe.batch_size)),
+            "train_accuracy": float(np.sum(to_host(corrects)) / (steps_per_epoch * recipe.batch_size)),
         }
         if eval_dataset is not None:
             record["eval_accuracy"] = evaluate(model, eval_dataset).accuracy
@@ -288,5 +288,5 @@ def train(
         if on_epoch_state is not None:
             on_epoch_state(epoch, model)
     seconds = time.perf_counter() - t_start
-    losses_host = np.asarray(jax.device_get(step_losses)).reshape(-1) if step_losses else np.zeros(0, np.float32)
+    losses_host = np.asarray(to_host(step_losses)).reshape(-1) if step_losses else np.zeros(0, np.float32)
     return TrainResult(model, history, losses_host, seconds)
