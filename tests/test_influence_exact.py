@@ -650,5 +650,5 @@ def test_bfloat16_factor_sums_agree_with_float32():
         np.testing.assert_allclose(got, want, rtol=0.05, atol=0.02 * want.max(), err_msg=layer.name)
     assert fits["bfloat16"].meta["compute_dtype"] == "bfloat16"
     assert FactorConfig(dtype="bfloat16").sums_hash() != FactorConfig().sums_hash()  # never resumed across dtypes
-    with pytest.raises(ValueError, match="FactorConfig.dtype must be one of"):
+    with pytest.raises(ValueError, match=r"FactorConfig\.dtype must be one of"):
         FactorConfig(dtype="int8")
