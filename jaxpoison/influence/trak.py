@@ -207,11 +207,11 @@ def trak_scores(
     if not all(isinstance(m, FunctionalModel) for m in models):
         raise InputError("trak_scores takes a FunctionalModel or a sequence of them (jaxpoison.models.to_functional).")
     images, labels = _check_queries(query_images, query_labels, train)
-    queries = Dataset(images, labels, train.class_names, train.mean, train.std, train.provenance)
+    queries = Dataset(images, labels, train.class_names, train.mean, train.std, train.provenance, kind=train.kind)
     kernel_part, weights = 0.0, 0.0
     for model in models:
         phi, one_minus_p = trak_features(model, train, config, mesh=mesh, progress=progress)
-        phi_q, _ = trak_features(model, queries, config, mesh=data_mesh(1), progress=False)
+        phi_q, _ = trak_features(model, queries, config, mesh=mesh, progress=False)  # padded to one batch
         phi, phi_q = phi.astype(np.float64), phi_q.astype(np.float64)
         kernel = phi.T @ phi + config.damping * np.eye(phi.shape[1])
         kernel_part = kernel_part + phi_q @ np.linalg.lstsq(kernel, phi.T, rcond=None)[0]
