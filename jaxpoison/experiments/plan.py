@@ -10,7 +10,6 @@ budget, naming the stage, the batch-size key and the largest batch that fits.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from typing import NamedTuple
@@ -21,7 +20,7 @@ import numpy as np
 
 from jaxpoison.data import get_spec
 from jaxpoison.errors import InputError
-from jaxpoison.experiments.config import ConfigError, RunConfig
+from jaxpoison.experiments.config import ConfigError, RunConfig, apply_overrides
 from jaxpoison.experiments.registry import NEEDS_FACTORS
 from jaxpoison.influence.plan import StageCost, compiled_cost, influence_stage_costs, largest_batch_within
 from jaxpoison.models import create_model, to_functional
@@ -116,15 +115,7 @@ def _largest_fitting(config: RunConfig, stage: StagePlan, budget_bytes: int) -> 
     """The largest batch of ``stage`` within the budget, or ``None`` if none fits."""
 
     def cost_at(batch: int) -> StageCost:
-        if stage.batch_key == "victim.recipe.batch_size":
-            changed = dataclasses.replace(config, victim=dataclasses.replace(
-                config.victim, recipe=config.victim.recipe.replace(batch_size=batch)))  # fmt: skip
-        elif stage.batch_key == "detection.factors.batch_size":
-            changed = dataclasses.replace(config, detection=dataclasses.replace(
-                config.detection, factors=dataclasses.replace(config.detection.factors, batch_size=batch)))  # fmt: skip
-        else:
-            changed = dataclasses.replace(config, detection=dataclasses.replace(
-                config.detection, scores=dataclasses.replace(config.detection.scores, batch_size=batch)))  # fmt: skip
+        changed = apply_overrides(config, [f"{stage.batch_key}={batch}"])
         return next(s.cost for s in plan_run(changed) if s.cost.stage == stage.cost.stage)
 
     try:
