@@ -116,6 +116,8 @@ def _cmd_plan(args) -> int:
     config = apply_overrides(get_preset(args.preset), args.set)
     n_train = args.n_train if args.n_train is not None else training_set_size(config)
     budget, source = _memory_budget(args)
+    if args.fit_batches:
+        config = _fit_batches(config, (budget, source))
     plan = plan_run(config, n_train)
     print(f"{args.preset}: {config.data.name}, {n_train if n_train is not None else 'unknown (pass --n-train)'} "
           f"training images, budget {budget / 2**30:.1f} GiB ({source})\n")  # fmt: skip
@@ -128,13 +130,25 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+def _fit_batches(config, budget: tuple[int, str]):
+    """``config`` with the batch sizes that would not fit the budget lowered, saying which."""
+    from jaxpoison.experiments.plan import fit_batches
+
+    config, overrides = fit_batches(config, budget[0])
+    where = f"{budget[0] / 2**30:.1f} GiB ({budget[1]})"
+    print(f"fitted to {where}: " + (" ".join(f"--set {o}" for o in overrides) if overrides else "every batch fits"))
+    return config
+
+
 def _cmd_run(args) -> int:
     from jaxpoison.experiments import apply_overrides, get_preset, run_pipeline
     from jaxpoison.experiments.plan import check_plan_fits
     from jaxpoison.influence.plan import device_memory_bytes
 
     config = apply_overrides(get_preset(args.preset), args.set)
-    if args.memory_budget is not None or device_memory_bytes():  # on CPU only when asked: host memory swaps
+    if args.fit_batches:
+        config = _fit_batches(config, _memory_budget(args))
+    elif args.memory_budget is not None or device_memory_bytes():  # on CPU only when asked: host memory swaps
         check_plan_fits(config, _memory_budget(args)[0])
     out = Path(args.out)
     report = run_pipeline(config, out, force=args.force, progress=not args.no_progress)
@@ -422,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-budget", type=float, default=None, metavar="GIB",
                    help="refuse the run before it starts if a stage's step needs more (default on GPU/TPU: the "
                         "device's memory; on CPU: no check)")  # fmt: skip
+    p.add_argument("--fit-batches", action="store_true",
+                   help="lower every batch size whose step would not fit the memory budget to the largest that "
+                        "does (default: refuse the run)")  # fmt: skip
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("plan", help="each stage's batch, FLOPs and memory per step, from XLA, before a run")
@@ -430,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=None, help="training images (default: counted from the dataset)")
     p.add_argument("--memory-budget", type=float, default=None, metavar="GIB",
                    help="default: the device's memory (GPU/TPU) or this machine's (CPU)")  # fmt: skip
+    p.add_argument("--fit-batches", action="store_true",
+                   help="plan with every batch size that would not fit lowered to the largest that does")
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("detect", help="run detectors on a run directory; writes DIR/detection.json and plots")

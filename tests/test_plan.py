@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from jaxpoison.cli import main
+from jaxpoison.errors import InputError
 from jaxpoison.experiments import ConfigError, apply_overrides, get_preset
-from jaxpoison.experiments.plan import check_plan_fits, plan_run
+from jaxpoison.experiments.plan import check_plan_fits, fit_batches, plan_run
 from jaxpoison.influence import ScoreConfig
 from jaxpoison.influence.plan import influence_stage_costs, largest_batch_within
 from jaxpoison.models import create_model, to_functional
@@ -68,3 +69,29 @@ def test_a_run_that_would_not_fit_is_refused_before_it_starts_naming_a_batch_tha
     assert main(["plan", TINY, "--memory-budget", "0.0001"]) == 1
     printed = capsys.readouterr()
     assert "| victim training | 32 |" in printed.out and "**no**" in printed.out and "above the" in printed.err
+
+
+def test_a_stage_subset_compiles_only_those_steps_with_the_same_figures():
+    config = get_preset(TINY)
+    full = {s.cost.stage: s.cost for s in plan_run(config)}
+    only = plan_run(config, stages=("scores",))
+    assert [s.cost.stage for s in only] == ["scores (51 queries)"]
+    assert only[0].cost == full["scores (51 queries)"]
+    with pytest.raises(InputError, match="unknown stage"):
+        plan_run(config, stages=("sores",))
+
+
+def test_fitting_batches_lowers_only_what_does_not_fit_and_the_result_passes_the_check(capsys):
+    config = apply_overrides(get_preset(TINY), ["victim.recipe.batch_size=8", "detection.factors.batch_size=8"])
+    budget = int(plan_run(config)[3].cost.peak_bytes * 0.8)  # the scoring step alone is too large
+    fitted, overrides = fit_batches(config, budget)
+    assert [o.split("=")[0] for o in overrides] == ["detection.scores.batch_size"]
+    assert fitted.detection.scores.batch_size < config.detection.scores.batch_size
+    assert fitted.victim == config.victim and fitted.detection.factors == config.detection.factors
+    check_plan_fits(fitted, budget)  # no refusal
+    assert fit_batches(fitted, budget) == (fitted, [])  # already fits: unchanged
+    with pytest.raises(ConfigError, match="does not fit"):
+        fit_batches(config, 1024)
+    assert main(["plan", TINY, "--memory-budget", str(budget / 2**30), "--fit-batches",
+                 "--set", "victim.recipe.batch_size=8", "--set", "detection.factors.batch_size=8"]) == 0  # fmt: skip
+    assert "--set detection.scores.batch_size=" in capsys.readouterr().out

@@ -5,7 +5,8 @@ stream — the victim's training step, the factor passes, the Δ-Influence and E
 passes — for the model and dataset shapes of the run, and reads XLA's figures: FLOPs and
 memory per step, and, with the training-set size, steps and FLOPs per pass. ``jaxpoison plan
 PRESET`` prints it; :func:`check_plan_fits` refuses a run whose step would not fit a memory
-budget, naming the stage, the batch-size key and the largest batch that fits.
+budget, naming the stage, the batch-size key and the largest batch that fits, and
+:func:`fit_batches` lowers each such batch size to that largest one instead.
 """
 
 from __future__ import annotations
@@ -53,8 +54,25 @@ def _train_cost(config: RunConfig, model, image_shape, batch_size: int) -> Stage
                          y, recipe=recipe, steps_per_epoch=1)  # fmt: skip
 
 
-def plan_run(config: RunConfig, n_train: int | None = None) -> list[StagePlan]:
-    """The streamed stages of ``config`` with XLA's per-step figures (``n_train``: the training-set size)."""
+# The config key that sets each planned stage's batch size.
+BATCH_KEYS = {
+    "victim": "victim.recipe.batch_size",
+    "covariance": "detection.factors.batch_size",
+    "lambda": "detection.factors.batch_size",
+    "scores": "detection.scores.batch_size",
+}
+
+
+def plan_run(config: RunConfig, n_train: int | None = None, stages: tuple[str, ...] | None = None) -> list[StagePlan]:
+    """The streamed stages of ``config`` with XLA's per-step figures (``n_train``: the training-set size).
+
+    ``stages`` (keys of :data:`BATCH_KEYS`) limits which steps are compiled; ``None``: all the
+    run streams.
+    """
+    unknown = set(stages or ()) - set(BATCH_KEYS)
+    if unknown:
+        raise InputError(f"unknown stage(s) {sorted(unknown)} to plan; choose from {', '.join(BATCH_KEYS)}.")
+    wanted = lambda name: stages is None or name in stages
     spec = get_spec(config.data.name)
     shape, classes = tuple(spec.image_shape), len(spec.class_names)
     model = _model(config, shape, classes)
@@ -63,17 +81,24 @@ def plan_run(config: RunConfig, n_train: int | None = None) -> list[StagePlan]:
     def steps(batch: int, passes: int = 1) -> int | None:
         return None if n_train is None else passes * math.ceil(n_train / batch)
 
-    plan = [StagePlan(_train_cost(config, model, shape, recipe.batch_size), "victim.recipe.batch_size",
-                      steps(recipe.batch_size, recipe.epochs))]  # fmt: skip
-    if any(m in NEEDS_FACTORS for m in detection.methods):
+    plan = []
+    if wanted("victim"):
+        plan.append(StagePlan(_train_cost(config, model, shape, recipe.batch_size), BATCH_KEYS["victim"],
+                              steps(recipe.batch_size, recipe.epochs)))  # fmt: skip
+    influence = tuple(name for name in ("covariance", "lambda", "scores") if wanted(name))
+    if influence and any(m in NEEDS_FACTORS for m in detection.methods):
         queries = detection.test_points * (1 + detection.delta.n_b)
         costs = influence_stage_costs(model, shape, np.float32, factor_config=detection.factors,
-                                      score_config=detection.scores, queries=queries)  # fmt: skip
-        fb, sb = detection.factors.batch_size, detection.scores.batch_size
-        plan += [StagePlan(costs["covariance"], "detection.factors.batch_size", steps(fb)),
-                 StagePlan(costs["lambda"], "detection.factors.batch_size", steps(fb)),
-                 StagePlan(costs["scores"], "detection.scores.batch_size", steps(sb))]  # fmt: skip
+                                      score_config=detection.scores, queries=queries, stages=influence)  # fmt: skip
+        batch = {"covariance": detection.factors.batch_size, "lambda": detection.factors.batch_size,
+                 "scores": detection.scores.batch_size}  # fmt: skip
+        plan += [StagePlan(costs[name], BATCH_KEYS[name], steps(batch[name])) for name in influence]
     return plan
+
+
+def _stage_name(stage: StagePlan) -> str:
+    """The :data:`BATCH_KEYS` name of a planned stage."""
+    return next(name for name in BATCH_KEYS if stage.cost.stage.startswith(name))
 
 
 def host_memory_bytes() -> int:
@@ -114,14 +139,41 @@ def check_plan_fits(config: RunConfig, budget_bytes: int, plan: list[StagePlan] 
 def _largest_fitting(config: RunConfig, stage: StagePlan, budget_bytes: int) -> int | None:
     """The largest batch of ``stage`` within the budget, or ``None`` if none fits."""
 
-    def cost_at(batch: int) -> StageCost:
+    def cost_at(batch: int) -> StageCost:  # compiles only this stage's step
         changed = apply_overrides(config, [f"{stage.batch_key}={batch}"])
-        return next(s.cost for s in plan_run(changed) if s.cost.stage == stage.cost.stage)
+        return plan_run(changed, stages=(_stage_name(stage),))[0].cost
 
     try:
         return largest_batch_within(cost_at, budget_bytes, multiple=8, limit=stage.cost.batch_size)
     except InputError:  # not even the smallest batch fits
         return None
+
+
+def fit_batches(config: RunConfig, budget_bytes: int,
+                plan: list[StagePlan] | None = None) -> tuple[RunConfig, list[str]]:  # fmt: skip
+    """``config`` with every batch size too large for ``budget_bytes`` lowered to the largest that fits.
+
+    Stages that share a key (the two factor passes) get the smaller of their choices. Sizes
+    that already fit are kept: a smaller batch never speeds a pass up.
+
+    Returns:
+      The fitted config and the overrides applied (``"key=value"``), empty when all fit.
+
+    Raises:
+      ConfigError: a stage does not fit at any batch size.
+    """
+    plan = plan_run(config) if plan is None else plan
+    chosen: dict[str, int] = {}
+    for stage in plan:
+        if stage.cost.peak_bytes <= budget_bytes:
+            continue
+        fits = _largest_fitting(config, stage, budget_bytes)
+        if fits is None:
+            raise ConfigError(f"the {stage.cost.stage} step does not fit the {budget_bytes / 2**20:,.0f} MiB budget "
+                              "at any batch size; lower the queries or the model size.")  # fmt: skip
+        chosen[stage.batch_key] = min(fits, chosen.get(stage.batch_key, fits))
+    overrides = [f"{key}={value}" for key, value in chosen.items()]
+    return (apply_overrides(config, overrides) if overrides else config), overrides
 
 
 def format_plan(plan: list[StagePlan], budget_bytes: int | None = None) -> str:

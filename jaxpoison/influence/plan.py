@@ -24,6 +24,8 @@ from jaxpoison.influence.kfac import FactorConfig
 from jaxpoison.influence.scores import LowRankQuery, ScoreConfig
 from jaxpoison.models import FunctionalModel
 
+INFLUENCE_STAGES = ("covariance", "lambda", "scores")
+
 
 class StageCost(NamedTuple):
     """XLA's figures for one compiled step of a streamed stage, at one batch size.
@@ -94,12 +96,17 @@ def influence_stage_costs(
     queries: int = 51,
     factor_batch_size: int | None = None,
     score_batch_size: int | None = None,
+    stages: tuple[str, ...] = INFLUENCE_STAGES,
 ) -> dict[str, StageCost]:
     """The per-step costs of the covariance, Lambda and scoring passes (``queries`` queries).
 
     Batch sizes default to the configs'. Nothing is run: each step is compiled for abstract
-    inputs of the model's real parameter shapes.
+    inputs of the model's real parameter shapes. ``stages`` names the passes to compile (a
+    subset of :data:`INFLUENCE_STAGES`), so a batch-size search compiles only its own.
     """
+    unknown = set(stages) - set(INFLUENCE_STAGES)
+    if unknown:
+        raise InputError(f"unknown influence stage(s) {sorted(unknown)}; choose from {', '.join(INFLUENCE_STAGES)}.")
     layers, _ = find_layers(model)
     if not layers:
         raise InputError("the model has no tracked Dense/Conv layer; there is no influence pass to plan.")
@@ -113,15 +120,16 @@ def influence_stage_costs(
     rotations = {layer.name: (square(layer.in_dim), square(layer.out_features)) for layer in layers}
     lam = {layer.name: jax.ShapeDtypeStruct((layer.in_dim, layer.out_features), dtype) for layer in layers}
     laid_out = _laid_out_queries(layers, queries, score_config.query_rank, dtype)
-    return {
-        "covariance": compiled_cost("covariance", fb, kfac._covariance_step, covariance, model, key,
-                                    *_batch(fb, example_shape, example_dtype), **static),
-        "lambda": compiled_cost("lambda", fb, kfac._lambda_step, lam, model, rotations, key,
-                                *_batch(fb, example_shape, example_dtype), **static),
-        "scores": compiled_cost(f"scores ({queries} queries)", sb, scores._pairwise_batch, model, laid_out,
-                                *_batch(sb, example_shape, example_dtype), layers=tuple(layers),
-                                dtype=score_config.dtype),
+    compile_stage = {
+        "covariance": lambda: compiled_cost("covariance", fb, kfac._covariance_step, covariance, model, key,
+                                            *_batch(fb, example_shape, example_dtype), **static),
+        "lambda": lambda: compiled_cost("lambda", fb, kfac._lambda_step, lam, model, rotations, key,
+                                        *_batch(fb, example_shape, example_dtype), **static),
+        "scores": lambda: compiled_cost(f"scores ({queries} queries)", sb, scores._pairwise_batch, model, laid_out,
+                                        *_batch(sb, example_shape, example_dtype), layers=tuple(layers),
+                                        dtype=score_config.dtype),
     }  # fmt: skip
+    return {name: compile_stage[name]() for name in INFLUENCE_STAGES if name in stages}
 
 
 def largest_batch_within(cost_at: Callable[[int], StageCost], budget_bytes: int, *, multiple: int = 1,
