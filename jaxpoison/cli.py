@@ -141,11 +141,16 @@ def _fit_batches(config, budget: tuple[int, str]):
 
 
 def _cmd_run(args) -> int:
-    from jaxpoison.experiments import apply_overrides, get_preset, run_pipeline
+    from jaxpoison.experiments import apply_overrides, run_pipeline
     from jaxpoison.experiments.plan import check_plan_fits
     from jaxpoison.influence.plan import device_memory_bytes
 
-    config = apply_overrides(get_preset(args.preset), args.set)
+    config = apply_overrides(_preset_or_config(args.preset), args.set)
+    if args.dump_config is not None:
+        return _dump_config(config, args.dump_config)
+    if args.out is None:
+        raise InputError("jaxpoison run needs --out DIR (the run directory), or --dump-config [FILE] to write the "
+                         "configuration instead of running it.")  # fmt: skip
     if args.fit_batches:
         config = _fit_batches(config, _memory_budget(args))
     elif args.memory_budget is not None or device_memory_bytes():  # on CPU only when asked: host memory swaps
@@ -153,6 +158,37 @@ def _cmd_run(args) -> int:
     out = Path(args.out)
     report = run_pipeline(config, out, force=args.force, progress=not args.no_progress)
     _print_run(report, out)
+    return 0
+
+
+def _preset_or_config(name: str):
+    """The run configuration ``jaxpoison run`` was given: a preset name, or a JSON file (a config or a run.json)."""
+    from jaxpoison.experiments import PRESETS, get_preset, load_config
+
+    if name in PRESETS:
+        return get_preset(name)
+    path = Path(name)
+    if path.exists() or path.suffix == ".json":
+        return load_config(path)
+    raise InputError(f"unknown preset {name!r}, and no config file of that name; give a preset "
+                     f"({', '.join(PRESETS)}), a run's run.json, or a file written by "
+                     "`jaxpoison run PRESET --dump-config FILE`.")  # fmt: skip
+
+
+def _dump_config(config, where: str) -> int:
+    """Write ``config`` as JSON to the file ``where`` (``-``: standard output); the run does not start."""
+    from jaxpoison.experiments import to_dict
+
+    text = json.dumps(to_dict(config), indent=2) + "\n"
+    if where == "-":
+        sys.stdout.write(text)
+        return 0
+    path = Path(where)
+    if path.is_dir():
+        raise InputError(f"--dump-config {path} is a directory; give a file name such as {path / 'config.json'}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+    print(f"config written to {path}; run it with `jaxpoison run {path} --out DIR`")
     return 0
 
 
@@ -427,10 +463,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_select)
 
     p = sub.add_parser("run", help="poison -> train -> detect -> unlearn -> report, resumable (DIR/report.md)")
-    p.add_argument("preset", help="a preset name (see jaxpoison.experiments.PRESETS)")
+    p.add_argument("preset", metavar="PRESET|CONFIG",
+                   help="a preset name (see jaxpoison.experiments.PRESETS), a run's run.json, or a JSON config "
+                        "file (see --dump-config)")  # fmt: skip
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. --set attack.rate=0.02 --set detection.delta.n_tol=2")  # fmt: skip
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--out", default=None, help="run directory (required unless --dump-config)")
+    p.add_argument("--dump-config", nargs="?", const="-", default=None, metavar="FILE",
+                   help="write the configuration (overrides applied) as JSON to FILE (default: standard output) "
+                        "and exit without running")  # fmt: skip
     p.add_argument("--force", action="store_true", help="reuse a directory that holds another run's artifacts")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--memory-budget", type=float, default=None, metavar="GIB",

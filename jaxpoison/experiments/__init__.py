@@ -11,6 +11,7 @@ from jaxpoison.experiments.config import (
     VictimConfig,
     apply_overrides,
     from_dict,
+    load_config,
     to_dict,
 )
 from jaxpoison.experiments.pipeline import Prepared, detect_stage, prepare, run_pipeline, unlearn_stage
@@ -36,6 +37,7 @@ __all__ = [
     "detect_stage",
     "from_dict",
     "get_preset",
+    "load_config",
     "prepare",
     "run_pipeline",
     "run_train_job",

@@ -17,8 +17,10 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from jaxpoison.attacks import BrewConfig
@@ -435,6 +437,46 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             raise ConfigError(f"{key} is a section; set its fields as {key}.FIELD=VALUE.")
         node[parts[-1]] = value
     return from_dict(RunConfig, tree)
+
+
+_RUN_FILE_KEYS = {"config", "config_hash"}  # what RunStore writes to DIR/run.json
+
+
+def load_config(path: str | os.PathLike) -> RunConfig:
+    """The :class:`RunConfig` in a JSON file: a run's ``run.json`` (or its directory), or a config file.
+
+    A config file holds the tree :func:`to_dict` writes (``jaxpoison run PRESET --dump-config FILE``);
+    sections and fields it leaves out take their defaults. ``run.json`` wraps that tree as
+    ``{"config": ..., "config_hash": ...}``. Anything else is refused with a message that says
+    what the file should hold.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "run.json").is_file():
+            raise ConfigError(f"{path} is a directory without run.json; give a run directory, its run.json or a "
+                              "config file.")  # fmt: skip
+        path = path / "run.json"
+    if not path.is_file():
+        raise ConfigError(f"no config file {path}.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a jaxpoison config: not a text file.") from None
+    try:
+        values = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"{path} is not a jaxpoison config: not valid JSON ({e}).") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} is not a jaxpoison config: it holds a JSON {type(values).__name__}, "
+                          "not an object of config sections.")  # fmt: skip
+    if isinstance(values.get("config"), dict) and set(values) <= _RUN_FILE_KEYS:
+        values = values["config"]
+    if not values:
+        raise ConfigError(f"{path} is not a jaxpoison config: it sets nothing.")
+    try:
+        return from_dict(RunConfig, values)
+    except ConfigError as e:
+        raise ConfigError(f"{path} is not a valid jaxpoison config: {e}") from None
 
 
 def config_hash(obj: Any) -> str:

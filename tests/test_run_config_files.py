@@ -1,0 +1,99 @@
+"""`jaxpoison run CONFIG.json` and `jaxpoison run PRESET --dump-config`: configs as files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jaxpoison.cli import main
+from jaxpoison.experiments import ConfigError, apply_overrides, get_preset, load_config, run_pipeline, to_dict
+
+TINY = "digits-badnet-tiny"
+
+# Keys whose values are measurements of this invocation, not results of the run.
+# ("phases": Δ-Influence's seconds per phase)
+_TIMING_KEYS = {"environment", "wall_seconds", "seconds", "stage_seconds", "this_run", "timings", "phases", "plots"}
+
+
+def _results(report: dict):
+    """The report without timings and the machine's description (JSON round-tripped)."""
+
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in _TIMING_KEYS and "seconds" not in k}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return strip(json.loads(json.dumps(report, default=float)))
+
+
+def test_dump_config_round_trips_with_overrides(tmp_path, capsys):
+    path = tmp_path / "configs" / "tiny.json"
+    assert main(["run", TINY, "--set", "seed=3", "--set", "detection.delta.n_tol=2", "--dump-config", str(path)]) == 0
+    assert "config written to" in capsys.readouterr().out
+    expected = apply_overrides(get_preset(TINY), ["seed=3", "detection.delta.n_tol=2"])
+    assert json.loads(path.read_text()) == to_dict(expected)
+    assert load_config(path) == expected
+    # the file is a config like any other: it takes further overrides and dumps again (to standard output)
+    assert main(["run", str(path), "--set", "seed=4", "--dump-config"]) == 0
+    assert json.loads(capsys.readouterr().out) == to_dict(apply_overrides(expected, ["seed=4"]))
+
+
+def test_a_partial_config_file_takes_the_defaults(tmp_path):
+    path = tmp_path / "partial.json"
+    path.write_text(json.dumps({"data": {"name": "digits"}, "seed": 7}))
+    config = load_config(path)
+    assert config.seed == 7 and config.data.name == "digits"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[1, 2]", "not a jaxpoison config: it holds a JSON list"),
+        ("{oops", "not a jaxpoison config: not valid JSON"),
+        ("{}", "not a jaxpoison config: it sets nothing"),
+        ('{"name": "pkg", "version": "1.0"}', "not a valid jaxpoison config: unknown key(s) ['name', 'version']"),
+        ('{"attack": {"rate": 2.0}}', "not a valid jaxpoison config: attack.rate must lie in (0, 1)"),
+        ('{"victim": {"epochs": 3}}', "victim.epochs moved to victim.recipe.epochs"),
+    ],
+)
+def test_a_file_that_is_not_a_config_is_refused_in_words(tmp_path, capsys, content, message):
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert message in str(caught.value)
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_paths_that_are_not_configs(tmp_path, capsys):
+    binary = tmp_path / "weights.json"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    for argv, message in (
+        ([str(binary)], "not a jaxpoison config: not a text file"),
+        ([str(tmp_path / "missing.json")], "no config file"),
+        ([str(tmp_path)], "is a directory without run.json"),
+        (["no-such-thing"], "unknown preset 'no-such-thing', and no config file of that name"),
+        ([TINY], "needs --out DIR"),
+        ([TINY, "--dump-config", str(tmp_path)], "is a directory; give a file name"),
+    ):
+        out = [] if argv == [TINY] or "--dump-config" in argv else ["--out", str(tmp_path / "out")]
+        assert main(["run", *argv, *out]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+
+
+def test_run_json_reproduces_the_runs_report(tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    report = run_pipeline(get_preset(TINY), first, progress=False)
+    saved = json.loads((first / "run.json").read_text())
+    assert load_config(first / "run.json") == get_preset(TINY) == load_config(first)
+    assert main(["run", str(first / "run.json"), "--out", str(second), "--no-progress"]) == 0
+    capsys.readouterr()
+    replayed = json.loads((second / "report.json").read_text())
+    assert json.loads((second / "run.json").read_text()) == saved  # same config, same config hash
+    assert _results(replayed) == _results(report)
+    assert replayed["victim"]["psr"] > 0.5 and replayed["detection"]["delta_influence"]["tpr"] >= 0.9
