@@ -1,8 +1,8 @@
-"""Which samples to poison: IFS against RS, FUS, RD and HFE (both sort orders) under a blended backdoor.
+"""Which samples to poison: IFS against RS, FUS, RD and HFE (both sort orders) under a blended or patched backdoor.
 
-For every setting (blend ratio ε at a fixed rate, and rate r at a fixed low ε) and seed,
-each method selects ``round(r · N)`` non-target training images; they get the blended
-trigger and the target label (replace mode), a fresh CNN victim trains on the result, and
+For every setting (strength ε at a fixed rate, and rate r at a fixed low ε) and seed,
+each method selects ``round(r · N)`` non-target training examples; they get the trigger
+and the target label (replace mode), a fresh victim (CNN; PointNet on point clouds) trains on the result, and
 the attack is measured on triggered test images of every non-target class. A seed fixes the
 victim's initialisation and batch order for every method, so within a seed only the poisons
 differ. Recorded per (setting, method): each seed's ASR, class-ASR variance, clean accuracy,
@@ -22,8 +22,16 @@ Budgets of the two searches (``--budget``):
   RD 30 rounds of 6-epoch score models with drop ratio 0.5 · 0.93^t. Hours per selection on a CPU.
 * ``fixed``: ``--rounds`` × ``--proxy-epochs`` for both (the earlier sweeps: 3 × 2).
 
+Attacks (``--attack``): ``blended`` (ε a blend ratio; default ε ∈ {0.02, 0.04, 0.06, 0.1}, rate
+sweep at 0.04) or ``patched`` (the IFS paper's patched attack: ε an amplitude on the 0–255 scale,
+default ε ∈ {2, 4, 8}, rate sweep at ε = 2; ``--patch-size`` / ``--patch-position`` /
+``--patch-pattern`` set its geometry). On point clouds (``--dataset shapes3d``) ``patched`` is the
+point-cluster trigger of :mod:`jaxpoison.attacks.pointcloud`, HFE is left out (it refuses point
+clouds) and the victim and proxies are PointNets.
+
 Usage:
   python benchmarks/ifs.py --dataset fashion_mnist --out runs/ifs.json
+  python benchmarks/ifs.py --dataset fashion_mnist --attack patched --out runs/ifs_patched.json
   python benchmarks/ifs.py --dataset digits --seeds 2 --out /tmp/ifs.json   # quick, same code path
 
 The JSON is written after every (setting, method); running the same command again resumes it,
@@ -41,8 +49,17 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpoison.attacks import PoisonConfig, attack_metrics, blended, poison_dataset
+from jaxpoison.attacks import (
+    PoisonConfig,
+    attack_metrics,
+    blended,
+    parse_position,
+    patched,
+    point_patch,
+    poison_dataset,
+)
 from jaxpoison.data import load_splits
+from jaxpoison.data.pointcloud import is_point_cloud
 from jaxpoison.models import create_model, to_functional
 from jaxpoison.runinfo import environment
 from jaxpoison.selection import (
@@ -125,19 +142,35 @@ def equal_time_budget(
     }
 
 
-def method_config(method: str, budget: dict | None, surrogate_epochs: int):
-    """The selection config of ``method`` under ``budget`` (``None`` for methods without one)."""
+def method_config(method: str, budget: dict | None, surrogate_epochs: int, model: str = "cnn"):
+    """The selection config of ``method`` under ``budget`` (``None`` for methods without one); FUS, RD
+    and IFS train ``model`` proxies."""
     if method in VARIANTS:
         return VARIANTS[method][1]
     if method == "fus":
         return FUSConfig(rounds=budget["rounds"], epochs=max(MIN_EPOCHS["fus"], budget["epochs"]),
-                         keep_fraction=budget.get("keep_fraction", 0.5))  # fmt: skip
+                         keep_fraction=budget.get("keep_fraction", 0.5), model=model)  # fmt: skip
     if method == "rd":
         return RDConfig(rounds=budget["rounds"], score_epochs=budget["epochs"], ratio=budget.get("ratio", 0.5),
-                        decay=budget.get("decay", 0.93))  # fmt: skip
+                        decay=budget.get("decay", 0.93), model=model)  # fmt: skip
     if method == "ifs":
-        return IFSConfig(surrogate_epochs=surrogate_epochs)
+        return IFSConfig(surrogate_epochs=surrogate_epochs, model=model)
     return None
+
+
+DEFAULT_EPSILONS = {"blended": ("0.02,0.04,0.06,0.1", 0.04), "patched": ("2,4,8", 2.0)}
+
+
+def make_trigger(attack: str, dataset, epsilon: float, args=None):
+    """The trigger of strength ``epsilon``: blended, or patched (the point cluster on point clouds)."""
+    if attack == "blended":
+        return blended(dataset.image_shape, epsilon)
+    if is_point_cloud(dataset):
+        return point_patch(epsilon)
+    size = getattr(args, "patch_size", None)
+    position = parse_position(getattr(args, "patch_position", "bottom-right"))
+    return patched(dataset.image_shape, epsilon, size=size, position=position,
+                   pattern=getattr(args, "patch_pattern", "checkerboard"))  # fmt: skip
 
 
 def measure_epoch_seconds(dataset, config: FUSConfig | RDConfig, epochs: int = 3) -> float:
@@ -306,8 +339,10 @@ def _finished(path: Path, out: dict) -> dict:
     previous = json.loads(path.read_text())
     # files written before budget modes existed ran the fixed budget
     previous["budget"] = {"mode": "fixed", **previous.get("budget", {})}
-    same = ("dataset", "train_size", "target", "victim_epochs", "budget")  # more seeds extend a sweep
-    if any(previous.get(k) != out[k] for k in same):
+    # files written before --attack and --model existed ran the blended attack on CNNs
+    defaults = {"attack": "blended", "model": "cnn"}
+    same = ("dataset", "attack", "model", "train_size", "target", "victim_epochs", "budget")  # more seeds extend it
+    if any(previous.get(k, defaults.get(k)) != out.get(k, defaults.get(k)) for k in same):
         raise SystemExit(f"{path} holds a different sweep ({', '.join(same)} differ); pass another --out")
     for record in previous["results"]:
         for position, run in enumerate(record["runs"]):
@@ -320,13 +355,21 @@ def _finished(path: Path, out: dict) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="fashion_mnist", choices=("fashion_mnist", "digits"))
+    parser.add_argument("--dataset", default="fashion_mnist", choices=("fashion_mnist", "digits", "shapes3d"))
+    parser.add_argument("--attack", default="blended", choices=tuple(DEFAULT_EPSILONS),
+                        help="blended (ε a blend ratio) or patched (ε on the 0-255 scale; point clusters on "
+                             "point clouds)")  # fmt: skip
+    parser.add_argument("--model", default=None, help="victim and proxy model (default: cnn; pointnet on point "
+                                                      "clouds)")  # fmt: skip
+    parser.add_argument("--patch-size", type=int, default=None, help="patched: patch side in pixels")
+    parser.add_argument("--patch-position", default="bottom-right", help="patched: a corner, center or ROW,COL")
+    parser.add_argument("--patch-pattern", default="checkerboard", help="patched: checkerboard, solid or random")
     parser.add_argument("--train-size", type=int, default=None, help="first N training images (default: all)")
     parser.add_argument("--epochs", type=int, default=None, help="victim epochs (default 5; digits 10)")
-    parser.add_argument("--epsilons", default="0.02,0.04,0.06,0.1")
+    parser.add_argument("--epsilons", default=None, help="default: 0.02,0.04,0.06,0.1 (blended); 2,4,8 (patched)")
     parser.add_argument("--rates", default="0.005,0.01,0.02")
     parser.add_argument("--fixed-rate", type=float, default=0.01)
-    parser.add_argument("--fixed-epsilon", type=float, default=0.04, help="ε of the rate sweep")
+    parser.add_argument("--fixed-epsilon", type=float, default=None, help="ε of the rate sweep (0.04; patched: 2)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
     parser.add_argument("--budget", default="equal-time", choices=BUDGET_MODES, help="FUS / RD budget mode")
@@ -345,13 +388,23 @@ def main(argv=None) -> dict:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    args.epsilons = args.epsilons or DEFAULT_EPSILONS[args.attack][0]
+    args.fixed_epsilon = DEFAULT_EPSILONS[args.attack][1] if args.fixed_epsilon is None else args.fixed_epsilon
     if args.budget == "equal-time" and "ifs" in methods:
         # FUS and RD are matched to IFS's time in the same seed: IFS runs first in every setting
         methods.sort(key=lambda m: m != "ifs")
     train_set, test_set = load_splits(args.dataset)
     if args.train_size:
         train_set = train_set.subset(np.arange(min(args.train_size, len(train_set))))
-    small = args.dataset == "digits"
+    points = is_point_cloud(train_set)
+    model_name = args.model or ("pointnet" if points else "cnn")
+    if points and args.attack != "patched":
+        parser.error("point clouds take --attack patched (the point-cluster trigger)")
+    if points and any(m in ("hfe", "hfe_asc") for m in methods):
+        if args.methods != ",".join(METHODS):
+            parser.error("HFE is not suitable for 3D point cloud tasks (a frequency-domain image method); drop it")
+        methods = [m for m in methods if m not in ("hfe", "hfe_asc")]
+    small = args.dataset in ("digits", "shapes3d")
     recipe = adam_recipe(epochs=args.epochs or (10 if small else 5), batch_size=32 if small else 128)
     budget = {"mode": args.budget, "surrogate_epochs": args.surrogate_epochs}
     budget.update({"fixed": {"rounds": args.rounds, "proxy_epochs": args.proxy_epochs},
@@ -365,6 +418,8 @@ def main(argv=None) -> dict:
     ]
     out = {
         "dataset": args.dataset,
+        "attack": args.attack,
+        "model": model_name,
         "train_size": len(train_set),
         "target": args.target,
         "victim_epochs": recipe.epochs,
@@ -380,7 +435,7 @@ def main(argv=None) -> dict:
     out["results"] = results = list(done.values())
     position = {key: i for i, key in enumerate(done)}
     for sweep, eps, rate in settings:
-        trigger = blended(train_set.image_shape, eps)
+        trigger = make_trigger(args.attack, train_set, eps, args)
         epoch_seconds: dict[str, float] = {}  # proxy-epoch time, measured once per setting
         for method in methods:
             key = (sweep, eps, rate, method)
@@ -392,8 +447,8 @@ def main(argv=None) -> dict:
                 if method in SEARCHES:
                     ifs_cell = results[position[(sweep, eps, rate, "ifs")]] if (sweep, eps, rate, "ifs") in position \
                         else None  # fmt: skip
-                    run_budget = search_budget(method, seed, args, ifs_cell, epoch_seconds, train_set)
-                config = method_config(method, run_budget, args.surrogate_epochs)
+                    run_budget = search_budget(method, seed, args, ifs_cell, epoch_seconds, train_set, model_name)
+                config = method_config(method, run_budget, args.surrogate_epochs, model_name)
                 start = time.perf_counter()
                 base = VARIANTS[method][0] if method in VARIANTS else method
                 chosen = select_poisons(base, train_set, trigger, args.target, rate, config, seed=seed,
@@ -402,7 +457,7 @@ def main(argv=None) -> dict:
                 poisoned = poison_dataset(
                     train_set, trigger, PoisonConfig(target=args.target, indices=chosen.indices, seed=seed)
                 )
-                model = to_functional(create_model("cnn", train_set.image_shape, train_set.num_classes, seed=seed),
+                model = to_functional(create_model(model_name, train_set.image_shape, train_set.num_classes, seed=seed),
                                       train_set.mean, train_set.std)  # fmt: skip
                 model = train(model, poisoned.dataset, recipe, seed=seed, progress=False).model
                 metrics = attack_metrics(model, test_set, trigger, args.target)
@@ -431,12 +486,14 @@ def main(argv=None) -> dict:
     out["paired_vs_rd"] = paired_rows(results, "rd")
     print(table(results, out["paired_vs_rs"], out["paired_vs_rd"], args.budget))
     present = [m for m in METHODS if any(r["method"] == m for r in results)]
-    plot(results, present, args.fixed_epsilon, Path(out["figure"]))
+    strength = "blend ratio ε" if args.attack == "blended" else "strength ε (patched)"
+    plot(results, present, args.fixed_epsilon, Path(out["figure"]), strength)
     _write(Path(args.out), out)
     return out
 
 
-def search_budget(method: str, seed: int, args, ifs_cell: dict | None, epoch_seconds: dict, train_set) -> dict:
+def search_budget(method: str, seed: int, args, ifs_cell: dict | None, epoch_seconds: dict, train_set,
+                  model: str = "cnn") -> dict:  # fmt: skip
     """The budget of FUS or RD for one seed under ``args.budget``."""
     if args.budget == "published":
         return published_budget(method)
@@ -448,7 +505,8 @@ def search_budget(method: str, seed: int, args, ifs_cell: dict | None, epoch_sec
         raise SystemExit(f"the equal-time budget of {method} needs IFS's selection time for seed {seed} in this "
                          "setting; add ifs to --methods (or use --budget fixed/published)")  # fmt: skip
     if method not in epoch_seconds:
-        epoch_seconds[method] = measure_epoch_seconds(train_set, method_config(method, {"rounds": 1, "epochs": 2}, 0))
+        config = method_config(method, {"rounds": 1, "epochs": 2}, 0, model)
+        epoch_seconds[method] = measure_epoch_seconds(train_set, config)
     per_round = args.fus_epochs if method == "fus" else args.rd_epochs
     spec = PUBLISHED[method]
     budget = equal_time_budget(ifs_runs[seed]["selection_seconds"], epoch_seconds[method],
@@ -497,7 +555,7 @@ def table(results: list[dict], vs_rs: list[dict], vs_rd: list[dict], mode: str) 
     return "\n".join(lines)
 
 
-def plot(results, methods, fixed_epsilon: float, path: Path) -> None:
+def plot(results, methods, fixed_epsilon: float, path: Path, strength: str = "blend ratio ε") -> None:
     """ASR against ε and r (top), and each method's ASR minus RS's on the same seeds with 95 % CIs (bottom)."""
     import matplotlib
 
@@ -508,7 +566,7 @@ def plot(results, methods, fixed_epsilon: float, path: Path) -> None:
     for row in paired:  # error bar: the half-width of the t-interval (0 with one seed)
         row["ci_half"] = 0.0 if row["ci_high"] is None else row["ci_high"] - row["asr_diff_mean"]
     fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharex="col")
-    for col, (sweep, label) in enumerate((("epsilon", "blend ratio ε"), ("rate", "poison rate r"))):
+    for col, (sweep, label) in enumerate((("epsilon", strength), ("rate", "poison rate r"))):
 
         def in_panel(r, sweep=sweep):
             # the rate panel also takes the ε-sweep point that sits at the fixed ε

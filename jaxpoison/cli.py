@@ -303,26 +303,44 @@ def _cmd_unlearn(args) -> int:
     return 0
 
 
+def _select_trigger(args, train_set):
+    """The trigger of ``jaxpoison select``: blended, an opaque-ish patch, or the patched attack of strength ε."""
+    from jaxpoison.attacks import PatchTrigger, blended, parse_position, patched, point_patch, square_patch
+    from jaxpoison.data.pointcloud import is_point_cloud
+
+    shape = train_set.image_shape
+    if args.attack == "patched":  # ε on the 0-255 scale (images) or the point cluster's strength (point clouds)
+        if not 0.0 < args.epsilon <= 255.0:  # NaN fails this too
+            raise InputError(f"--epsilon of the patched attack is an amplitude in (0, 255] on the 0-255 pixel scale "
+                             f"(e.g. 2); got {args.epsilon}.")  # fmt: skip
+        if is_point_cloud(train_set):
+            return point_patch(args.epsilon)
+        return patched(shape, args.epsilon, size=args.patch_size, position=parse_position(args.patch_position),
+                       pattern=args.patch_pattern)
+    if is_point_cloud(train_set):
+        raise InputError(f"--attack {args.attack} is an image attack; point clouds take --attack patched.")
+    if not 0.0 < args.epsilon <= 1.0:  # NaN fails this too
+        raise InputError(f"--epsilon is a blend ratio or patch opacity in (0, 1]; got {args.epsilon}.")
+    if args.attack == "blended":
+        return blended(shape, args.epsilon)
+    # a white (grayscale) or yellow (colour) corner square, blended in with opacity ε
+    colour = (1.0,) if shape[-1] == 1 else (1.0, 1.0, 0.0)
+    size = 3 if args.patch_size is None else args.patch_size
+    square = square_patch(shape, size=size, color=colour)
+    return PatchTrigger(square.mask * args.epsilon, square.pattern, name=f"patch{size}")
+
+
 def _cmd_select(args) -> int:
-    from jaxpoison.attacks import PatchTrigger, blended, square_patch
     from jaxpoison.data import load_splits
     from jaxpoison.selection import select_poisons
 
     out = Path(args.out)
     if (out / "manifest.json").exists() and not args.force:
         raise InputError(f"{out} already holds a selection; pass --force to overwrite it.")
-    if not 0.0 < args.epsilon <= 1.0:  # NaN fails this too
-        raise InputError(f"--epsilon is a blend ratio or patch opacity in (0, 1]; got {args.epsilon}.")
     if not 0.0 < args.rate < 1.0:
         raise InputError(f"--rate is a share of the training set in (0, 1); got {args.rate}.")
     train_set, _ = load_splits(args.dataset, **_dataset_options(args))
-    shape = train_set.image_shape
-    if args.attack == "blended":
-        trigger = blended(shape, args.epsilon)
-    else:  # a white (grayscale) or yellow (colour) corner square, blended in with opacity ε
-        colour = (1.0,) if shape[-1] == 1 else (1.0, 1.0, 0.0)
-        square = square_patch(shape, size=args.patch_size, color=colour)
-        trigger = PatchTrigger(square.mask * args.epsilon, square.pattern, name=f"patch{args.patch_size}")
+    trigger = _select_trigger(args, train_set)
     chosen = select_poisons(args.method, train_set, trigger, args.target, args.rate, seed=args.seed,
                             progress=not args.no_progress)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
@@ -450,11 +468,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="choose which samples to poison (RS, FUS, RD, HFE, IFS); DIR/indices.npy")
     p.add_argument("--method", required=True, choices=SELECTION_NAMES)
     p.add_argument("--dataset", required=True, choices=dataset_names())
-    p.add_argument("--attack", required=True, choices=("blended", "patch"))
-    p.add_argument("--epsilon", type=float, required=True, help="blend ratio (blended) or patch opacity (patch)")
+    p.add_argument("--attack", required=True, choices=("blended", "patch", "patched"))
+    p.add_argument("--epsilon", type=float, required=True,
+                   help="blend ratio (blended), patch opacity (patch), or the patched attack's amplitude on the "
+                        "0-255 scale (patched, e.g. 2; on point clouds the cluster's strength)")  # fmt: skip
     p.add_argument("--rate", type=float, required=True, help="poisons as a fraction of the training set")
     p.add_argument("--target", type=int, default=0)
-    p.add_argument("--patch-size", type=int, default=3)
+    p.add_argument("--patch-size", type=int, default=None,
+                   help="patch side in pixels (patch: 3; patched: 3 per 32 pixels of the image side)")  # fmt: skip
+    p.add_argument("--patch-position", default="bottom-right",
+                   help="patched: bottom-right, bottom-left, top-right, top-left, center, or ROW,COL")  # fmt: skip
+    p.add_argument("--patch-pattern", default="checkerboard", choices=("checkerboard", "solid", "random"),
+                   help="patched: the sign pattern added at amplitude ε")  # fmt: skip
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--data-path", default=None, help="file for --dataset npz")
     p.add_argument("--out", required=True)

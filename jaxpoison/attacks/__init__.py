@@ -2,33 +2,47 @@
 
 from jaxpoison.attacks.io import load_trigger, save_trigger
 from jaxpoison.attacks.metrics import attack_metrics
+from jaxpoison.attacks.pointcloud import PointClusterTrigger, point_patch
 from jaxpoison.attacks.poison import (
     PoisonConfig,
     PoisonedDataset,
     PoisonError,
     candidate_pool,
+    check_trigger_data,
     choose_poisons,
     poison_dataset,
+    triggered_inputs,
 )
 from jaxpoison.attacks.smooth import SmoothTrigger, lowpass, make_smooth_trigger, minmax
 from jaxpoison.attacks.triggers import (
+    PATCH_PATTERNS,
+    PATCH_POSITIONS,
     BlendedTrigger,
+    PatchedTrigger,
     PatchTrigger,
     Trigger,
     TriggerError,
+    apply_trigger,
     badnet_pixels,
     blended,
     default_blend_pattern,
+    parse_position,
+    patched,
     resize_pattern,
     square_patch,
+    trigger_kind,
 )
 from jaxpoison.attacks.witches_brew import Brew, BrewConfig, apply_brew, brew_poisons
 
 __all__ = [
+    "PATCH_PATTERNS",
+    "PATCH_POSITIONS",
     "BlendedTrigger",
     "Brew",
     "BrewConfig",
     "PatchTrigger",
+    "PatchedTrigger",
+    "PointClusterTrigger",
     "PoisonConfig",
     "PoisonError",
     "PoisonedDataset",
@@ -36,19 +50,26 @@ __all__ = [
     "Trigger",
     "TriggerError",
     "apply_brew",
+    "apply_trigger",
     "attack_metrics",
     "badnet_pixels",
     "blended",
     "brew_poisons",
     "candidate_pool",
+    "check_trigger_data",
     "choose_poisons",
     "default_blend_pattern",
     "load_trigger",
     "lowpass",
     "make_smooth_trigger",
     "minmax",
+    "parse_position",
+    "patched",
+    "point_patch",
     "poison_dataset",
     "resize_pattern",
     "save_trigger",
     "square_patch",
+    "trigger_kind",
+    "triggered_inputs",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxpoison.attacks.poison import triggered_inputs
 from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
 from jaxpoison.models import FunctionalModel
@@ -14,7 +15,8 @@ def attack_metrics(model: FunctionalModel, test: Dataset, trigger, target: int, 
     """How well a backdoored model obeys the trigger, and how it does on clean data.
 
     ASR is measured on triggered test images of the victim class(es) — the source class,
-    or every class but the target — never on images already of the target class.
+    or every class but the target — never on images already of the target class. Point
+    clouds with a point-cloud trigger are measured the same way.
 
     Returns:
       ``asr``: fraction of triggered victim images predicted as ``target``;
@@ -31,7 +33,7 @@ def attack_metrics(model: FunctionalModel, test: Dataset, trigger, target: int, 
     victims = np.flatnonzero(test.labels == source) if source is not None else np.flatnonzero(test.labels != target)
     if victims.size == 0:
         raise InputError("the test set has no images of the victim class(es); ASR is undefined.")
-    triggered = test.subset(victims).replace(images=np.clip(np.asarray(trigger.apply(test.images[victims])), 0, 1))
+    triggered = test.subset(victims).replace(images=triggered_inputs(test, victims, trigger))
     pred = predict_labels(model, triggered)
     labels = test.labels[victims]
     per_class = {int(c): float(np.mean(pred[labels == c] == target)) for c in np.unique(labels)}

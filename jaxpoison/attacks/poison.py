@@ -10,7 +10,9 @@ Dirty-label poisoning as in BadNet and the Δ-Influence reference code:
 * how many: ``rate`` (a fraction of the *whole* training set, as "1 % poisons"),
   ``count``, or explicit ``indices`` (e.g. chosen by a selection method).
 
-The result carries the ground-truth poison indices and a JSON-ready manifest.
+The result carries the ground-truth poison indices and a JSON-ready manifest. Image triggers
+poison image datasets (outputs clipped to [0, 1]); a point-cloud trigger
+(:mod:`jaxpoison.attacks.pointcloud`) poisons point-cloud datasets (no clipping).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxpoison.attacks.triggers import apply_trigger, trigger_kind
 from jaxpoison.data import Dataset, require_images
+from jaxpoison.data.pointcloud import require_point_clouds
 from jaxpoison.errors import InputError
 
 
@@ -160,6 +164,37 @@ def choose_poisons(dataset: Dataset, config: PoisonConfig) -> np.ndarray:
     return np.sort(np.random.default_rng(config.seed).choice(pool, n, replace=False))
 
 
+def check_trigger_data(trigger, dataset: Dataset) -> None:
+    """Refuse a trigger applied to data of another kind (an image trigger on point clouds, or back).
+
+    Raises:
+      DatasetError: naming the trigger and what the dataset holds.
+    """
+    if trigger_kind(trigger) == "points":
+        require_point_clouds(dataset, "a point-cloud trigger")
+    else:
+        require_images(dataset, "an image trigger (poison_dataset)")
+
+
+def triggered_inputs(dataset: Dataset, indices, trigger, batch_size: int = 1024) -> np.ndarray:
+    """``trigger`` applied to ``dataset``'s examples at ``indices``, in batches (float32; images clipped).
+
+    Args:
+      dataset: images or point clouds, as the trigger needs.
+      indices: positions of the examples to trigger.
+      trigger: any jaxpoison trigger.
+      batch_size: examples per call of the trigger.
+
+    Returns:
+      ``[len(indices), *dataset.image_shape]`` float32.
+    """
+    check_trigger_data(trigger, dataset)
+    indices = np.asarray(indices, np.int64)
+    parts = [apply_trigger(trigger, dataset.images[indices[i : i + batch_size]])
+             for i in range(0, indices.size, batch_size)]  # fmt: skip
+    return np.concatenate(parts) if parts else dataset.images[:0]
+
+
 def poison_dataset(dataset: Dataset, trigger, config: PoisonConfig) -> PoisonedDataset:
     """Apply ``trigger`` to the chosen examples, relabel them to ``config.target``.
 
@@ -169,7 +204,7 @@ def poison_dataset(dataset: Dataset, trigger, config: PoisonConfig) -> PoisonedD
       config: who, how many, replace or append.
     """
     chosen = choose_poisons(dataset, config)  # checks that it is a Dataset at all
-    require_images(dataset, "a trigger (poison_dataset)")
+    check_trigger_data(trigger, dataset)
     triggered = np.asarray(trigger.apply(dataset.images[chosen]), np.float32)
     expected = (chosen.size, *dataset.image_shape)
     if triggered.shape != expected:
@@ -180,7 +215,8 @@ def poison_dataset(dataset: Dataset, trigger, config: PoisonConfig) -> PoisonedD
             f"the trigger produced {int((~np.isfinite(triggered)).sum())} non-finite pixel values (NaN or inf); "
             "check its pattern, mask and parameters."
         )
-    triggered = np.clip(triggered, 0.0, 1.0)
+    if trigger_kind(trigger) == "image":
+        triggered = np.clip(triggered, 0.0, 1.0)
     if np.array_equal(triggered, dataset.images[chosen]):
         # e.g. a blend ratio or patch opacity of 0: the "poisons" would be relabelled clean images
         raise PoisonError(f"the trigger {trigger.describe()} leaves every chosen image unchanged; give it a non-zero "

@@ -4,6 +4,13 @@
   (BadNet-style patches: the Δ-Influence 4-pixel pattern, solid squares in a corner).
 * :class:`BlendedTrigger` — ``x' = (1 − ε)·x + ε·t``, ε the blend ratio (the IFS
   "manipulation strength" of blended attacks).
+* :class:`PatchedTrigger` — ``x' = clip(x + (ε/255)·p·m, 0, 1)``: a patch *added* with
+  amplitude ε on the 0–255 scale (the IFS "manipulation strength" of patched attacks; ε = 2
+  moves no pixel by more than 2/255, nearly invisible).
+
+:func:`apply_trigger` applies any trigger the way the poisoned-set builder, the selection
+methods and the attack metrics do: image triggers are clipped to [0, 1]; triggers of other
+data (the point-cloud trigger of :mod:`jaxpoison.attacks.pointcloud`) are not.
 
 Triggers are frozen dataclasses holding NumPy arrays; ``apply`` works on NumPy or
 JAX arrays, batched or not, and is jittable.
@@ -35,6 +42,7 @@ class Trigger:
     and ``apply`` checks the images match before calling ``transform``."""
 
     pattern: np.ndarray
+    data_kind = "image"  # what it applies to: "image" (clipped to [0, 1]) or "points"
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -114,6 +122,76 @@ class BlendedTrigger(Trigger):
         return {"type": "blended", "name": self.name, "epsilon": float(self.epsilon)}
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class PatchedTrigger(Trigger):
+    """``x' = clip(x + (ε/255)·pattern·mask, 0, 1)``: a patch added with amplitude ε (0–255 scale).
+
+    Unlike :class:`PatchTrigger`, which pastes a patch over the image, this one adds a signed
+    pattern of amplitude ε, so no pixel moves by more than ε/255 (the IFS paper's
+    "manipulation strength" of its patched attack: ε = 2 is nearly invisible).
+
+    Attributes:
+      mask: ``[H, W, 1]`` or ``[H, W, C]`` in [0, 1] (1 inside the patch).
+      pattern: ``[H, W, C]`` in [-1, 1]: the sign (and relative size) of each pixel's change.
+      epsilon: amplitude on the 0–255 pixel scale, in (0, 255].
+      name: a label for manifests.
+    """
+
+    mask: np.ndarray
+    pattern: np.ndarray
+    epsilon: float
+    name: str = "patched"
+
+    def __post_init__(self):
+        mask, pattern = np.asarray(self.mask, np.float32), np.asarray(self.pattern, np.float32)
+        if pattern.ndim != 3 or mask.ndim != 3 or mask.shape[:2] != pattern.shape[:2]:
+            raise TriggerError(f"mask {mask.shape} and pattern {pattern.shape} must be [H, W, 1 or C] and [H, W, C].")
+        if mask.shape[2] not in (1, pattern.shape[2]):
+            raise TriggerError(f"mask has {mask.shape[2]} channels; use 1 or the pattern's {pattern.shape[2]}.")
+        if not np.all((mask >= 0) & (mask <= 1)):  # written so that NaN fails too
+            raise TriggerError("mask values must be finite and lie in [0, 1].")
+        if not np.all((pattern >= -1) & (pattern <= 1)):
+            raise TriggerError("pattern values must be finite and lie in [-1, 1] (the sign of each pixel's change).")
+        _check_epsilon(self.epsilon)
+        object.__setattr__(self, "mask", mask)
+        object.__setattr__(self, "pattern", pattern)
+        object.__setattr__(self, "epsilon", float(self.epsilon))
+
+    def transform(self, images):
+        return jnp.clip(images + (self.epsilon / 255.0) * (self.pattern * self.mask), 0.0, 1.0)
+
+    def describe(self) -> dict:
+        return {"type": "patched", "name": self.name, "epsilon": self.epsilon,
+                "pixels": int((self.mask.max(-1) > 0).sum())}  # fmt: skip
+
+
+def _check_epsilon(epsilon) -> None:
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.integer, np.floating)):
+        raise TriggerError(f"the patched attack's epsilon is a pixel amplitude on the 0-255 scale; got {epsilon!r}.")
+    if not 0.0 < float(epsilon) <= 255.0:  # NaN fails this too
+        raise TriggerError(f"the patched attack's epsilon must lie in (0, 255] (0-255 pixel scale, e.g. 2); "
+                           f"got {epsilon}.")  # fmt: skip
+
+
+def trigger_kind(trigger) -> str:
+    """What data ``trigger`` applies to: ``"image"`` (the default) or ``"points"``."""
+    return getattr(trigger, "data_kind", "image")
+
+
+def apply_trigger(trigger, inputs) -> np.ndarray:
+    """``trigger.apply(inputs)`` as float32 NumPy; image triggers' outputs are clipped to [0, 1].
+
+    Args:
+      trigger: any jaxpoison trigger (``apply`` and ``describe``).
+      inputs: a batch of images ``[N, H, W, C]`` (or point clouds ``[N, P, 3]`` for a point trigger).
+
+    Returns:
+      The triggered batch, same shape.
+    """
+    out = np.asarray(trigger.apply(inputs), np.float32)
+    return np.clip(out, 0.0, 1.0) if trigger_kind(trigger) == "image" else out
+
+
 def _check_fits(shape, images) -> None:
     if tuple(np.shape(images)[-3:]) != tuple(shape):
         raise TriggerError(
@@ -182,6 +260,122 @@ def square_patch(image_shape, size: int = 3, color=(1.0, 1.0, 0.0), corner: str 
     mask = np.zeros((h, w, 1), np.float32)
     mask[top : top + size, left : left + size] = 1.0
     return PatchTrigger(mask, np.broadcast_to(color, (h, w, c)).copy(), name=f"square-{size}px-{corner}")
+
+
+PATCH_PATTERNS = ("checkerboard", "solid", "random")
+PATCH_POSITIONS = (*CORNERS, "center")
+
+
+def _patch_box(h: int, w: int, size, position, margin: int) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of a patch, or a :class:`TriggerError` saying why it does not fit."""
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        ph = pw = int(size)
+    elif isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, (int, np.integer)) for v in size):
+        ph, pw = (int(v) for v in size)
+    else:
+        raise TriggerError(f"patch size must be an integer or (height, width); got {size!r}.")
+    if ph < 1 or pw < 1:
+        raise TriggerError(f"patch size must be at least 1×1; got {ph}×{pw}.")
+    if isinstance(margin, bool) or not isinstance(margin, (int, np.integer)) or margin < 0:
+        raise TriggerError(f"margin must be an integer ≥ 0; got {margin!r}.")
+    if isinstance(position, str):
+        if position not in PATCH_POSITIONS:
+            raise TriggerError(f"unknown patch position {position!r}; choose one of {', '.join(PATCH_POSITIONS)} "
+                               "or give (row, col) of its top-left pixel.")  # fmt: skip
+        if position == "center":
+            if ph > h or pw > w:
+                raise TriggerError(f"a {ph}×{pw} patch does not fit {h}×{w} images; make it smaller.")
+            return (h - ph) // 2, (w - pw) // 2, ph, pw
+        if ph + margin > h or pw + margin > w:
+            raise TriggerError(f"a {ph}×{pw} patch with margin {margin} does not fit {h}×{w} images; make it "
+                               "smaller or lower the margin.")  # fmt: skip
+        top = margin if position.startswith("top") else h - margin - ph
+        left = margin if position.endswith("left") else w - margin - pw
+        return top, left, ph, pw
+    if not (isinstance(position, (tuple, list)) and len(position) == 2
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in position)):  # fmt: skip
+        raise TriggerError(f"patch position must be a corner name, 'center' or (row, col); got {position!r}.")
+    top, left = (int(v) for v in position)
+    if top < 0 or left < 0 or top + ph > h or left + pw > w:
+        raise TriggerError(f"a {ph}×{pw} patch at (row, col) = ({top}, {left}) does not fit {h}×{w} images: it "
+                           f"must lie in rows 0–{h - 1} and columns 0–{w - 1}.")  # fmt: skip
+    return top, left, ph, pw
+
+
+def _patch_pattern(pattern, ph: int, pw: int, c: int, seed: int) -> np.ndarray:
+    """The ``[ph, pw, C]`` signed pattern of a patched trigger."""
+    if isinstance(pattern, str):
+        if pattern == "checkerboard":  # +1 / −1 alternating, +1 in the top-left pixel
+            rows, cols = np.indices((ph, pw))
+            board = np.where((rows + cols) % 2 == 0, 1.0, -1.0)
+            return np.repeat(board[..., None], c, axis=-1).astype(np.float32)
+        if pattern == "solid":
+            return np.ones((ph, pw, c), np.float32)
+        if pattern == "random":
+            return np.random.default_rng(seed).choice([-1.0, 1.0], (ph, pw, c)).astype(np.float32)
+        raise TriggerError(f"unknown patch pattern {pattern!r}; choose one of {', '.join(PATCH_PATTERNS)} or pass "
+                           "an array in [-1, 1].")  # fmt: skip
+    array = np.asarray(pattern, np.float32)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], c, axis=-1)
+    if array.shape != (ph, pw, c):
+        raise TriggerError(f"a pattern array must be [{ph}, {pw}] or [{ph}, {pw}, {c}] for this patch; got "
+                           f"{array.shape}.")  # fmt: skip
+    return array
+
+
+def parse_position(text: str):
+    """A patch position from text: a corner name, ``"center"``, or ``"ROW,COL"`` (the top-left pixel).
+
+    Raises:
+      TriggerError: anything else.
+    """
+    text = str(text).strip()
+    if text in PATCH_POSITIONS:
+        return text
+    parts = text.split(",")
+    try:
+        row, col = (int(v) for v in parts)
+    except ValueError:
+        choices = ", ".join(PATCH_POSITIONS)
+        raise TriggerError(f"a patch position is one of {choices} or ROW,COL; got {text!r}.") from None
+    return row, col
+
+
+def patched(image_shape, epsilon: float, size=None, position="bottom-right", pattern="checkerboard",
+            margin: int = 1, seed: int = 0) -> PatchedTrigger:  # fmt: skip
+    """The patched attack with manipulation strength ``epsilon``: a patch added at amplitude ε/255.
+
+    Args:
+      image_shape: ``(H, W, C)`` of the images.
+      epsilon: amplitude on the 0–255 scale, in (0, 255]; ε = 2 changes no pixel by more than 2/255.
+      size: patch side in pixels, or ``(height, width)``. Default ``3·s`` with ``s = round(min(H, W) / 32)``
+        (3×3 at 32×32, 21×21 at 224×224): the 3-pixel patch of the 32×32 references, scaled.
+      position: ``"bottom-right"`` (default), ``"bottom-left"``, ``"top-right"``, ``"top-left"`` (each
+        ``margin`` pixels from the edges), ``"center"``, or ``(row, col)`` of the patch's top-left pixel.
+      pattern: ``"checkerboard"`` (±1 alternating; default), ``"solid"`` (+1: a brighter square),
+        ``"random"`` (±1 drawn from ``seed``), or an array ``[h, w]`` / ``[h, w, C]`` in [-1, 1].
+      margin: distance from the edges for a corner position.
+      seed: seeds the ``"random"`` pattern.
+
+    Returns:
+      A :class:`PatchedTrigger`.
+
+    Raises:
+      TriggerError: a patch that does not fit the images (the message gives sizes and bounds), an
+        unknown position or pattern, or ε outside (0, 255].
+    """
+    h, w, c = _check_shape(image_shape)
+    _check_epsilon(epsilon)
+    size = 3 * _pixel_block(image_shape) if size is None else size
+    top, left, ph, pw = _patch_box(h, w, size, position, margin)
+    mask = np.zeros((h, w, 1), np.float32)
+    mask[top : top + ph, left : left + pw] = 1.0
+    full = np.zeros((h, w, c), np.float32)
+    full[top : top + ph, left : left + pw] = _patch_pattern(pattern, ph, pw, c, seed)
+    where = position if isinstance(position, str) else f"{top},{left}"
+    label = pattern if isinstance(pattern, str) else "custom"
+    return PatchedTrigger(mask, full, float(epsilon), name=f"patched-{ph}x{pw}-{where}-{label}")
 
 
 def default_blend_pattern(image_shape, seed: int = 0) -> np.ndarray:

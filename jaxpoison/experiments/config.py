@@ -56,17 +56,53 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PatchConfig:
+    """Geometry of the ``patched`` attack (see :func:`jaxpoison.attacks.patched`); its strength is
+    ``attack.epsilon``. Point clouds ignore it (their cluster is set by ε alone).
+
+    Attributes:
+      size: patch side in pixels (``None``: 3 per 32 pixels of the image side).
+      position: ``bottom-right``, ``bottom-left``, ``top-right``, ``top-left``, ``center`` or ``"ROW,COL"``.
+      pattern: ``checkerboard``, ``solid`` or ``random`` (the sign of each pixel's change).
+      margin: distance from the edges for a corner position.
+    """
+
+    size: int | None = None
+    position: str = "bottom-right"
+    pattern: str = "checkerboard"
+    margin: int = 1
+
+    def __post_init__(self):
+        from jaxpoison.attacks import PATCH_PATTERNS, parse_position
+
+        if self.size is not None and self.size < 1:
+            raise ConfigError(f"attack.patch.size must be at least 1 pixel (or None); got {self.size}.")
+        if self.margin < 0:
+            raise ConfigError(f"attack.patch.margin must be ≥ 0; got {self.margin}.")
+        if self.pattern not in PATCH_PATTERNS:
+            raise ConfigError(f"attack.patch.pattern must be one of {PATCH_PATTERNS}; got {self.pattern!r}.")
+        try:
+            parse_position(self.position)
+        except InputError as e:
+            raise ConfigError(f"attack.patch.position: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
 class AttackConfig:
     """Attributes:
     name: ``badnet`` (4-pixel pattern; white on grayscale, black on colour), ``blended``,
-      ``smooth`` (low-frequency trigger fitted against the clean model) or ``brew``
-      (Witches' Brew, clean label, one target test image).
+      ``patched`` (a patch added at amplitude ε on the 0–255 scale, the IFS paper's patched attack;
+      on point clouds a cluster of points whose size ε sets), ``smooth`` (low-frequency trigger
+      fitted against the clean model) or ``brew`` (Witches' Brew, clean label, one target test image).
     target: the attack's target class.
     source: victim class (``None``: all-to-one).
     rate: poisons as a fraction of the training set (after the validation split).
     count: the exact number of poisons (``None``: ``rate`` decides). The paper presets state
       counts, so that holding out a validation split never shrinks the attack.
-    epsilon: blend ratio of ``blended`` (``None``: 0.1).
+    epsilon: blend ratio of ``blended`` in (0, 1] (``None``: 0.1), or the strength of ``patched``
+      in (0, 255] on the 0–255 scale (``None``: 2, the IFS paper's low-visibility setting).
+    patch: the ``patched`` attack's geometry (:class:`PatchConfig`). Written to JSON only for
+      ``patched`` or when changed, so the configurations (and run keys) of other attacks are as before.
     brew: Witches' Brew's :class:`~jaxpoison.attacks.BrewConfig` (ℓ∞ budget, steps, restarts,
       …); its ``seed`` follows the run's.
     """
@@ -77,6 +113,7 @@ class AttackConfig:
     rate: float = 0.01
     count: int | None = None
     epsilon: float | None = None
+    patch: PatchConfig = PatchConfig()
     brew: BrewConfig = BrewConfig(steps=100, restarts=2)
 
 
@@ -228,8 +265,8 @@ def validate(config: RunConfig) -> None:
     if config.detection.test_points < 1:
         raise ConfigError(f"detection.test_points must be at least 1; got {config.detection.test_points}.")
     if config.attack.name == "brew" and config.attack.epsilon is not None:
-        raise ConfigError("attack.epsilon is the blend ratio of 'blended'; Witches' Brew's ℓ∞ budget is "
-                          "attack.brew.epsilon.")  # fmt: skip
+        raise ConfigError("attack.epsilon is the blend ratio of 'blended' (or the strength of 'patched'); Witches' "
+                          "Brew's ℓ∞ budget is attack.brew.epsilon.")  # fmt: skip
     if config.attack.name == "brew" and config.detection.test_points != 1:
         raise ConfigError("Witches' Brew poisons one target test image: set detection.test_points=1.")
     if not isinstance(config.detection.scores.measurement, str):
@@ -318,7 +355,12 @@ def _ranges(c: RunConfig) -> list[tuple[str, bool, str]]:
             optional(a.source, lambda s: s >= 0 and s != a.target),
             "a class index ≥ 0 other than attack.target (or None for all classes)",
         ),
-        ("attack.epsilon", optional(a.epsilon, lambda e: 0 < e <= 1), "in (0, 1] (or None for the attack's default)"),
+        (
+            "attack.epsilon",
+            optional(a.epsilon, lambda e: 0 < e <= (255 if a.name == "patched" else 1)),
+            "in (0, 255] on the 0-255 scale for patched (e.g. 2)" if a.name == "patched"
+            else "in (0, 1] (or None for the attack's default)",
+        ),
         (
             "detection.factors.strategy",
             d.factors.strategy == "ekfac",
@@ -342,8 +384,16 @@ def validate_classes(config: RunConfig, num_classes: int) -> None:
 
 
 def to_dict(config: Any) -> dict:
-    """A JSON-ready dict (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    """A JSON-ready dict (tuples become lists).
+
+    A run's ``attack.patch`` section is left out unless the attack is ``patched`` or the section
+    was changed: it does not touch other attacks, and their configurations (and run hashes) stay
+    as they were before the patched attack existed. :func:`from_dict` fills it in again.
+    """
+    tree = json.loads(json.dumps(dataclasses.asdict(config)))
+    if isinstance(config, RunConfig) and config.attack.name != "patched" and config.attack.patch == PatchConfig():
+        del tree["attack"]["patch"]
+    return tree
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -413,7 +463,7 @@ def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
 
 
 # Sections that may be None; overriding one of their fields starts from this value.
-_OPTIONAL_SECTIONS = {"cf": lambda config: config.victim.recipe}
+_OPTIONAL_SECTIONS = {"cf": lambda config: config.victim.recipe, "patch": lambda config: config.attack.patch}
 
 
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:

@@ -40,7 +40,7 @@ class UnlearnerSpec(NamedTuple):
     selecting: bool = False
 
 
-ATTACKS = ("badnet", "blended", "smooth", "brew")
+ATTACKS = ("badnet", "blended", "patched", "smooth", "brew")
 
 DETECTOR_SPECS: dict[str, DetectorSpec] = {
     "delta_influence": DetectorSpec("Δ-Influence", needs_factors=True, influence_based=True),

@@ -25,11 +25,16 @@ from jaxpoison.attacks import (
     candidate_pool,
     load_trigger,
     make_smooth_trigger,
+    parse_position,
+    patched,
+    point_patch,
     poison_dataset,
     save_trigger,
     square_patch,
+    triggered_inputs,
 )
 from jaxpoison.data import Dataset, load_splits, split_train_validation
+from jaxpoison.data.pointcloud import is_point_cloud
 from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import (
     AttackConfig,
@@ -168,6 +173,13 @@ def make_trigger(attack: AttackConfig, train_set: Dataset, clean: FunctionalMode
     reference's pattern was not fitted on the source class either (it came from a CIFAR-10 model).
     """
     shape = train_set.image_shape
+    if attack.name == "patched":
+        epsilon = 2.0 if attack.epsilon is None else attack.epsilon
+        if is_point_cloud(train_set):
+            return point_patch(epsilon, seed=seed)
+        patch = attack.patch
+        return patched(shape, epsilon, size=patch.size, position=parse_position(patch.position), pattern=patch.pattern,
+                       margin=patch.margin, seed=seed)  # fmt: skip
     if attack.name == "badnet":
         if shape[0] < 16:  # 8×8 digits: the 4-pixel pattern is too small to learn; a 2×2 corner square
             return square_patch(shape, 2, (1.0,) * shape[-1], margin=0)
@@ -189,7 +201,10 @@ def poison_stage(
 ) -> tuple[str, Poisoning]:
     """Build the poisoned training set (dirty-label trigger attacks or Witches' Brew)."""
     attack = config.attack
-    inputs = {"attack": dataclasses.asdict(attack), "seed": config.seed, "train_hash": splits.train.content_hash,
+    attack_key = dataclasses.asdict(attack)
+    if attack.name != "patched":  # the patch geometry touches only that attack: other runs keep their keys
+        attack_key.pop("patch")
+    inputs = {"attack": attack_key, "seed": config.seed, "train_hash": splits.train.content_hash,
               "clean": clean_key if attack.name in ("smooth", "brew") else None}  # fmt: skip
     if config.selection != "rs":  # RS is poison_dataset's own random draw: same key, same poisons
         inputs["selection"] = config.selection
@@ -285,7 +300,7 @@ def pick_test_points(
             raise InputError("Witches' Brew has a single target test image; ask for one test point.")
         return np.array([poisoning.brew_target]), test.images[poisoning.brew_target][None]
     victims = np.flatnonzero(test.labels == source if source is not None else test.labels != poisoning.target)
-    triggered = np.clip(np.asarray(poisoning.trigger.apply(test.images[victims])), 0, 1).astype(np.float32)
+    triggered = triggered_inputs(test, victims, poisoning.trigger)
     hits = test.subset(victims).replace(images=triggered)
     predicted = predict_logits(model, hits).argmax(-1)
     found = np.flatnonzero(predicted == poisoning.target)

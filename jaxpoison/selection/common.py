@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxpoison.attacks.poison import candidate_pool
+from jaxpoison.attacks.poison import candidate_pool, triggered_inputs
 from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
 from jaxpoison.models import FunctionalModel, create_model, to_functional
@@ -87,14 +87,13 @@ def finish(indices, scores, info: dict) -> Selection:
 
 
 def triggered(dataset: Dataset, indices, trigger, target: int, batch_size: int = 1024) -> Dataset:
-    """The poisoned versions of ``dataset[indices]``: triggered (clipped to [0, 1]) and labelled ``target``.
+    """The poisoned versions of ``dataset[indices]``: triggered (images clipped to [0, 1]) and labelled ``target``.
 
-    The trigger is applied in batches, so a whole pool can be passed.
+    The trigger is applied in batches, so a whole pool can be passed; point clouds take a
+    point-cloud trigger.
     """
     indices = np.asarray(indices, np.int64)
-    parts = [np.asarray(trigger.apply(dataset.images[indices[i : i + batch_size]]), np.float32)
-             for i in range(0, indices.size, batch_size)]  # fmt: skip
-    images = np.clip(np.concatenate(parts), 0.0, 1.0) if parts else dataset.images[:0]
+    images = triggered_inputs(dataset, indices, trigger, batch_size)
     return dataset.subset(indices, split=f"{dataset.provenance.split}[triggered]").replace(
         images=images, labels=np.full(indices.size, target, np.int32)
     )

@@ -35,6 +35,7 @@ import numpy as np
 
 from jaxpoison.data import Dataset
 from jaxpoison.data.dct import dct2
+from jaxpoison.data.pointcloud import is_point_cloud
 from jaxpoison.selection.common import Selection, SelectionError, finish, poison_budget, triggered
 from jaxpoison.training.evaluate import iterate_padded
 
@@ -117,6 +118,21 @@ def _scores_in_batches(images: np.ndarray, fn, batch_size: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def refuse_non_images(dataset: Dataset) -> None:
+    """HFE scores images in the frequency domain; refuse point clouds (with the IFS paper's reason) and other data.
+
+    Raises:
+      SelectionError: the dataset does not hold images.
+    """
+    if is_point_cloud(dataset):
+        raise SelectionError("HFE is not suitable for 3D point cloud tasks (the IFS paper's words): it screens "
+                             "images by the energy of their 2-D DCT, and a point cloud has no pixel grid. Use rs, "
+                             "fus, rd or ifs on point clouds.")  # fmt: skip
+    if dataset.kind != "image":
+        raise SelectionError(f"HFE scores images by their 2-D DCT; this dataset holds {dataset.kind}. Use rs, fus, "
+                             "rd or ifs.")  # fmt: skip
+
+
 def hfe_selection(
     dataset: Dataset,
     trigger,
@@ -133,8 +149,10 @@ def hfe_selection(
     ``config`` (default ``HFEConfig()``) sets the order, radius and batch size; the keyword
     arguments, when given, override its fields. Deterministic (no seed): ties are broken by
     the lower index. ``scores`` are the chosen indices' HFE; ``info["candidates"]`` and
-    ``info["candidate_scores"]`` hold the whole pool's, ``info["order"]`` the sort order.
+    ``info["candidate_scores"]`` hold the whole pool's, ``info["order"]`` the sort order. Point
+    clouds and other non-image data are refused (:func:`refuse_non_images`).
     """
+    refuse_non_images(dataset)
     config = HFEConfig() if config is None else config
     overrides = {"radius": radius, "batch_size": batch_size, "order": order}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})

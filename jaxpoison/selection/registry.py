@@ -8,6 +8,7 @@ methods are called the same way everywhere.
 from __future__ import annotations
 
 from jaxpoison.data import Dataset
+from jaxpoison.data.pointcloud import is_point_cloud
 from jaxpoison.selection.common import Selection, SelectionError
 from jaxpoison.selection.forgetting import FUSConfig, fus_selection
 from jaxpoison.selection.frequency import HFEConfig, hfe_selection
@@ -19,6 +20,7 @@ SELECTORS = ("rs", "fus", "rd", "hfe", "ifs")
 # Named settings of a method, callable by name like a method (the IFS sweep reports each as a row).
 VARIANTS = {"hfe_asc": ("hfe", HFEConfig(order="ascending"))}
 SELECTION_NAMES = (*SELECTORS, *VARIANTS)
+POINT_CLOUD_MODEL = "pointnet"  # the default proxy of FUS, RD and IFS on point clouds
 _CONFIGS = {"fus": FUSConfig, "rd": RDConfig, "hfe": HFEConfig, "ifs": IFSConfig}
 
 
@@ -37,7 +39,9 @@ def select_poisons(
 
     RS takes no config and ignores the trigger; HFE is deterministic (``seed`` unused). A
     variant name of :data:`VARIANTS` (``hfe_asc``) runs its method with the variant's config
-    and takes no other.
+    and takes no other. On point clouds (:func:`jaxpoison.data.pointcloud.is_point_cloud`) the
+    default configs of FUS, RD and IFS train a ``"pointnet"`` proxy instead of the image CNN, and
+    HFE refuses (a frequency-domain image method).
     """
     if method in VARIANTS:
         if config is not None:
@@ -48,6 +52,8 @@ def select_poisons(
     if config is not None and not isinstance(config, _CONFIGS.get(method, ())):
         expected = _CONFIGS[method].__name__ if method in _CONFIGS else "no config"
         raise SelectionError(f"{method} takes {expected}; got {type(config).__name__}.")
+    if config is None and method in ("fus", "rd", "ifs") and is_point_cloud(dataset):
+        config = _CONFIGS[method](model=POINT_CLOUD_MODEL)
     if method == "rs":
         return random_selection(dataset, target, rate, seed=seed)
     if method == "hfe":
