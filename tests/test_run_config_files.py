@@ -88,7 +88,16 @@ def test_run_paths_that_are_not_configs(tmp_path, capsys):
 
 def test_run_json_reproduces_the_runs_report(tmp_path, capsys):
     first, second = tmp_path / "first", tmp_path / "second"
-    report = run_pipeline(get_preset(TINY), first, progress=False)
+    report = run_pipeline(get_preset(TINY), first, progress=True)
+    # Every progress bar names its stage and its position among the run's 11 stages.
+    bars = capsys.readouterr().err
+    for label in ("[1/11] clean model · epoch 1/10", "[3/11] victim · epoch 10/10",
+                  "[5/11] EK-FAC factors · covariance", "[5/11] EK-FAC factors · lambda",
+                  "[6/11] detect: Δ-Influence · scoring",
+                  "[10/11] unlearn: EU on Δ-Influence's flags · epoch 1/10",
+                  "[11/11] unlearn: CF on Δ-Influence's flags · epoch 1/10"):  # fmt: skip
+        assert label in bars, label
+    assert "\repoch 1/10" not in bars  # no bar without its stage
     saved = json.loads((first / "run.json").read_text())
     assert load_config(first / "run.json") == get_preset(TINY) == load_config(first)
     assert main(["run", str(first / "run.json"), "--out", str(second), "--no-progress"]) == 0

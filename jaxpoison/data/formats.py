@@ -206,8 +206,6 @@ def load_image_folder(
     Returns:
       ``(images uint8 [N, S, S, 3], labels int32 [N], class directory names)``.
     """
-    from PIL import Image  # pillow comes with matplotlib; imported lazily as few users need it
-
     root = Path(root)
     if class_dirs is None:
         class_dirs = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
@@ -215,22 +213,38 @@ def load_image_folder(
         raise DatasetError(f"{root} has no class sub-directories; expected root/<class>/<image files>.")
     images, labels = [], []
     for label, name in enumerate(class_dirs):
+        if not (root / name).is_dir():
+            raise DatasetError(f"{root} has no directory {name}/ for class {label}; expected root/<class>/<images>.")
         for file in sorted((root / name).iterdir()):
             if not file.is_file():
                 continue
-            try:
-                with Image.open(file) as im:
-                    im = im.convert("RGB")
-                    w, h = im.size
-                    scale = image_size / min(w, h)
-                    im = im.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))))
-                    w, h = im.size
-                    left, top = (w - image_size) // 2, (h - image_size) // 2
-                    im = im.crop((left, top, left + image_size, top + image_size))
-                    images.append(np.asarray(im, np.uint8))
-            except OSError as e:
-                raise DatasetError(f"cannot decode image {file} ({e}); remove or replace it.") from e
+            images.append(read_square_image(file, image_size))
             labels.append(label)
     if not images:
         raise DatasetError(f"{root} contains no image files.")
     return np.stack(images), np.asarray(labels, np.int32), class_dirs
+
+
+def read_square_image(file: str | os.PathLike, image_size: int) -> np.ndarray:
+    """One image file as uint8 RGB ``[S, S, 3]``: resized on its shorter side to ``image_size`` and
+    centre-cropped (the usual evaluation transform).
+
+    Raises:
+      DatasetError: the file is missing or not an image PIL can decode.
+    """
+    from PIL import Image  # pillow comes with matplotlib; imported lazily as few users need it
+
+    try:
+        with Image.open(file) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            scale = image_size / min(w, h)
+            im = im.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))))
+            w, h = im.size
+            left, top = (w - image_size) // 2, (h - image_size) // 2
+            im = im.crop((left, top, left + image_size, top + image_size))
+            return np.asarray(im, np.uint8)
+    except FileNotFoundError as e:
+        raise DatasetError(f"image file {file} does not exist.") from e
+    except OSError as e:
+        raise DatasetError(f"cannot decode image {file} ({e}); remove or replace it.") from e

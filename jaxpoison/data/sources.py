@@ -10,6 +10,10 @@ first place that has the data:
   ``$JAXPOISON_DATA``; else TFDS.
 * ``imagenette``: an image-folder tree ``$JAXPOISON_DATA/imagenette2*/{train,val}``;
   else TFDS (``imagenette/160px-v2``). Resized to ``image_size``.
+* ``imagenet10``: ten ImageNet classes in ``$JAXPOISON_DATA/imagenet10/{train,val}/<wnid>/``,
+  resized to ``image_size`` (default 224); ``classes`` chooses the wnids.
+* ``raf_db``: RAF-DB's seven basic expressions, ``basic/EmoLabel/list_patition_label.txt`` and
+  ``basic/Image/aligned/`` under ``$JAXPOISON_DATA/raf_db``; resized to ``image_size`` (default 100).
 * ``npz``: your own arrays, ``load_dataset("npz", path=...)``.
 
 TFDS datasets are read with ``tfds.data_source`` (no TensorFlow needed to read);
@@ -32,6 +36,7 @@ from jaxpoison.data.formats import (
     read_cifar_binary,
     read_idx,
     read_npz_arrays,
+    read_square_image,
     to_unit_float,
 )
 
@@ -424,6 +429,178 @@ _register(
 )
 
 
+# --------------------------------------------------------------------------- ImageNet-10 (image folders)
+
+# The IFS paper does not list its ten classes. These are the ImageNet-10 of the deep-clustering
+# literature (Chang et al., "Deep Adaptive Image Clustering", ICCV 2017), the subset usually meant
+# by the name; pass classes=[...] for another choice of ten (or any number of) ImageNet wnids.
+IMAGENET10_WNIDS = {
+    "n02056570": "king penguin", "n02085936": "Maltese dog", "n02128757": "snow leopard",
+    "n02690373": "airliner", "n02692877": "airship", "n03095699": "container ship",
+    "n04254680": "soccer ball", "n04285008": "sports car", "n04467665": "trailer truck",
+    "n07747607": "orange",
+}  # fmt: skip
+IMAGENET10_SIZE = 224  # the usual ImageNet input (and the ResNet-18 setting of the selection papers)
+
+
+def _check_image_size(name: str, image_size) -> int:
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise DatasetError(f"{name} image_size must be a positive integer (pixels); got {image_size!r}.")
+    return int(image_size)
+
+
+def _imagenet10_classes(classes) -> tuple[list[str], list[str]]:
+    """``(wnids, names)`` of the chosen classes (default :data:`IMAGENET10_WNIDS`)."""
+    if classes is None:
+        return list(IMAGENET10_WNIDS), list(IMAGENET10_WNIDS.values())
+    if isinstance(classes, (str, bytes)) or len(classes) < 2 or len(set(classes)) != len(classes):
+        raise DatasetError(f"imagenet10 classes must be a list of at least 2 distinct ImageNet wnids; got {classes!r}.")
+    wnids = [str(c) for c in classes]
+    return wnids, [IMAGENET10_WNIDS.get(w, w) for w in wnids]
+
+
+def _find_imagenet10_dir(wnids=None) -> Path | None:
+    wnids = list(IMAGENET10_WNIDS) if wnids is None else wnids
+    for d in _search_dirs("imagenet10", ()):
+        for candidate in (d, d / "imagenet-10", d / "ImageNet-10"):
+            if all((candidate / split / w).is_dir() for split in ("train", "val") for w in wnids):
+                return candidate
+    return None
+
+
+def _load_imagenet10(split: str, image_size: int = IMAGENET10_SIZE, classes=None, **_) -> Dataset:
+    image_size = _check_image_size("imagenet10", image_size)
+    wnids, names = _imagenet10_classes(classes)
+    d = _find_imagenet10_dir(wnids)
+    if d is None:
+        raise DatasetError(missing_message("imagenet10")
+                           + ("" if classes is None else f"\n  (with the classes asked for: {', '.join(wnids)})"))
+    folder = d / ("train" if split == "train" else "val")
+    images, labels, _ = load_image_folder(folder, image_size, class_dirs=wnids)
+    return _make("imagenet10", split, "image-folder", d, images, labels, names, IMAGENET_MEAN, IMAGENET_STD)
+
+
+_register(
+    DatasetSpec(
+        name="imagenet10",
+        image_shape=(IMAGENET10_SIZE, IMAGENET10_SIZE, 3),
+        class_names=tuple(IMAGENET10_WNIDS.values()),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        loader=_load_imagenet10,
+        how_to_get=(
+            "  ImageNet-10 is ten ImageNet-1k classes (ILSVRC2012; ImageNet's licence: download it yourself from\n"
+            "  image-net.org). Put the images of each class in one folder per WordNet id:\n"
+            f"    ${DATA_ENV}/imagenet10/train/<wnid>/*.JPEG  (the class's ILSVRC2012 training images, 1300 each)\n"
+            f"    ${DATA_ENV}/imagenet10/val/<wnid>/*.JPEG    (its 50 validation images, sorted into class\n"
+            "                                               folders by the ILSVRC2012 validation labels)\n"
+            "  for these ten classes (the ImageNet-10 of the clustering literature; the IFS paper does not\n"
+            "  name its ten, and load_dataset('imagenet10', classes=[...]) takes another list of wnids):\n"
+            + "".join(f"    {w}  {n}\n" for w, n in IMAGENET10_WNIDS.items())
+            + f"  Images are resized on the shorter side and centre-cropped to image_size (default {IMAGENET10_SIZE})."
+        ),
+        locate=lambda: str(_find_imagenet10_dir()) if _find_imagenet10_dir() else None,
+        options=("image_size", "classes"),
+    )
+)
+
+
+# --------------------------------------------------------------------------- RAF-DB (basic emotions)
+
+RAFDB_CLASSES = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")  # labels 1-7 in the list
+RAFDB_SIZE = 100  # the aligned faces are 100×100
+RAFDB_LIST = "list_patition_label.txt"  # sic: the file's name in the distribution
+
+
+def _rafdb_layout(root: Path) -> tuple[Path, Path] | None:
+    """``(split list, aligned image dir)`` under ``root`` in any of the distribution's layouts, or ``None``."""
+    for base in (root / "basic", root):
+        for listing in (base / "EmoLabel" / RAFDB_LIST, base / RAFDB_LIST):
+            aligned = base / "Image" / "aligned"
+            if listing.is_file() and aligned.is_dir():
+                return listing, aligned
+    return None
+
+
+def _find_rafdb() -> tuple[Path, Path] | None:
+    for d in _search_dirs("raf_db", ()):
+        for candidate in (d, d / "RAF-DB", d / "rafdb", d / "RAF_DB"):
+            found = _rafdb_layout(candidate)
+            if found is not None:
+                return found
+    return None
+
+
+def read_rafdb_list(path: Path, split: str) -> list[tuple[str, int]]:
+    """``(file name, label 0-6)`` of every entry of ``split`` in RAF-DB's ``list_patition_label.txt``.
+
+    Lines read ``train_00001.jpg 5`` or ``test_0001.jpg 1``, labels 1-7 in the order of :data:`RAFDB_CLASSES`.
+
+    Raises:
+      DatasetError: a line that is not ``name label`` with a label in 1-7.
+    """
+    entries = []
+    prefix = "train_" if split == "train" else "test_"
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit() or not 1 <= int(parts[1]) <= 7:
+            raise DatasetError(f"{path}:{number}: expected '<image name> <label 1-7>'; got {line.strip()!r}.")
+        if parts[0].startswith(prefix):
+            entries.append((parts[0], int(parts[1]) - 1))
+    if not entries:
+        raise DatasetError(f"{path} lists no {split} images (names starting with {prefix!r}).")
+    return entries
+
+
+def _load_rafdb(split: str, image_size: int = RAFDB_SIZE, **_) -> Dataset:
+    image_size = _check_image_size("raf_db", image_size)
+    found = _find_rafdb()
+    if found is None:
+        raise DatasetError(missing_message("raf_db"))
+    listing, aligned = found
+    images, labels = [], []
+    for name, label in read_rafdb_list(listing, split):
+        stem = name.rsplit(".", 1)[0]
+        file = aligned / f"{stem}_aligned.jpg"
+        if not file.is_file() and (aligned / name).is_file():
+            file = aligned / name
+        if not file.is_file():
+            raise DatasetError(f"{listing} lists {name} but {aligned / (stem + '_aligned.jpg')} does not exist; "
+                               "unpack all of basic/Image/aligned.zip there.")  # fmt: skip
+        images.append(read_square_image(file, image_size))
+        labels.append(label)
+    return _make("raf_db", split, "raf-db", listing.parent.parent if listing.parent.name == "EmoLabel" else
+                 listing.parent, np.stack(images), np.asarray(labels, np.int32), RAFDB_CLASSES, IMAGENET_MEAN,
+                 IMAGENET_STD)  # fmt: skip
+
+
+_register(
+    DatasetSpec(
+        name="raf_db",
+        image_shape=(RAFDB_SIZE, RAFDB_SIZE, 3),
+        class_names=RAFDB_CLASSES,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        loader=_load_rafdb,
+        how_to_get=(
+            "  RAF-DB (Real-world Affective Faces, basic emotions) is released on request by its authors\n"
+            "  (whdeng.cn/RAF); download the 'basic' part and unpack it so that these exist:\n"
+            f"    ${DATA_ENV}/raf_db/basic/EmoLabel/{RAFDB_LIST}   (lines 'train_00001.jpg 5', "
+            "labels 1-7)\n"
+            f"    ${DATA_ENV}/raf_db/basic/Image/aligned/train_00001_aligned.jpg ... test_3068_aligned.jpg\n"
+            "  (unpack Image/aligned.zip; 12,271 train and 3,068 test faces, 100×100). A tree without the\n"
+            f"  basic/ level (raf_db/EmoLabel/..., raf_db/Image/aligned/...) works too. Seven classes:\n"
+            f"  {', '.join(f'{i + 1}={c}' for i, c in enumerate(RAFDB_CLASSES))}. Faces are resized to\n"
+            f"  image_size (default {RAFDB_SIZE}, their own size)."
+        ),
+        locate=lambda: str(_find_rafdb()[0]) if _find_rafdb() else None,
+        options=("image_size",),
+    )
+)
+
+
 # --------------------------------------------------------------------------- user arrays (.npz)
 
 
@@ -550,7 +727,8 @@ def load_dataset(name: str, split: str = "train", **options) -> Dataset:
       name: one of :func:`dataset_names`.
       split: ``"train"`` or ``"test"``.
       **options: loader options: ``path`` and ``class_names`` for ``npz``,
-        ``image_size`` for ``imagenette``; any other option is refused.
+        ``image_size`` for ``imagenette``, ``imagenet10`` (with ``classes``) and ``raf_db``;
+        any other option is refused.
 
     Raises:
       DatasetError: unknown name or split, unreadable files, or data not

@@ -23,7 +23,7 @@ from jaxpoison.detection.metrics import detection_metrics
 from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import RunConfig, UnlearnConfig, config_hash, to_dict
 from jaxpoison.experiments.detectors import Detection, Victim, run_detector
-from jaxpoison.experiments.registry import INFLUENCE_BASED, NEEDS_FACTORS, UNLEARNER_SPECS
+from jaxpoison.experiments.registry import DETECTOR_LABELS, INFLUENCE_BASED, NEEDS_FACTORS, UNLEARNER_SPECS
 from jaxpoison.experiments.report import write_report
 from jaxpoison.experiments.store import RunStore
 from jaxpoison.experiments.victim import (
@@ -41,6 +41,8 @@ from jaxpoison.experiments.victim import (
 )
 from jaxpoison.influence import NUMERICS_VERSION, Factors, fit_factors, load_factors, save_factors
 from jaxpoison.models import FunctionalModel
+from jaxpoison.progress import stage as named_stage
+from jaxpoison.progress import stages as numbered_stages
 from jaxpoison.unlearning import (
     DistillConfig,
     Selector,
@@ -93,9 +95,12 @@ def prepare(config: RunConfig, out: str | Path, *, force: bool = False, progress
 
 
 def _prepare_stages(config: RunConfig, store: RunStore, splits: Splits, progress: bool) -> Prepared:
-    clean_key, clean = clean_stage(store, config, splits, progress)
-    poison_key, poisoning = poison_stage(store, config, splits, clean, clean_key, progress)
-    victim_key, model, victim_record = victim_stage(store, config, splits, poisoning, poison_key, progress)
+    with named_stage("clean model"):
+        clean_key, clean = clean_stage(store, config, splits, progress)
+    with named_stage("poison"):
+        poison_key, poisoning = poison_stage(store, config, splits, clean, clean_key, progress)
+    with named_stage("victim"):
+        victim_key, model, victim_record = victim_stage(store, config, splits, poisoning, poison_key, progress)
 
     def pick(directory: Path) -> dict:
         indices, images = pick_test_points(model, poisoning, config.attack.source, splits.test,
@@ -103,7 +108,9 @@ def _prepare_stages(config: RunConfig, store: RunStore, splits: Splits, progress
         np.save(directory / "images.npy", images)
         return {"test_indices": indices.tolist(), "target": poisoning.target}
 
-    point_key, point = store.run("test_point", {"victim": victim_key, "count": config.detection.test_points}, pick)
+    with named_stage("test point"):
+        point_key, point = store.run("test_point", {"victim": victim_key, "count": config.detection.test_points},
+                                     pick)  # fmt: skip
     images = np.load(store.path("test_point") / "images.npy")
     rate = poisoning.poison_indices.size / len(poisoning.dataset)  # the realised share, also under attack.count
     victim = Victim(model, poisoning.dataset, images, int(point["target"]), splits.train, rate)
@@ -121,8 +128,9 @@ def _prepare_stages(config: RunConfig, store: RunStore, splits: Splits, progress
             shutil.rmtree(directory / PARTIAL, ignore_errors=True)  # the finished factors supersede them
             return {"fisher": factor_config.fisher, "resumed": fitted.meta.get("resumed_from")}
 
-        factor_key, _ = store.run("factors", {"victim": victim_key, "factors": dataclasses.asdict(factor_config),
-                                              "numerics": NUMERICS_VERSION}, fit, keep=(PARTIAL,))  # fmt: skip
+        with named_stage("EK-FAC factors"):
+            factor_key, _ = store.run("factors", {"victim": victim_key, "factors": dataclasses.asdict(factor_config),
+                                                  "numerics": NUMERICS_VERSION}, fit, keep=(PARTIAL,))  # fmt: skip
         factors = load_factors(store.path("factors") / "factors", model)
     keys = {"clean": clean_key, "poison": poison_key, "victim": victim_key, "test_point": point_key,
             "factors": factor_key}  # fmt: skip
@@ -155,7 +163,8 @@ def detect_stage(prepared: Prepared, method: str, *, progress: bool = True) -> t
                                                              indent=2, default=float))  # fmt: skip
         return {"method": method, **metrics, "info": info}
 
-    _, record = prepared.store.run(f"detect:{method}", inputs, compute)
+    with named_stage(f"detect: {DETECTOR_LABELS.get(method, method)}"):
+        _, record = prepared.store.run(f"detect:{method}", inputs, compute)
     directory = prepared.store.path(f"detect:{method}")
     extra = {}
     if (directory / "extra.npz").exists():
@@ -297,19 +306,33 @@ def unlearn_stage(
         return {"detector": detector, "unlearner": method, "selection": info.get("selection"), **metrics,
                 "seconds": seconds, "info": info}  # fmt: skip
 
-    _, record = prepared.store.run(f"unlearn:{detector}:{method}", inputs, compute)
+    flags = DETECTOR_LABELS.get(detector, detector)
+    with named_stage(f"unlearn: {UNLEARNER_NAMES.get(method, method)} on {flags}'s flags"):
+        _, record = prepared.store.run(f"unlearn:{detector}:{method}", inputs, compute)
     return record
 
 
 # --------------------------------------------------------------------------- the whole run
 
+# Unlearners as the progress bars name them.
+UNLEARNER_NAMES = {"eu": "EU", "cf": "CF", "cf_reset": "CF (reset head)", "cf_short": "CF (short)", "ssd": "SSD",
+                   "scrub": "SCRUB", "badt": "BadT"}  # fmt: skip
+
+
+def stage_count(config: RunConfig) -> int:
+    """How many stages :func:`run_pipeline` runs (or reuses) for ``config``: the ``N`` of its ``[i/N]`` bars."""
+    factors = any(m in NEEDS_FACTORS for m in config.detection.methods)
+    detectors = config.unlearning.detectors or config.detection.methods
+    return 4 + factors + len(config.detection.methods) + len(detectors) * len(config.unlearning.methods)
+
 
 def run_pipeline(config: RunConfig, out: str | Path, *, force: bool = False, progress: bool = True) -> dict:
     """Poison → train → detect → unlearn → evaluate; writes ``report.json``, ``report.md`` and plots in ``out``."""
     start = time.perf_counter()
-    prepared = prepare(config, out, force=force, progress=progress)
-    with prepared.store:
-        return _run_prepared(prepared, start, progress)
+    with numbered_stages(stage_count(config)):  # progress bars read "[3/10] victim · epoch 1/3"
+        prepared = prepare(config, out, force=force, progress=progress)
+        with prepared.store:
+            return _run_prepared(prepared, start, progress)
 
 
 def _run_prepared(prepared: Prepared, start: float, progress: bool) -> dict:

@@ -16,7 +16,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
@@ -25,6 +24,7 @@ from jaxpoison.influence.hvp import gnvp, hvp
 from jaxpoison.influence.losses import batch_loss, cross_entropy
 from jaxpoison.influence.solvers import LissaConfig, LissaInfo, lissa, relative_residual
 from jaxpoison.models import FunctionalModel
+from jaxpoison.progress import progress_bar
 from jaxpoison.training.evaluate import iterate_padded
 
 CURVATURES = ("hessian", "gauss_newton")
@@ -195,7 +195,7 @@ def candidate_influence(
     batch_size = min(batch_size, n)
     out = []
     batches = iterate_padded(n, batch_size)
-    for idx, valid in tqdm(batches, total=-(-n // batch_size), desc="influence", disable=not progress, leave=False):
+    for idx, valid in progress_bar(batches, total=-(-n // batch_size), desc="influence", disable=not progress):
         values = _influence_batch(model, s, candidates.images[idx], candidates.labels[idx])
         out.append(np.asarray(values)[valid])
     return np.concatenate(out)

@@ -13,10 +13,10 @@ from typing import Any
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
+from jaxpoison.progress import progress_bar
 from jaxpoison.sharding import local_rows, replicate, shard_local_batch, to_host
 from jaxpoison.training.evaluate import iterate_padded
 
@@ -79,7 +79,7 @@ def reduce_dataset(
             acc, start = replicate(mesh, tree), int(meta["next_batch"])
     n = len(dataset) if limit is None else min(limit, len(dataset))
     total = num_batches(n, batch_size)
-    bar = tqdm(total=total, initial=start, desc=desc, disable=not progress, leave=False, mininterval=1.0)
+    bar = progress_bar(total=total, initial=start, desc=desc, disable=not progress)
     for b, x, y, m in batches(dataset, batch_size, mesh, start, limit):
         acc = step(acc, b, x, y, m)
         bar.update(1)
@@ -102,8 +102,8 @@ def collect_dataset(
     """Concatenate ``step(batch_index, images, labels, mask)`` outputs along ``axis``, padding removed."""
     parts = []  # device arrays; fetched once at the end so the device never waits on the host
     n = len(dataset)
-    for b, x, y, m in tqdm(batches(dataset, batch_size, mesh), total=num_batches(n, batch_size), desc=desc,
-                           disable=not progress, leave=False, mininterval=1.0):  # fmt: skip
+    for b, x, y, m in progress_bar(batches(dataset, batch_size, mesh), total=num_batches(n, batch_size), desc=desc,
+                                   disable=not progress):  # fmt: skip
         parts.append(step(b, x, y, m))
     out = np.concatenate([np.asarray(p) for p in to_host(parts)], axis=axis)
     return np.take(out, np.arange(n), axis=axis)

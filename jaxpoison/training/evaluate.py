@@ -10,11 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
 from jaxpoison.models import FunctionalModel
+from jaxpoison.progress import progress_bar
 
 
 class EvalResult(NamedTuple):
@@ -99,8 +99,8 @@ def forward(
     n = len(dataset)
     batch_size = min(batch_size, max(n, 1))
     out, bad = [], 0
-    batches = tqdm(iterate_padded(n, batch_size), total=math.ceil(n / batch_size), desc=desc, disable=not progress,
-                   leave=False, mininterval=1.0)  # fmt: skip
+    batches = progress_bar(iterate_padded(n, batch_size), total=math.ceil(n / batch_size), desc=desc,
+                           disable=not progress)  # fmt: skip
     for idx, valid in batches:
         result, finite = _forward_batch(model, jnp.asarray(dataset.images[idx]), output=output, argmax=argmax)
         out.append(np.asarray(result)[valid])

@@ -26,11 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from jaxpoison.data import Dataset, augment_batch, require_images
 from jaxpoison.errors import InputError
 from jaxpoison.models import FunctionalModel
+from jaxpoison.progress import progress_bar
 from jaxpoison.sharding import data_mesh, replicate, shard_batch, to_host
 from jaxpoison.training import checkpoint as ckpt
 from jaxpoison.training.evaluate import NonFiniteOutputError, evaluate
@@ -188,7 +188,8 @@ def train(
         drawn from ``(seed, epoch)``); each epoch runs ``len(dataset) // batch_size`` steps over it.
       key: the base key of the step keys (default ``jax.random.key(seed)``); step ``s`` of epoch
         ``e`` gets ``fold_in(fold_in(key, e), s)``.
-      desc: what is training, for the progress bar (``"victim · epoch 2/5"``).
+      desc: what is training, for the progress bar (``"surrogate · epoch 2/5"``); the bar also
+        names the enclosing :func:`jaxpoison.progress.stage` (``"[3/10] victim · epoch 2/5"``).
 
     Returns:
       A :class:`TrainResult`. Each epoch drops the last partial batch (a different
@@ -253,7 +254,7 @@ def train(
         epoch_key = jax.random.fold_in(base_key, epoch)
         losses, corrects = [], []
         label = f"epoch {epoch + 1}/{recipe.epochs}" if desc is None else f"{desc} · epoch {epoch + 1}/{recipe.epochs}"
-        bar = tqdm(range(steps_per_epoch), desc=label, disable=not progress, leave=False, mininterval=1.0)
+        bar = progress_bar(range(steps_per_epoch), desc=label, disable=not progress)  # named after the current stage
         for s in bar:
             idx = epoch_order[s * recipe.batch_size : (s + 1) * recipe.batch_size]
             x, y = shard_batch(mesh, dataset.images[idx], dataset.labels[idx])
