@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from jaxpoison.data import dataset_location, dataset_names, get_spec
+from jaxpoison.distributed import DistributedError, initialize, is_writer, lost_peer
 from jaxpoison.errors import InputError, RecoveryWarning
 from jaxpoison.experiments.registry import UNLEARNERS
 from jaxpoison.fileio import atomic_write_text
@@ -156,8 +159,9 @@ def _cmd_run(args) -> int:
     elif args.memory_budget is not None or device_memory_bytes():  # on CPU only when asked: host memory swaps
         check_plan_fits(config, _memory_budget(args)[0])
     out = Path(args.out)
-    report = run_pipeline(config, out, force=args.force, progress=not args.no_progress)
-    _print_run(report, out)
+    report = run_pipeline(config, out, force=args.force, progress=not args.no_progress and is_writer())
+    if is_writer():  # one report on the console, from the process that wrote it
+        _print_run(report, out)
     return 0
 
 
@@ -424,6 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxpoison", description="Data-poisoning research with influence functions in JAX."
     )
+    launch = parser.add_argument_group(
+        "multi-process runs (jax.distributed)",
+        "Start the same command once per process. Unset flags are read from JAX_COORDINATOR_ADDRESS, "
+        "JAX_NUM_PROCESSES and JAX_PROCESS_ID; --distributed lets JAX detect a SLURM, Open MPI or TPU cluster.")
+    launch.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address, the same on every process")
+    launch.add_argument("--num-processes", type=int, metavar="N", help="how many processes the run has")
+    launch.add_argument("--process-id", type=int, metavar="I", help="this process's id, 0 .. N-1")
+    launch.add_argument("--distributed", action="store_true", help="detect the cluster's settings as JAX does")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("datasets", help="list known datasets and whether they are available here")
@@ -556,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _format_warning
     try:
+        initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
         return args.func(args)
     except InputError as e:
         print(f"jaxpoison: error: {e}", file=sys.stderr)
@@ -567,6 +580,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jaxpoison: interrupted; rerun the same command to resume from the finished stages.", file=sys.stderr)
         return 130
+    except Exception as e:
+        lost = e if isinstance(e, DistributedError) else None
+        if lost is None and jax.process_count() > 1 and isinstance(e, jax.errors.JaxRuntimeError):
+            lost = lost_peer("in a collective", e)  # a peer vanished mid-computation
+        if lost is None:
+            raise
+        print(f"jaxpoison: error: {lost}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(3)  # JAX's orderly shutdown would wait on the dead process and abort: leave now
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import numpy as np
 from jaxpoison.attacks.pointcloud import PointClusterTrigger
 from jaxpoison.attacks.smooth import SmoothTrigger
 from jaxpoison.attacks.triggers import BlendedTrigger, PatchedTrigger, PatchTrigger, Trigger, TriggerError
+from jaxpoison.fileio import atomic_write_text, save_arrays
 
 
 def save_trigger(directory: str | os.PathLike, trigger: Trigger) -> None:
@@ -25,8 +26,8 @@ def save_trigger(directory: str | os.PathLike, trigger: Trigger) -> None:
     elif not isinstance(trigger, BlendedTrigger | SmoothTrigger):
         raise TriggerError(f"cannot save a {type(trigger).__name__}; save_trigger knows patch, patched, blended, "
                            "smooth and point-cluster triggers.")  # fmt: skip
-    np.savez(directory / "trigger.npz", **arrays)
-    (directory / "trigger.json").write_text(json.dumps(trigger.describe(), indent=2, default=float))
+    save_arrays(directory / "trigger.npz", **arrays)
+    atomic_write_text(directory / "trigger.json", json.dumps(trigger.describe(), indent=2, default=float))
 
 
 def load_trigger(directory: str | os.PathLike) -> Trigger:

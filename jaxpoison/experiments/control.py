@@ -25,6 +25,7 @@ from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import to_dict
 from jaxpoison.experiments.detectors import Victim, run_detector
 from jaxpoison.experiments.registry import INFLUENCE_BASED, NEEDS_FACTORS
+from jaxpoison.fileio import save_array
 from jaxpoison.influence import NUMERICS_VERSION, fit_factors, load_factors, save_factors
 from jaxpoison.models import FunctionalModel
 from jaxpoison.training import predict_logits
@@ -88,7 +89,7 @@ def control_stage(prepared, methods: tuple[str, ...], *, progress: bool = True) 
 
         def compute(directory: Path, method=method) -> dict:
             found = run_detector(method, victim, factors, config.detection, seed=config.seed, progress=progress)
-            np.save(directory / "flagged.npy", found.flagged)
+            save_array(directory / "flagged.npy", found.flagged)
             metrics = detection_metrics(found.flagged, [], len(train), found.scores, found.seconds)
             return {"method": method, **metrics, "test_point": point}
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxpoison.attacks import attack_metrics
 from jaxpoison.detection.metrics import detection_metrics
+from jaxpoison.distributed import is_writer
 from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import RunConfig, UnlearnConfig, config_hash, to_dict
 from jaxpoison.experiments.detectors import Detection, Victim, run_detector
@@ -39,6 +40,7 @@ from jaxpoison.experiments.victim import (
     validate_against_data,
     victim_stage,
 )
+from jaxpoison.fileio import atomic_write_text, save_array, save_arrays
 from jaxpoison.influence import NUMERICS_VERSION, Factors, fit_factors, load_factors, save_factors
 from jaxpoison.models import FunctionalModel
 from jaxpoison.progress import stage as named_stage
@@ -105,7 +107,7 @@ def _prepare_stages(config: RunConfig, store: RunStore, splits: Splits, progress
     def pick(directory: Path) -> dict:
         indices, images = pick_test_points(model, poisoning, config.attack.source, splits.test,
                                            config.detection.test_points)  # fmt: skip
-        np.save(directory / "images.npy", images)
+        save_array(directory / "images.npy", images)
         return {"test_indices": indices.tolist(), "target": poisoning.target}
 
     with named_stage("test point"):
@@ -125,7 +127,8 @@ def _prepare_stages(config: RunConfig, store: RunStore, splits: Splits, progress
             fitted = fit_factors(model, poisoning.dataset, factor_config, checkpoint_dir=directory / PARTIAL,
                                  progress=progress)  # fmt: skip
             save_factors(directory / "factors", fitted)
-            shutil.rmtree(directory / PARTIAL, ignore_errors=True)  # the finished factors supersede them
+            if is_writer():
+                shutil.rmtree(directory / PARTIAL, ignore_errors=True)  # the finished factors supersede them
             return {"fisher": factor_config.fisher, "resumed": fitted.meta.get("resumed_from")}
 
         with named_stage("EK-FAC factors"):
@@ -152,15 +155,15 @@ def detect_stage(prepared: Prepared, method: str, *, progress: bool = True) -> t
     def compute(directory: Path) -> dict:
         found = run_detector(method, prepared.victim, prepared.factors, config.detection, seed=config.seed,
                              progress=progress)  # fmt: skip
-        np.save(directory / "flagged.npy", found.flagged)
-        np.save(directory / "scores.npy", found.scores)
+        save_array(directory / "flagged.npy", found.flagged)
+        save_array(directory / "scores.npy", found.scores)
         arrays = {k: v for k, v in found.extra.items() if isinstance(v, np.ndarray)}
         if arrays:
-            np.savez_compressed(directory / "extra.npz", **arrays)
+            save_arrays(directory / "extra.npz", compressed=True, **arrays)
         info = {k: v for k, v in found.extra.items() if not isinstance(v, np.ndarray)}
         metrics = detection_metrics(found.flagged, prepared.poisoning.poison_indices, n, found.scores, found.seconds)
-        (directory / "detection.json").write_text(json.dumps({"method": method, **metrics, "info": info},
-                                                             indent=2, default=float))  # fmt: skip
+        atomic_write_text(directory / "detection.json", json.dumps({"method": method, **metrics, "info": info},
+                                                                   indent=2, default=float))  # fmt: skip
         return {"method": method, **metrics, "info": info}
 
     with named_stage(f"detect: {DETECTOR_LABELS.get(method, method)}"):

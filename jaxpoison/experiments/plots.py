@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxpoison.detection.metrics import auroc, roc_curve
+from jaxpoison.distributed import is_writer
 
 
 def _pyplot():
@@ -55,7 +56,8 @@ def plot_delta_by_transform(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    if is_writer():  # one process draws the shared file
+        fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
 
@@ -78,7 +80,8 @@ def plot_roc(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    if is_writer():  # one process draws the shared file
+        fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
 

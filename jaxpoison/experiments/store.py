@@ -14,6 +14,11 @@ one whose run stopped before its report is taken over by the next command, so a 
 command can reuse its ``--out``. Either way, only stages whose inputs did not change are
 reused. One process at a time may use a run directory: a second one is refused while the
 first holds the lock.
+
+A multi-process run (``jax.distributed``) shares one run directory, on a file system every
+process sees: all processes compute each stage together, process 0 alone locks the
+directory and writes files, and barriers at every stage's entry and end keep the processes
+in step, so they reuse or recompute exactly the same stages.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from jaxpoison.distributed import barrier, is_writer
 from jaxpoison.errors import InputError, warn_recovery
 from jaxpoison.experiments.config import config_hash
 from jaxpoison.fileio import atomic_write_text, file_digest
@@ -148,16 +154,20 @@ class RunStore:
                 f"{self.root} is not empty and is not a jaxpoison run directory; choose an empty or new --out "
                 "directory, or pass --force."
             )
-        self.root.mkdir(parents=True, exist_ok=True)
-        _acquire(self.root)
+        barrier(f"run directory checked: {self.root}")  # every process judged it before process 0 writes
+        if is_writer():  # one process locks and writes; the others follow its lead at the barriers
+            self.root.mkdir(parents=True, exist_ok=True)
+            _acquire(self.root)
         self._open = True
         atomic_write_text(run_file, json.dumps({"config_hash": key, "config": config}, indent=2))
+        barrier(f"run directory ready: {self.root}")
 
     def close(self) -> None:
         """Release the run directory's lock (idempotent)."""
         if self._open:
             self._open = False
-            _release(self.root)
+            if is_writer():
+                _release(self.root)
 
     def __enter__(self) -> RunStore:
         return self
@@ -218,22 +228,27 @@ class RunStore:
         keep = tuple(keep)
         key = config_hash(key_inputs)
         directory = self.path(name)
+        barrier(f"stage {name} entered")  # every process sees the same markers, so all reuse or all compute
         saved = self._finished(name)
         if saved is not None and saved.get("key") == key:
             self.events.append((name, "reused"))
             return key, saved["record"]
-        if directory.exists():
+        barrier(f"stage {name} checked")
+        if directory.exists() and is_writer():
             for entry in directory.iterdir():
                 if entry.name in keep:
                     continue
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         directory.mkdir(parents=True, exist_ok=True)
+        barrier(f"stage {name} cleared")
         start = time.perf_counter()
-        record = compute(directory)
+        record = compute(directory)  # every process computes; process 0 writes the files
         seconds = time.perf_counter() - start
         record = {**record, "stage_seconds": seconds}
-        files = _stage_files(directory, keep)
+        barrier(f"stage {name} written")  # orbax and plain files alike are complete before they are hashed
+        files = _stage_files(directory, keep) if is_writer() else {}
         blob = json.dumps({"key": key, "inputs": key_inputs, "record": record, "files": files}, indent=2, default=str)
         atomic_write_text(directory / STAGE_FILE, blob)  # the stage counts as finished only once this lands
+        barrier(f"stage {name} finished")
         self.events.append((name, "computed"))
         return key, json.loads(blob)["record"]  # as a later run will read it

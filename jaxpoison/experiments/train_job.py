@@ -11,6 +11,7 @@ import numpy as np
 
 from jaxpoison.data import load_splits
 from jaxpoison.errors import InputError
+from jaxpoison.fileio import atomic_write_text
 from jaxpoison.models import count_params, create_model, to_functional
 from jaxpoison.runinfo import environment
 from jaxpoison.sharding import data_mesh
@@ -96,5 +97,5 @@ def run_train_job(
         "test_data": _describe(test_set),
         "environment": environment(),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))
     return metrics

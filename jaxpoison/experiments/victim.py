@@ -45,6 +45,7 @@ from jaxpoison.experiments.config import (
     validate_classes,
 )
 from jaxpoison.experiments.store import RunStore
+from jaxpoison.fileio import save_arrays
 from jaxpoison.models import FunctionalModel, create_model, to_functional
 from jaxpoison.selection import select_poisons
 from jaxpoison.training import evaluate, predict_logits, train
@@ -240,8 +241,8 @@ def poison_stage(
             poisoned = poison_dataset(train_set, trigger, poison_config)
             dataset, poisons, target = poisoned.dataset, poisoned.poison_indices, attack.target
             save_trigger(directory / "trigger", trigger)
-        np.savez_compressed(directory / "poisons.npz", indices=poisons, images=dataset.images[poisons],
-                            labels=dataset.labels)  # fmt: skip
+        save_arrays(directory / "poisons.npz", compressed=True, indices=poisons, images=dataset.images[poisons],
+                    labels=dataset.labels)  # fmt: skip
         described = None if trigger is None else trigger.describe()
         return {"poison_count": int(poisons.size), "target": target, "brew_target": brew_target,
                 "selection": config.selection if trigger is not None else None,

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison.data import Dataset
+from jaxpoison.distributed import barrier, is_writer
 from jaxpoison.errors import ArtifactError, InputError, warn_recovery
 from jaxpoison.fileio import atomic_write_text
 from jaxpoison.influence.capture import (
@@ -310,7 +311,8 @@ _FINGERPRINT_WORDS = {
 
 def _discard_stage(directory: Path, reason: str) -> None:
     warn_recovery(f"partial factor sums in {directory} {reason}: discarding them and starting over.")
-    shutil.rmtree(directory)
+    if is_writer():
+        shutil.rmtree(directory)
 
 
 def _stale_reason(directory: Path, fingerprint: dict, template: Any, total: int) -> tuple[str | None, int]:
@@ -348,13 +350,17 @@ def _resumable_stage(directory: Path, fingerprint: dict, template: Any, total: i
     with another (or no) fingerprint, or that cannot be read back, are deleted with a
     warning and the pass starts from batch 0; they are never reused.
     """
+    reason, done = "is new", 0
     if directory.is_dir() and any(directory.iterdir()):
         reason, done = _stale_reason(directory, fingerprint, template, total)
-        if reason is None:
-            return done
+    barrier(f"partial sums checked: {directory.name}")  # every process decided before process 0 deletes
+    if reason is None:
+        return done
+    if reason != "is new":
         _discard_stage(directory, reason)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_text(directory / "fingerprint.json", json.dumps(fingerprint, indent=2))
+    barrier(f"partial sums reset: {directory.name}")
     return 0
 
 
@@ -390,6 +396,21 @@ def fit_factors(
       FactorError: NaN/Inf in the parameters or the fitted factors.
       InputError: non-floating parameters, an empty dataset.
       UntrackedParametersError: with ``on_untracked="error"`` and parameters no factor covers.
+
+    References:
+      James Martens and Roger Grosse. *Optimizing Neural Networks with Kronecker-factored
+      Approximate Curvature.* ICML 2015, arXiv:1503.05671 (K-FAC).
+
+      Roger Grosse and James Martens. *A Kronecker-factored Approximate Fisher Matrix for
+      Convolution Layers.* ICML 2016, arXiv:1602.01368 (KFC, the convolution convention).
+
+      Thomas George, César Laurent, Xavier Bouthillier, Nicolas Ballas and Pascal Vincent.
+      *Fast Approximate Natural Gradient Descent in a Kronecker-factored Eigenbasis.*
+      NeurIPS 2018, arXiv:1806.03884 (EK-FAC).
+
+      Roger Grosse, Juhan Bae, Cem Anil, Nelson Elhage, et al. *Studying Large Language Model
+      Generalization with Influence Functions.* arXiv:2308.03296, 2023 (EK-FAC for influence
+      functions).
     """
     if not isinstance(config, FactorConfig):
         raise InputError(f"config must be a FactorConfig; got {type(config).__name__}.")
@@ -549,7 +570,8 @@ def save_factors(directory: str | os.PathLike, factors: Factors) -> None:
 
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "factors.json").unlink(missing_ok=True)
+    if is_writer():
+        (directory / "factors.json").unlink(missing_ok=True)
     blocks = jax.device_get(factors.blocks)
     save_tree(directory / "blocks", blocks)
     record = {"format": FACTORS_FORMAT, "meta": factors.meta, "sha256": _block_hashes(blocks)}

@@ -157,6 +157,7 @@ def largest_batch_within(cost_at: Callable[[int], StageCost], budget_bytes: int,
 
 
 def device_memory_bytes() -> int | None:
-    """The first device's memory limit as its runtime reports it (GPU, TPU); ``None`` on CPU."""
-    stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
+    """This process's first device's memory limit as its runtime reports it (GPU, TPU); ``None`` on CPU."""
+    device = jax.local_devices()[0]  # in a multi-process run, only this process's devices report
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     return None if not stats else stats.get("bytes_limit")

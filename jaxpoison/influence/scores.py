@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison.data import Dataset
+from jaxpoison.distributed import is_writer
 from jaxpoison.errors import ArtifactError, InputError
 from jaxpoison.fileio import atomic_write_text
 from jaxpoison.influence.capture import (
@@ -491,7 +492,8 @@ def save_scores(directory: str | os.PathLike, scores: Scores) -> None:
 
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "scores.json").unlink(missing_ok=True)  # a crash before the end leaves no valid-looking scores
+    if is_writer():
+        (directory / "scores.json").unlink(missing_ok=True)  # a crash before the end leaves no valid-looking scores
     values = np.asarray(scores.values)
     save_tree(directory / "values", {"values": values})
     atomic_write_text(directory / "scores.json", json.dumps({"meta": scores.meta, "sha256": array_sha256(values)},
