@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-all bench-setup bench-train bench-influence clean
+.PHONY: demo test docs test-all bench-setup bench-train bench-influence clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,13 @@ demo: $(VENV)/.installed fashion-mnist
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory docs
 	$(BIN)/pytest -n 2
+
+# The documentation site, built strictly (a broken reference or docstring fails) into a temporary directory.
+docs: $(VENV)/.installed-dev
+	@site=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $$site; \
+	  status=$$?; rm -rf $$site; exit $$status
 
 test-all: $(VENV)/.installed-dev
 	$(BIN)/pytest -n 2 -m ''

@@ -67,7 +67,18 @@ def current_stage() -> str | None:
 
 
 def describe(desc: str | None = None) -> str:
-    """``desc`` prefixed with the current stage's label (either may be missing)."""
+    """``desc`` prefixed with the current stage's label (either may be missing).
+
+    Examples:
+      >>> with stages(11):
+      ...     with stage("clean model"):
+      ...         pass
+      ...     with stage("poison"):
+      ...         pass
+      ...     with stage("victim"):
+      ...         describe("epoch 1/3")
+      '[3/11] victim · epoch 1/3'
+    """
     parts = [p for p in (_STAGE.get(), desc) if p]
     return SEPARATOR.join(parts)
 

@@ -144,7 +144,8 @@ def make_smooth_trigger(
       target: the class the trigger should push toward.
       fooling_goal: stop once this share of non-target images goes to ``target``.
       max_passes: passes over ``images`` at most.
-      deepfool_iterations, overshoot: DeepFool settings.
+      deepfool_iterations: DeepFool's iterations per image.
+      overshoot: DeepFool's overshoot.
       magnitude: the pattern's range ``[0, magnitude]``.
       seed: seeds the image order of each pass.
 

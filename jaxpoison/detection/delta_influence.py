@@ -226,7 +226,23 @@ def make_queries(
 
 
 def vote(delta: np.ndarray, tau: float, n_tol: int) -> tuple[np.ndarray, np.ndarray]:
-    """The collapse vote on one ``[n_b, N]`` ΔInfl matrix: ``(counts [N], flagged mask [N])``."""
+    """The collapse vote on one ``[n_b, N]`` ΔInfl matrix: ``(counts [N], flagged mask [N])``.
+
+    A training point is flagged when its influence drops below ``tau`` under at least
+    ``n_b − n_tol`` of the ``n_b`` modified queries.
+
+    Examples:
+      Three modifications (rows) of one test point and three training points (columns):
+      the first point collapses every time, the third in two of three, the second almost
+      never. With ``n_tol=1`` two collapses of three suffice.
+
+      >>> delta = np.array([[-1.0, 0.5, -2.0],
+      ...                   [-0.5, -0.1, -1.0],
+      ...                   [-3.0, 0.2, 0.4]])
+      >>> counts, flagged = vote(delta, tau=0.0, n_tol=1)
+      >>> counts.tolist(), flagged.tolist()
+      ([3, 1, 2], [True, False, True])
+    """
     delta = np.asarray(delta)
     if delta.ndim != 2:
         raise InputError(f"delta must be [n_b, N]; got shape {delta.shape}.")
@@ -284,12 +300,23 @@ def delta_influence(
       target: the class the test points are (mis)classified as.
       factors: EK-FAC/K-FAC factors fitted on ``train`` (checked by hash), or ``None``
         for plain gradient dot products.
-      config: Δ-Influence settings; ``score_config``: measurement, damping, batch size.
+      config: Δ-Influence settings (transformations, ``n_b``, ``tau``, ``n_tol``, aggregation).
+      score_config: the influence scores' measurement, damping and batch size.
       mesh: data mesh for the scoring pass.
       progress: progress bar.
 
     Returns:
-      A :class:`DeltaResult`.
+      A :class:`DeltaResult`. The flags come from :func:`vote` on each test point's
+      ``[n_b, N]`` change of influence, combined over the test points by ``config.aggregate``.
+
+    References:
+      Wenjie Li, Jiawei Li, Pengcheng Zeng, Christian Schroeder de Witt, Ameya Prabhu and
+      Amartya Sanyal. *Delta-Influence: Identifying Poisons via Influence Functions.*
+      Transactions on Machine Learning Research (OpenReview ``4XtcG8NNaG``).
+
+      Roger Grosse, Juhan Bae, Cem Anil, Nelson Elhage, et al. *Studying Large Language Model
+      Generalization with Influence Functions.* arXiv:2308.03296, 2023 (the EK-FAC influence
+      scores it is built on).
     """
     if not isinstance(config, DeltaConfig):
         raise InputError(f"config must be a DeltaConfig; got {type(config).__name__}.")

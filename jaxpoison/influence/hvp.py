@@ -18,7 +18,18 @@ from jaxpoison.influence.grads import flatten
 
 
 def hvp(f: Callable, params, v, *args):
-    """``∇²f(params) v`` for ``f(params, *args) -> scalar`` (forward-over-reverse)."""
+    """``∇²f(params) v`` for ``f(params, *args) -> scalar`` (forward-over-reverse).
+
+    Examples:
+      For a quadratic ``f(x) = ½ xᵀAx`` the Hessian is ``A``, so the product is ``A v``
+      without ever forming ``A`` from ``f``:
+
+      >>> import jax.numpy as jnp
+      >>> A = jnp.array([[2.0, 1.0], [1.0, 3.0]])
+      >>> f = lambda x: 0.5 * x @ A @ x
+      >>> hvp(f, jnp.zeros(2), jnp.array([1.0, 0.0])).tolist()
+      [2.0, 1.0]
+    """
     return jax.jvp(lambda p: jax.grad(f)(p, *args), (params,), (v,))[1]
 
 
@@ -28,8 +39,10 @@ def gnvp(apply: Callable, loss_of_outputs: Callable, params, v, x, y):
     Args:
       apply: ``apply(params, x) -> outputs`` (logits).
       loss_of_outputs: ``L(outputs, y) -> scalar``, convex in the outputs.
-      params, v: the point and the direction (same pytree structure).
-      x, y: the batch.
+      params: the point.
+      v: the direction (the same pytree structure as ``params``).
+      x: the batch's inputs.
+      y: the batch's labels.
     """
     z, jv = jax.jvp(lambda p: apply(p, x), (params,), (v,))
     hjv = jax.jvp(lambda o: jax.grad(loss_of_outputs)(o, y), (z,), (jv,))[1]

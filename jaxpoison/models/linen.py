@@ -81,12 +81,14 @@ def from_linen(
         differentiate; every other collection (``"batch_stats"``, …) is frozen state that
         training mode updates.
       input_shape: one example's shape (no batch axis).
-      eval_kwargs / train_kwargs: extra ``__call__`` arguments for inference and training,
-        e.g. ``{"train": False}`` and ``{"train": True}`` for a BatchNorm model.
+      eval_kwargs: extra ``__call__`` arguments for inference, e.g. ``{"train": False}`` for a
+        BatchNorm model.
+      train_kwargs: extra ``__call__`` arguments for training, e.g. ``{"train": True}``.
       input_dtype: the dtype of the inputs when it is not the parameters' (``"int32"`` for
         token ids).
-      mean, std: per-channel input normalisation, applied at the model's door (``None``: the
-        module sees its inputs as given).
+      mean: per-channel input mean, subtracted at the model's door (``None``: the module sees
+        its inputs as given).
+      std: per-channel input standard deviation, divided at the model's door.
 
     ``features`` calls the module's ``features`` method when it has one (what spectral
     signatures and activation clustering read); without it those detectors refuse the model.

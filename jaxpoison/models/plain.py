@@ -181,7 +181,8 @@ def from_apply(
       features: ``features(params, x) -> [N, D]``, the penultimate activations (what spectral
         signatures and activation clustering read); without it those detectors refuse the model.
       input_dtype: the dtype of the inputs when it is not the parameters' (``"int32"`` for token ids).
-      mean, std: per-channel input normalisation, applied at the model's door.
+      mean: per-channel input mean, subtracted at the model's door.
+      std: per-channel input standard deviation, divided at the model's door.
 
     Parameters no declared layer covers (embeddings, norms) are listed by name when influence
     is computed, as for every other adapter.

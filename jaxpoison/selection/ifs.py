@@ -242,7 +242,14 @@ def _check_features(features, labels) -> tuple[np.ndarray, np.ndarray]:
 
 def fair_quota(k: int, classes) -> dict[int, int]:
     """Split ``k`` poisons equally over ``classes``: ``⌊k / m⌋`` each, and the remainder ``k mod m``
-    one each to the lowest class ids. E.g. ``fair_quota(11, [1, 2, 3]) == {1: 4, 2: 4, 3: 3}``."""
+    one each to the lowest class ids.
+
+    Examples:
+      IFS's class-fair quota: 11 poisons over three non-target classes.
+
+      >>> fair_quota(11, [3, 1, 2])
+      {1: 4, 2: 4, 3: 3}
+    """
     classes = sorted(int(c) for c in classes)
     if not classes or len(set(classes)) != len(classes):
         raise SelectionError(f"classes must be a non-empty list of distinct class ids; got {classes}.")
@@ -417,6 +424,14 @@ def ifs_selection(
       SelectionError: bad arguments; group 1 of some class is smaller than its quota (checked
         before any training); a caller's validation set shares images with the pool; or LiSSA
         diverged.
+
+    References:
+      Qi Wei, Shuo He, Jiahao Zhang, Lei Feng and Bo An. *Influence-Based Fair Selection for
+      Sample-Discriminative Backdoor Attacks.* Proceedings of the AAAI Conference on Artificial
+      Intelligence 39(20): 21474–21481, 2025.
+
+      Pang Wei Koh and Percy Liang. *Understanding Black-box Predictions via Influence
+      Functions.* ICML 2017 (the influence of a training point that IFS scores candidates by).
     """
     config = IFSConfig() if config is None else config
     if model_name is not None:
