@@ -11,6 +11,7 @@ from jaxpoison.attacks.poison import (
     check_trigger_data,
     choose_poisons,
     poison_dataset,
+    poison_streamed,
     triggered_inputs,
 )
 from jaxpoison.attacks.smooth import SmoothTrigger, lowpass, make_smooth_trigger, minmax
@@ -67,6 +68,7 @@ __all__ = [
     "patched",
     "point_patch",
     "poison_dataset",
+    "poison_streamed",
     "resize_pattern",
     "save_trigger",
     "square_patch",

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxpoison.attacks.triggers import apply_trigger, trigger_kind
-from jaxpoison.data import Dataset, require_images
+from jaxpoison.data import Dataset, StreamedDataset, require_images
 from jaxpoison.data.pointcloud import require_point_clouds
 from jaxpoison.errors import InputError
 
@@ -130,8 +130,8 @@ class PoisonedDataset(NamedTuple):
 
 def candidate_pool(dataset: Dataset, target: int, source: int | None) -> np.ndarray:
     """Indices that may be poisoned: the source class, or every class but the target."""
-    if not isinstance(dataset, Dataset):
-        raise PoisonError(f"poisoning needs a jaxpoison Dataset; got {type(dataset).__name__}.")
+    if not isinstance(dataset, Dataset | StreamedDataset):
+        raise PoisonError(f"poisoning needs a jaxpoison Dataset or StreamedDataset; got {type(dataset).__name__}.")
     if not _is_int(target) or (source is not None and not _is_int(source)):
         raise PoisonError(f"target and source must be integer class indices; got {target!r} and {source!r}.")
     if not 0 <= target < dataset.num_classes:
@@ -247,3 +247,34 @@ def poison_dataset(dataset: Dataset, trigger, config: PoisonConfig) -> PoisonedD
         "poisoned_size": len(poisoned),
     }
     return PoisonedDataset(poisoned, positions, chosen, manifest)
+
+
+def poison_streamed(dataset: StreamedDataset, trigger, config: PoisonConfig) -> PoisonedDataset:
+    """Poison a streamed training set without copying it: the trigger is an overlay on the chosen rows.
+
+    The chosen rows are triggered (and clipped to [0, 1]) each time they are read, and
+    relabelled to ``config.target``; every other row is read from disk unchanged. Only
+    ``"replace"`` mode exists here: appending would have to write new rows.
+
+    Raises:
+      PoisonError: an ``"append"`` config, or what :func:`choose_poisons` refuses.
+    """
+    if not isinstance(dataset, StreamedDataset):
+        raise PoisonError(f"poison_streamed needs a StreamedDataset; got {type(dataset).__name__}; use poison_dataset.")
+    if config.mode != "replace":
+        raise PoisonError("a streamed set is poisoned in place (mode='replace'); appending would copy it.")
+    chosen = choose_poisons(dataset, config)
+    image_trigger = trigger_kind(trigger) == "image"
+
+    def change(inputs: np.ndarray) -> np.ndarray:
+        triggered = np.asarray(trigger.apply(inputs), np.float32)
+        return np.clip(triggered, 0.0, 1.0) if image_trigger else triggered
+
+    labels = dataset.labels.copy()  # one integer per example: the only array that is copied
+    labels[chosen] = config.target
+    poisoned = dataset.with_overlay(chosen, change, labels)
+    manifest = {"trigger": trigger.describe(), "target": config.target, "source": config.source, "mode": "replace",
+                "seed": config.seed, "rate": config.rate, "count": int(chosen.size),
+                "selection": "explicit indices" if config.indices is not None else "uniform random",
+                "clean_size": len(dataset), "poisoned_size": len(poisoned), "streamed": True}  # fmt: skip
+    return PoisonedDataset(poisoned, chosen, chosen, manifest)

@@ -13,6 +13,15 @@ from jaxpoison.data.sources import (
     load_tfds,
     missing_message,
 )
+from jaxpoison.data.streamed import (
+    ImageFolderRows,
+    NpyShards,
+    Overlay,
+    RowSource,
+    StreamedDataset,
+    load_npy_shards,
+    write_npy_shards,
+)
 from jaxpoison.data.synthetic import synthetic_dataset
 
 __all__ = [
@@ -20,13 +29,19 @@ __all__ = [
     "KINDS",
     "Dataset",
     "DatasetError",
+    "ImageFolderRows",
+    "NpyShards",
+    "Overlay",
     "Provenance",
+    "RowSource",
+    "StreamedDataset",
     "augment",
     "augment_batch",
     "dataset_location",
     "dataset_names",
     "get_spec",
     "load_dataset",
+    "load_npy_shards",
     "load_splits",
     "load_tfds",
     "missing_message",
@@ -40,4 +55,5 @@ __all__ = [
     "synthetic_dataset",
     "write_cifar_binary",
     "write_idx",
+    "write_npy_shards",
 ]
