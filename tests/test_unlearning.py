@@ -10,12 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxpoison.errors import InputError
 from jaxpoison.experiments import ConfigError, RunStore, apply_overrides, get_preset, to_dict
 from jaxpoison.experiments import pipeline as pipeline_module
 from jaxpoison.experiments.pipeline import distill_config, make_selector, run_unlearner, unlearn_stage
 from jaxpoison.experiments.report import unlearning_table
 from jaxpoison.experiments.victim import accuracy, init_model, poison_success
 from jaxpoison.models import create_model, output_layer, to_functional
+from jaxpoison.training.evaluate import NonFiniteOutputError
 from jaxpoison.unlearning import (
     DistillConfig,
     Selector,
@@ -63,6 +65,21 @@ def test_oracle_rule_prefers_accuracy_among_low_psr_candidates():
     best, table = select([(name, name) for name in scores], selector)
     assert best == 2 and [t["candidate"] for t in table] == list(scores)
     assert select([(name, name) for name in scores], None) == (3, [])  # no selector: the last one
+
+
+def test_a_diverged_candidate_is_listed_and_never_chosen():
+    def score(model):
+        if model == "nan":
+            raise NonFiniteOutputError("non-finite outputs")
+        return {"validation_psr": 0.0, "validation_accuracy": {"a": 0.9, "b": 0.8}[model]}
+
+    selector = Selector("oracle", score, oracle_rule(max_psr=0.1))
+    best, table = select([("a", "a"), ("nan", "nan"), ("b", "b")], selector)
+    assert best == 0 and table[1] == {"candidate": "nan", "diverged": True}
+    best, _ = select([("nan", "nan"), ("b", "b")], selector)
+    assert best == 1  # the index among all candidates, not among the finite ones
+    with pytest.raises(InputError, match="every one of the 2 unlearning candidates diverged"):
+        select([("nan", "nan"), ("nan", "nan")], selector)
 
 
 def test_clean_rule_forgets_most_among_candidates_that_keep_validation_accuracy():

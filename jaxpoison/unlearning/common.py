@@ -10,6 +10,7 @@ import numpy as np
 from jaxpoison.data import Dataset
 from jaxpoison.errors import InputError
 from jaxpoison.models import FunctionalModel
+from jaxpoison.training.evaluate import NonFiniteOutputError
 
 
 class Selector(NamedTuple):
@@ -59,13 +60,29 @@ def split_forget_retain(dataset: Dataset, flagged) -> tuple[Dataset, Dataset, np
 
 
 def select(candidates: Sequence[tuple[Any, FunctionalModel]], selector: Selector | None) -> tuple[int, list[dict]]:
-    """``(index of the chosen candidate, every candidate's scores)``; without a selector the last one wins."""
+    """``(index of the chosen candidate, every candidate's scores)``; without a selector the last one wins.
+
+    A candidate whose outputs are non-finite (its unlearning run diverged) is listed with
+    ``"diverged": True`` and never chosen.
+
+    Raises:
+      InputError: no candidates, or every candidate diverged.
+    """
     if not candidates:
         raise InputError("no candidate models to select from.")
     if selector is None:
         return len(candidates) - 1, []
-    scores = [{"candidate": label, **selector.score(model)} for label, model in candidates]
-    return selector.choose(scores), scores
+    scores, finite = [], []
+    for i, (label, model) in enumerate(candidates):
+        try:
+            scores.append({"candidate": label, **selector.score(model)})
+            finite.append(i)
+        except NonFiniteOutputError:
+            scores.append({"candidate": label, "diverged": True})
+    if not finite:
+        raise InputError(f"every one of the {len(candidates)} unlearning candidates diverged (non-finite outputs); "
+                         "lower the unlearner's learning rate.")  # fmt: skip
+    return finite[selector.choose([scores[i] for i in finite])], scores
 
 
 def oracle_rule(max_psr: float = 0.1) -> Callable[[Sequence[dict]], int]:
