@@ -16,9 +16,10 @@ import numpy as np
 
 
 def main(process_id: int, num_processes: int, port: int, out: str) -> None:
+    from jaxpoison.distributed import initialize
+
     if num_processes > 1:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(f"127.0.0.1:{port}", num_processes, process_id)
+        initialize(f"127.0.0.1:{port}", num_processes, process_id)
     from jaxpoison.attacks import PoisonConfig, badnet_pixels, poison_dataset
     from jaxpoison.data import load_dataset
     from jaxpoison.detection import DeltaConfig, delta_influence

@@ -26,9 +26,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(process_id: int, processes: int, port: int, out: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-    env.pop("JAX_NUM_CPU_DEVICES", None)
+def _spawn(process_id: int, processes: int, port: int, out: Path, devices: int = 1) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu",
+           "JAX_NUM_CPU_DEVICES": str(devices)}  # fmt: skip
     command = [sys.executable, "-m", "tests.multiprocess_worker", str(process_id), str(processes), str(port), str(out)]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -39,6 +39,14 @@ def _finish(procs: list[subprocess.Popen]) -> None:
         assert proc.returncode == 0, output[-3000:]
 
 
+def _compare(one, two) -> None:
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5, atol=1e-6)
+    for key in (k for k in one.files if k.startswith("eig_")):
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-4 * one[key].max(), err_msg=key)
+    np.testing.assert_allclose(two["scores"], one["scores"], rtol=1e-3, atol=1e-4 * np.abs(one["scores"]).max())
+    np.testing.assert_array_equal(two["flagged"], one["flagged"])
+
+
 def test_two_processes_train_fit_score_and_flag_like_one(tmp_path):
     single, multi = tmp_path / "single.npz", tmp_path / "multi.npz"
     _finish([_spawn(0, 1, 0, single)])
@@ -46,12 +54,19 @@ def test_two_processes_train_fit_score_and_flag_like_one(tmp_path):
     _finish([_spawn(i, 2, port, multi if i == 0 else tmp_path / "unused.npz") for i in range(2)])
     one, two = np.load(single), np.load(multi)
     assert int(one["devices"]) == 1 and int(two["devices"]) == 2
-    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5, atol=1e-6)
-    for key in (k for k in one.files if k.startswith("eig_")):
-        np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-4 * one[key].max(), err_msg=key)
-    np.testing.assert_allclose(two["scores"], one["scores"], rtol=1e-3, atol=1e-4 * np.abs(one["scores"]).max())
-    np.testing.assert_array_equal(two["flagged"], one["flagged"])
+    _compare(one, two)
     assert not (tmp_path / "unused.npz").exists()  # only process 0 writes
+
+
+@pytest.mark.slow  # four processes on two cores: a few minutes
+def test_four_processes_of_two_devices_each_train_fit_score_and_flag_like_one_device(tmp_path):
+    single, multi = tmp_path / "single.npz", tmp_path / "multi.npz"
+    _finish([_spawn(0, 1, 0, single)])
+    port = _free_port()
+    _finish([_spawn(i, 4, port, multi if i == 0 else tmp_path / f"unused{i}.npz", devices=2) for i in range(4)])
+    one, eight = np.load(single), np.load(multi)
+    assert int(one["devices"]) == 1 and int(eight["devices"]) == 8
+    _compare(one, eight)
 
 
 def _spawn_store(process_id: int, port: int, run_dir: Path, die_in: str = "") -> subprocess.Popen:

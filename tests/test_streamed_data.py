@@ -128,3 +128,23 @@ def memory_provenance():
     from jaxpoison.data import Provenance
 
     return Provenance("test", "folder", "train")
+
+
+def test_record_rows_read_a_tfds_data_source_row_by_row(no_local_data):
+    import tensorflow_datasets as tfds
+
+    from jaxpoison.data import RecordRows, stream_tfds
+
+    with tfds.testing.mock_data(num_examples=9):
+        streamed = stream_tfds("mnist", "train")
+        source = tfds.data_source("mnist", split="train")
+        assert len(streamed) == 9 and streamed.image_shape == (28, 28, 1) and streamed.num_classes == 10
+        second = np.asarray(source[1]["image"]) / np.float32(255)
+        np.testing.assert_array_equal(streamed.images[np.array([4, 1])][1], second)
+        assert streamed.labels.tolist() == [int(source[i]["label"]) for i in range(9)]
+        resized = stream_tfds("mnist", "train", image_size=14)
+        assert resized.images[np.array([0])].shape == (1, 14, 14, 1)
+    plain = RecordRows([{"x": np.full((2, 3), 0.5, np.float32)}] * 3, key="x")
+    assert plain.shape == (3, 2, 3, 1) and float(plain[np.array([2])].max()) == 0.5
+    with pytest.raises(DatasetError, match="no 'image' entry"):
+        RecordRows([{"x": 1}])

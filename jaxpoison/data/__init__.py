@@ -17,9 +17,11 @@ from jaxpoison.data.streamed import (
     ImageFolderRows,
     NpyShards,
     Overlay,
+    RecordRows,
     RowSource,
     StreamedDataset,
     load_npy_shards,
+    stream_tfds,
     write_npy_shards,
 )
 from jaxpoison.data.synthetic import synthetic_dataset
@@ -33,6 +35,7 @@ __all__ = [
     "NpyShards",
     "Overlay",
     "Provenance",
+    "RecordRows",
     "RowSource",
     "StreamedDataset",
     "augment",
@@ -52,6 +55,7 @@ __all__ = [
     "read_idx",
     "require_images",
     "split_train_validation",
+    "stream_tfds",
     "synthetic_dataset",
     "write_cifar_binary",
     "write_idx",

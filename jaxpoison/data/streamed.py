@@ -10,6 +10,8 @@ ImageNet-scale set is scored in the memory of one batch:
   [0, 1]), read with positioned reads (not memory maps, whose touched pages would count
   against the process), in a fixed order, any rows at random;
 * :class:`ImageFolderRows`: image files decoded (and resized) as their rows are read;
+* :class:`RecordRows`: examples of a random-access record source, e.g. ``tfds.data_source``
+  over ArrayRecord files (:func:`stream_tfds`) or a Grain data source;
 * :class:`Overlay`: another source with a function applied to a fixed set of rows, which is
   how :func:`~jaxpoison.attacks.poison_streamed` poisons a streamed set without copying it.
 
@@ -164,6 +166,76 @@ class ImageFolderRows:
         rows = _rows(rows, len(self))
         return np.stack([self._decode(self.paths[r]) for r in rows]) if rows.size else np.empty(
             (0, *self.shape[1:]), np.float32)  # fmt: skip
+
+
+class RecordRows:
+    """Rows of a random-access sequence of examples (``tfds.data_source``, a Grain data source, a list).
+
+    Each example is a mapping; ``key`` holds its input, uint8 pixels (scaled by 1/255) or float
+    values in [0, 1]. Grayscale images gain a channel axis; ``size`` resizes them.
+    """
+
+    def __init__(self, records, *, key: str = "image", size: int | None = None):
+        if len(records) == 0:
+            raise DatasetError("a record source needs at least one example.")
+        self.records, self.key, self.size = records, key, size
+        self.shape = (len(records), *self._decode(records[0]).shape)
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _decode(self, example) -> np.ndarray:
+        try:
+            value = np.asarray(example[self.key])
+        except (KeyError, TypeError, IndexError):
+            raise DatasetError(f"an example has no {self.key!r} entry; pass key= naming the input.") from None
+        value = value[..., None] if value.ndim == 2 else value
+        if self.size is not None and value.shape[:2] != (self.size, self.size):
+            from PIL import Image
+
+            channels = value.shape[-1]
+            image = Image.fromarray(value[..., 0] if channels == 1 else value)
+            value = np.asarray(image.resize((self.size, self.size), Image.Resampling.BILINEAR)).reshape(
+                self.size, self.size, channels)  # fmt: skip
+        if value.dtype == np.uint8:
+            return value.astype(np.float32) / np.float32(255)
+        return value.astype(np.float32)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = _rows(rows, len(self))
+        examples = [self.records[int(r)] for r in rows]
+        if not rows.size:
+            return np.empty((0, *self.shape[1:]), np.float32)
+        out = np.stack([self._decode(e) for e in examples])
+        if out.shape[1:] != self.shape[1:]:
+            raise DatasetError(f"examples decode to shapes other than {self.shape[1:]}; give the source a size.")
+        return out
+
+
+def stream_tfds(tfds_name: str, split: str, *, image_key: str = "image", label_key: str = "label",
+                image_size: int | None = None, mean=0.5, std=0.25) -> StreamedDataset:  # fmt: skip
+    """A prepared TFDS dataset read with ``tfds.data_source`` (ArrayRecord) row by row, never held whole.
+
+    The labels are read once, up front (one pass over the records); the images on demand.
+    Never downloads.
+
+    Raises:
+      DatasetError: the dataset is not prepared in the TFDS data directory.
+    """
+    import tensorflow_datasets as tfds
+
+    from jaxpoison.data.sources import _tfds_data_dir
+
+    try:
+        source = tfds.data_source(tfds_name, split=split, data_dir=_tfds_data_dir(), download=False)
+        names = tuple(tfds.builder(tfds_name, data_dir=_tfds_data_dir()).info.features[label_key].names)
+    except Exception as e:  # tfds raises assorted errors for unprepared or unknown datasets
+        raise DatasetError(f"TFDS dataset {tfds_name} is not prepared here ({type(e).__name__}); prepare it once "
+                           f"with `tfds build {tfds_name}`.") from e  # fmt: skip
+    labels = np.fromiter((int(source[i][label_key]) for i in range(len(source))), np.int32, len(source))
+    return StreamedDataset(RecordRows(source, key=image_key, size=image_size), labels, names, mean, std,
+                           Provenance("tfds-stream", tfds_name, split, tfds_name))  # fmt: skip
 
 
 class Overlay:
