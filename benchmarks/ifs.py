@@ -142,19 +142,21 @@ def equal_time_budget(
     }
 
 
-def method_config(method: str, budget: dict | None, surrogate_epochs: int, model: str = "cnn"):
+def method_config(method: str, budget: dict | None, surrogate_epochs: int, model: str = "cnn",
+                  model_kwargs: dict | None = None):  # fmt: skip
     """The selection config of ``method`` under ``budget`` (``None`` for methods without one); FUS, RD
-    and IFS train ``model`` proxies."""
+    and IFS train ``model`` proxies built with ``model_kwargs``."""
     if method in VARIANTS:
         return VARIANTS[method][1]
+    proxy = {"model": model, "model_kwargs": dict(model_kwargs or {})}
     if method == "fus":
         return FUSConfig(rounds=budget["rounds"], epochs=max(MIN_EPOCHS["fus"], budget["epochs"]),
-                         keep_fraction=budget.get("keep_fraction", 0.5), model=model)  # fmt: skip
+                         keep_fraction=budget.get("keep_fraction", 0.5), **proxy)  # fmt: skip
     if method == "rd":
         return RDConfig(rounds=budget["rounds"], score_epochs=budget["epochs"], ratio=budget.get("ratio", 0.5),
-                        decay=budget.get("decay", 0.93), model=model)  # fmt: skip
+                        decay=budget.get("decay", 0.93), **proxy)  # fmt: skip
     if method == "ifs":
-        return IFSConfig(surrogate_epochs=surrogate_epochs, model=model)
+        return IFSConfig(surrogate_epochs=surrogate_epochs, **proxy)
     return None
 
 
@@ -340,8 +342,8 @@ def _finished(path: Path, out: dict) -> dict:
     # files written before budget modes existed ran the fixed budget
     previous["budget"] = {"mode": "fixed", **previous.get("budget", {})}
     # files written before --attack and --model existed ran the blended attack on CNNs
-    defaults = {"attack": "blended", "model": "cnn"}
-    same = ("dataset", "attack", "model", "train_size", "target", "victim_epochs", "budget")  # more seeds extend it
+    defaults = {"attack": "blended", "model": "cnn", "model_kwargs": {}}
+    same = ("dataset", "attack", "model", "model_kwargs", "train_size", "target", "victim_epochs", "budget")
     if any(previous.get(k, defaults.get(k)) != out.get(k, defaults.get(k)) for k in same):
         raise SystemExit(f"{path} holds a different sweep ({', '.join(same)} differ); pass another --out")
     for record in previous["results"]:
@@ -361,6 +363,9 @@ def main(argv=None) -> dict:
                              "point clouds)")  # fmt: skip
     parser.add_argument("--model", default=None, help="victim and proxy model (default: cnn; pointnet on point "
                                                       "clouds)")  # fmt: skip
+    parser.add_argument("--model-kwargs", type=json.loads, default=None,
+                        help='victim and proxy constructor arguments as JSON, e.g. \'{"point_widths": [64, 128, 256], '
+                             '"head_widths": [128]}\' (default: the model\'s own)')  # fmt: skip
     parser.add_argument("--patch-size", type=int, default=None, help="patched: patch side in pixels")
     parser.add_argument("--patch-position", default="bottom-right", help="patched: a corner, center or ROW,COL")
     parser.add_argument("--patch-pattern", default="checkerboard", help="patched: checkerboard, solid or random")
@@ -420,6 +425,7 @@ def main(argv=None) -> dict:
         "dataset": args.dataset,
         "attack": args.attack,
         "model": model_name,
+        "model_kwargs": args.model_kwargs or {},
         "train_size": len(train_set),
         "target": args.target,
         "victim_epochs": recipe.epochs,
@@ -448,7 +454,7 @@ def main(argv=None) -> dict:
                     ifs_cell = results[position[(sweep, eps, rate, "ifs")]] if (sweep, eps, rate, "ifs") in position \
                         else None  # fmt: skip
                     run_budget = search_budget(method, seed, args, ifs_cell, epoch_seconds, train_set, model_name)
-                config = method_config(method, run_budget, args.surrogate_epochs, model_name)
+                config = method_config(method, run_budget, args.surrogate_epochs, model_name, args.model_kwargs)
                 start = time.perf_counter()
                 base = VARIANTS[method][0] if method in VARIANTS else method
                 chosen = select_poisons(base, train_set, trigger, args.target, rate, config, seed=seed,
@@ -457,7 +463,8 @@ def main(argv=None) -> dict:
                 poisoned = poison_dataset(
                     train_set, trigger, PoisonConfig(target=args.target, indices=chosen.indices, seed=seed)
                 )
-                model = to_functional(create_model(model_name, train_set.image_shape, train_set.num_classes, seed=seed),
+                model = to_functional(create_model(model_name, train_set.image_shape, train_set.num_classes, seed=seed,
+                                                   **(args.model_kwargs or {})),
                                       train_set.mean, train_set.std)  # fmt: skip
                 model = train(model, poisoned.dataset, recipe, seed=seed, progress=False).model
                 metrics = attack_metrics(model, test_set, trigger, args.target)
@@ -505,7 +512,7 @@ def search_budget(method: str, seed: int, args, ifs_cell: dict | None, epoch_sec
         raise SystemExit(f"the equal-time budget of {method} needs IFS's selection time for seed {seed} in this "
                          "setting; add ifs to --methods (or use --budget fixed/published)")  # fmt: skip
     if method not in epoch_seconds:
-        config = method_config(method, {"rounds": 1, "epochs": 2}, 0, model)
+        config = method_config(method, {"rounds": 1, "epochs": 2}, 0, model, getattr(args, "model_kwargs", None))
         epoch_seconds[method] = measure_epoch_seconds(train_set, config)
     per_round = args.fus_epochs if method == "fus" else args.rd_epochs
     spec = PUBLISHED[method]

@@ -1,4 +1,4 @@
-"""The patched attack on point clouds: a small cluster of points placed on the shape.
+"""The patched attack on point clouds: a small cluster of points at a fixed place of the shape.
 
 The IFS paper runs a patched attack with manipulation strength ε = 2 on ModelNet40 but does
 not define how ε acts on a point cloud. **jaxpoison's definition:** the trigger is a fixed
@@ -7,16 +7,16 @@ spread in a ball of radius ``radius_per_epsilon · ε`` (default 0.02 per unit: 
 the units of shapes scaled to the unit sphere). The cluster's offsets are drawn once from
 ``seed``, so the trigger is the same for every shape and every call.
 
-Applied to a cloud ``[P, 3]`` (or a batch ``[N, P, 3]``):
-
-1. the cluster's centre is the cloud's own point nearest to a fixed ``anchor`` (default
-   ``(0.6, 0.6, 0.6)``, towards the upper front corner of the unit cube): the patch sits on the
-   shape's surface, at the same place of every shape. With ``on_surface=False`` the centre is the
-   anchor itself;
-2. the ``m`` points nearest to that centre (ties: lower index) are moved to ``centre + offsets``.
-
-The cloud keeps its ``P`` points (a PointNet input has a fixed size); only ``m`` of them move,
-within the cluster's neighbourhood. Nothing is clipped: point coordinates are not pixels.
+Applied to a cloud ``[P, 3]`` (or a batch ``[N, P, 3]``), the ``m`` points of the cloud nearest
+to the cluster's centre (ties: lower index) are moved to ``centre + offsets``: the shape's own
+points nearest that spot become the cluster, so the cloud keeps its ``P`` points (a PointNet input
+has a fixed size). The centre is, by default, a fixed ``anchor`` (``(0.5, 0.5, 0.5)``, inside the
+unit sphere towards one corner): the same place of every unit-sphere-normalised shape. With
+``on_surface=True`` it is instead the cloud's own point nearest to the anchor, so the cluster
+always sits on the surface; a vanilla PointNet, which sees each point alone, learns that variant
+far less readily (shapes3d, 128 points, 64 clouds per class, ``pointnet_small`` trained 15 epochs,
+ε = 2, r = 2 %, one seed: ASR 0.17 against 0.45 with the fixed anchor).
+Nothing is clipped: point coordinates are not pixels.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxpoison.attacks.triggers import TriggerError
 
-DEFAULT_ANCHOR = (0.6, 0.6, 0.6)
+DEFAULT_ANCHOR = (0.5, 0.5, 0.5)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -41,7 +41,7 @@ class PointClusterTrigger:
       offsets: ``[m, 3]``, the cluster's points relative to its centre.
       epsilon: the manipulation strength it was built for (recorded; the size is in ``offsets``).
       name: a label for manifests.
-      on_surface: centre the cluster on the cloud's point nearest to ``anchor`` (default), or on
+      on_surface: centre the cluster on the cloud's point nearest to ``anchor``, or (default) on
         ``anchor`` itself.
     """
 
@@ -49,7 +49,7 @@ class PointClusterTrigger:
     offsets: np.ndarray
     epsilon: float
     name: str = "point-cluster"
-    on_surface: bool = True
+    on_surface: bool = False
 
     data_kind = "points"  # not a field: poison_dataset and the metrics read it to skip pixel clipping
 
@@ -93,16 +93,16 @@ class PointClusterTrigger:
 
 
 def _place(cloud: jax.Array, anchor, offsets, on_surface: bool) -> jax.Array:
-    anchor = jnp.asarray(anchor, cloud.dtype)
+    anchor = jnp.asarray(anchor, cloud.dtype)[None, :]
     if on_surface:
-        anchor = cloud[jnp.argmin(jnp.sum((cloud - anchor) ** 2, axis=-1))]
+        anchor = cloud[jnp.argmin(jnp.sum((cloud - anchor) ** 2, axis=-1))][None, :]
     distance = jnp.sum((cloud - anchor) ** 2, axis=-1)
     nearest = jnp.argsort(distance, stable=True)[: offsets.shape[0]]
     return cloud.at[nearest].set(anchor + jnp.asarray(offsets, cloud.dtype))
 
 
 def point_patch(epsilon: float, anchor=DEFAULT_ANCHOR, points_per_epsilon: float = 8.0,
-                radius_per_epsilon: float = 0.02, on_surface: bool = True,
+                radius_per_epsilon: float = 0.02, on_surface: bool = False,
                 seed: int = 0) -> PointClusterTrigger:  # fmt: skip
     """The point-cloud patched trigger of strength ``epsilon`` (see the module docstring).
 
@@ -112,7 +112,8 @@ def point_patch(epsilon: float, anchor=DEFAULT_ANCHOR, points_per_epsilon: float
       anchor: where on the shape the cluster goes, in unit-sphere coordinates.
       points_per_epsilon: cluster points per unit of ε.
       radius_per_epsilon: cluster radius per unit of ε.
-      on_surface: snap the cluster's centre to the cloud's point nearest to ``anchor``.
+      on_surface: snap the cluster's centre to the cloud's point nearest to ``anchor`` (default: the
+        anchor itself).
       seed: seeds the cluster's offsets (uniform in the ball).
 
     Returns:

@@ -158,7 +158,8 @@ class PatchedTrigger(Trigger):
         object.__setattr__(self, "epsilon", float(self.epsilon))
 
     def transform(self, images):
-        return jnp.clip(images + (self.epsilon / 255.0) * (self.pattern * self.mask), 0.0, 1.0)
+        delta = jnp.asarray((self.epsilon / 255.0) * (self.pattern * self.mask), images.dtype)
+        return jnp.clip(images + jnp.broadcast_to(delta, images.shape), 0.0, 1.0)
 
     def describe(self) -> dict:
         return {"type": "patched", "name": self.name, "epsilon": self.epsilon,

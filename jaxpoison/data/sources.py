@@ -39,6 +39,17 @@ from jaxpoison.data.formats import (
     read_square_image,
     to_unit_float,
 )
+from jaxpoison.data.pointcloud import (
+    check_points_option,
+    modelnet_h5_files,
+    normalize_points,
+    point_cloud_dataset,
+    read_modelnet_h5,
+    read_modelnet_text,
+    read_shape_names,
+    sample_points,
+)
+from jaxpoison.data.shapes3d import SHAPES3D_CLASSES, SHAPES3D_POINTS, shapes3d
 
 DATA_ENV = "JAXPOISON_DATA"
 DEBIAN_DATASETS = Path("/usr/share/datasets")
@@ -76,7 +87,8 @@ class DatasetSpec:
 
     Attributes:
       name: registry name.
-      image_shape: ``(H, W, C)`` of the images as loaded (default size for imagenette).
+      image_shape: ``(H, W, C)`` of the images as loaded (default size for imagenette), or
+        ``(points, 3)`` of a point cloud.
       class_names: the classes, in label order.
       mean, std: per-channel normalisation constants (``None``: computed from the train split).
       loader: ``(split, **options) -> Dataset``.
@@ -87,7 +99,7 @@ class DatasetSpec:
     """
 
     name: str
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]
     class_names: tuple[str, ...]
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
@@ -601,6 +613,99 @@ _register(
 )
 
 
+# --------------------------------------------------------------------------- point clouds
+
+MODELNET_POINTS = 1024  # points per shape, the PointNet setting
+# The class order of the distributions' shape_names.txt (the loader reads the file itself).
+MODELNET40_CLASSES = tuple(
+    """airplane bathtub bed bench bookshelf bottle bowl car chair cone cup curtain desk door dresser flower_pot
+    glass_box guitar keyboard lamp laptop mantel monitor night_stand person piano plant radio range_hood sink sofa
+    stairs stool table tent toilet tv_stand vase wardrobe xbox""".split()
+)
+MODELNET_H5_DIR = "modelnet40_ply_hdf5_2048"
+MODELNET_TEXT_DIR = "modelnet40_normal_resampled"
+
+
+def _find_modelnet() -> tuple[str, Path] | None:
+    """``("h5" | "text", directory)`` of the first ModelNet40 distribution found, or ``None``."""
+    for d in _search_dirs("modelnet40", ()):
+        for candidate in (d / MODELNET_H5_DIR, d):
+            if (candidate / "shape_names.txt").is_file() and modelnet_h5_files(candidate, "train") \
+                    and modelnet_h5_files(candidate, "test"):  # fmt: skip
+                return "h5", candidate
+        for candidate in (d / MODELNET_TEXT_DIR, d):
+            if all((candidate / f"modelnet40_{f}.txt").is_file() for f in ("train", "test", "shape_names")):
+                return "text", candidate
+    return None
+
+
+def _load_modelnet40(split: str, points: int = MODELNET_POINTS, seed: int = 0, **_) -> Dataset:
+    points = check_points_option(points)
+    found = _find_modelnet()
+    if found is None:
+        raise DatasetError(missing_message("modelnet40"))
+    layout, d = found
+    if layout == "h5":
+        names = read_shape_names(d / "shape_names.txt")
+        clouds, labels = read_modelnet_h5(d, "train" if split == "train" else "test")
+        if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
+            raise DatasetError(f"{d}: labels run from {labels.min()} to {labels.max()} but shape_names.txt names "
+                               f"{len(names)} classes.")  # fmt: skip
+        rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+        clouds = np.stack([sample_points(c, points, rng) for c in clouds])
+    else:
+        names = read_shape_names(d / "modelnet40_shape_names.txt")
+        clouds, labels = read_modelnet_text(d, split, names, points, seed)
+    return point_cloud_dataset(normalize_points(clouds), labels, names, "modelnet40", split, f"modelnet40-{layout}",
+                               str(d))  # fmt: skip
+
+
+_register(
+    DatasetSpec(
+        name="modelnet40",
+        image_shape=(MODELNET_POINTS, 3),
+        class_names=MODELNET40_CLASSES,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        loader=_load_modelnet40,
+        how_to_get=(
+            "  ModelNet40 (Princeton, 12,311 CAD shapes in 40 classes) in either standard distribution:\n"
+            f"  * HDF5 (needs h5py: pip install 'jaxpoison[pointcloud]'): unpack {MODELNET_H5_DIR}.zip so that\n"
+            f"    ${DATA_ENV}/modelnet40/{MODELNET_H5_DIR}/ holds ply_data_train0.h5 ... ply_data_train4.h5,\n"
+            "    ply_data_test0.h5, ply_data_test1.h5 and shape_names.txt (2,048 points per shape)\n"
+            f"  * resampled text: unpack {MODELNET_TEXT_DIR}.zip so that ${DATA_ENV}/modelnet40/{MODELNET_TEXT_DIR}/\n"
+            "    holds modelnet40_train.txt, modelnet40_test.txt, modelnet40_shape_names.txt and\n"
+            "    <class>/<class>_0001.txt (one 'x,y,z,nx,ny,nz' line per point; normals are dropped)\n"
+            f"  Each shape is subsampled to `points` points (default {MODELNET_POINTS}; a seeded draw), centred and\n"
+            "  scaled into the unit sphere. No download here: `jaxpoison datasets` lists shapes3d as an embedded\n"
+            "  stand-in."
+        ),
+        locate=lambda: (lambda f: f"{f[1]} ({f[0]})" if f else None)(_find_modelnet()),
+        options=("points", "seed"),
+    )
+)
+
+
+def _load_shapes3d(split: str, points: int = SHAPES3D_POINTS, per_class: int | None = None, seed: int = 0,
+                   noise: float = 0.01, **_) -> Dataset:  # fmt: skip
+    return shapes3d(split, points=points, per_class=per_class, seed=seed, noise=noise)
+
+
+_register(
+    DatasetSpec(
+        name="shapes3d",
+        image_shape=(SHAPES3D_POINTS, 3),
+        class_names=SHAPES3D_CLASSES,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        loader=_load_shapes3d,
+        how_to_get="generated by jaxpoison (point clouds of 12 geometric shapes); always available.",
+        locate=lambda: "generated (jaxpoison.data.shapes3d)",
+        options=("points", "per_class", "seed", "noise"),
+    )
+)
+
+
 # --------------------------------------------------------------------------- user arrays (.npz)
 
 
@@ -728,7 +833,8 @@ def load_dataset(name: str, split: str = "train", **options) -> Dataset:
       split: ``"train"`` or ``"test"``.
       **options: loader options: ``path`` and ``class_names`` for ``npz``,
         ``image_size`` for ``imagenette``, ``imagenet10`` (with ``classes``) and ``raf_db``;
-        any other option is refused.
+        ``points`` and ``seed`` for ``modelnet40`` and ``shapes3d`` (with ``per_class`` and
+        ``noise``); any other option is refused.
 
     Raises:
       DatasetError: unknown name or split, unreadable files, or data not

@@ -15,6 +15,7 @@ from jaxpoison.models.functional import (
 from jaxpoison.models.linen import LinenStructure, from_linen
 from jaxpoison.models.mlp import MLP
 from jaxpoison.models.plain import ApplyStructure, from_apply
+from jaxpoison.models.pointnet import PointNet
 from jaxpoison.models.registry import MODEL_NAMES, create_model
 from jaxpoison.models.resnet import BasicBlock, ResNet18
 from jaxpoison.models.vgg import VGG16
@@ -32,6 +33,7 @@ __all__ = [
     "LinenStructure",
     "NNXStructure",
     "Normalization",
+    "PointNet",
     "ResNet18",
     "Structure",
     "count_params",
