@@ -20,6 +20,8 @@ from jaxpoison.progress import progress_bar
 from jaxpoison.sharding import local_rows, replicate, shard_local_batch, to_host
 from jaxpoison.training.evaluate import iterate_padded
 
+FETCH_LAG = 4  # batches a streamed pass's outputs may wait on the device before they are copied to the host
+
 
 def num_batches(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
@@ -99,11 +101,31 @@ def collect_dataset(
     progress: bool = True,
     axis: int = -1,
 ) -> np.ndarray:
-    """Concatenate ``step(batch_index, images, labels, mask)`` outputs along ``axis``, padding removed."""
-    parts = []  # device arrays; fetched once at the end so the device never waits on the host
+    """Concatenate ``step(batch_index, images, labels, mask)`` outputs along ``axis``, padding removed.
+
+    Each batch's output is copied into one preallocated host array ``FETCH_LAG`` batches after
+    it was dispatched, so the device runs ahead of the copies while the pass holds the result
+    once plus a few batches, whatever the dataset's size.
+    """
     n = len(dataset)
+    out: np.ndarray | None = None
+    pending: list[tuple[int, jax.Array]] = []
+
+    def fetch_until(left: int) -> None:
+        nonlocal out
+        while len(pending) > left:
+            start, part = pending.pop(0)
+            host = np.asarray(to_host(part))
+            ax = axis % host.ndim
+            if out is None:
+                out = np.empty((*host.shape[:ax], n, *host.shape[ax + 1 :]), host.dtype)
+            width = min(batch_size, n - start)
+            where = (slice(None),) * ax + (slice(start, start + width),)
+            out[where] = np.take(host, np.arange(width), axis=ax)  # drops the padding of the last batch
+
     for b, x, y, m in progress_bar(batches(dataset, batch_size, mesh), total=num_batches(n, batch_size), desc=desc,
                                    disable=not progress):  # fmt: skip
-        parts.append(step(b, x, y, m))
-    out = np.concatenate([np.asarray(p) for p in to_host(parts)], axis=axis)
-    return np.take(out, np.arange(n), axis=axis)
+        pending.append((b * batch_size, step(b, x, y, m)))
+        fetch_until(FETCH_LAG)
+    fetch_until(0)
+    return out
