@@ -342,8 +342,9 @@ def _finished(path: Path, out: dict) -> dict:
     # files written before budget modes existed ran the fixed budget
     previous["budget"] = {"mode": "fixed", **previous.get("budget", {})}
     # files written before --attack and --model existed ran the blended attack on CNNs
-    defaults = {"attack": "blended", "model": "cnn", "model_kwargs": {}}
-    same = ("dataset", "attack", "model", "model_kwargs", "train_size", "target", "victim_epochs", "budget")
+    defaults = {"attack": "blended", "model": "cnn", "model_kwargs": {}, "data_options": {}}
+    same = ("dataset", "data_options", "attack", "model", "model_kwargs", "train_size", "target", "victim_epochs",
+            "budget")  # fmt: skip
     if any(previous.get(k, defaults.get(k)) != out.get(k, defaults.get(k)) for k in same):
         raise SystemExit(f"{path} holds a different sweep ({', '.join(same)} differ); pass another --out")
     for record in previous["results"]:
@@ -363,6 +364,8 @@ def main(argv=None) -> dict:
                              "point clouds)")  # fmt: skip
     parser.add_argument("--model", default=None, help="victim and proxy model (default: cnn; pointnet on point "
                                                       "clouds)")  # fmt: skip
+    parser.add_argument("--data-options", type=json.loads, default=None,
+                        help='dataset loader options as JSON, e.g. \'{"points": 128}\' for shapes3d')  # fmt: skip
     parser.add_argument("--model-kwargs", type=json.loads, default=None,
                         help='victim and proxy constructor arguments as JSON, e.g. \'{"point_widths": [64, 128, 256], '
                              '"head_widths": [128]}\' (default: the model\'s own)')  # fmt: skip
@@ -398,7 +401,7 @@ def main(argv=None) -> dict:
     if args.budget == "equal-time" and "ifs" in methods:
         # FUS and RD are matched to IFS's time in the same seed: IFS runs first in every setting
         methods.sort(key=lambda m: m != "ifs")
-    train_set, test_set = load_splits(args.dataset)
+    train_set, test_set = load_splits(args.dataset, **(args.data_options or {}))
     if args.train_size:
         train_set = train_set.subset(np.arange(min(args.train_size, len(train_set))))
     points = is_point_cloud(train_set)
@@ -423,6 +426,7 @@ def main(argv=None) -> dict:
     ]
     out = {
         "dataset": args.dataset,
+        "data_options": args.data_options or {},
         "attack": args.attack,
         "model": model_name,
         "model_kwargs": args.model_kwargs or {},

@@ -283,7 +283,7 @@ def test_default_selection_configs_train_pointnet_proxies_on_point_clouds(monkey
     seen = {}
     monkeypatch.setattr(registry, "ifs_selection", lambda d, t, target, rate, c, **kw: seen.setdefault("c", c))
     select_poisons("ifs", shapes3d("train", points=32, per_class=2), point_patch(2.0), 0, 0.05)
-    assert seen["c"].model == "pointnet"
+    assert seen["c"].model == "pointnet_small"
 
 
 @pytest.mark.slow
@@ -295,3 +295,46 @@ def test_a_pointnet_learns_the_point_cluster_backdoor():
     model = train(model, poisoned.dataset, adam_recipe(epochs=15, batch_size=32), progress=False).model
     metrics = attack_metrics(model, test_set, trigger, target=0)
     assert metrics["asr"] > 0.5 and metrics["clean_accuracy"] > 0.4
+
+
+def test_select_command_on_point_clouds(tmp_path, capsys):
+    import json
+
+    from jaxpoison.cli import main
+
+    out = tmp_path / "sel"
+    assert main(["select", "--method", "rs", "--dataset", "shapes3d", "--attack", "patched", "--epsilon", "2",
+                 "--rate", "0.01", "--out", str(out)]) == 0  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["trigger"]["type"] == "point-cluster" and manifest["trigger"]["points"] == 16
+    capsys.readouterr()
+    assert main(["select", "--method", "hfe", "--dataset", "shapes3d", "--attack", "patched", "--epsilon", "2",
+                 "--rate", "0.01", "--out", str(tmp_path / "hfe")]) == 2  # fmt: skip
+    assert "not suitable for 3D point cloud tasks" in capsys.readouterr().err
+    assert main(["select", "--method", "rs", "--dataset", "shapes3d", "--attack", "blended", "--epsilon", "0.1",
+                 "--rate", "0.01", "--out", str(tmp_path / "b")]) == 2  # fmt: skip
+    assert "point clouds take --attack patched" in capsys.readouterr().err
+
+
+def test_influence_thresholds_take_point_cloud_test_points():
+    from jaxpoison.detection.threshold import ekfac_threshold
+
+    data = tiny_clouds(n=24, points=16)
+    model = to_functional(create_model("pointnet", data.image_shape, 3, **TINY_POINTNET))
+    factors = fit_factors(model, data, FactorConfig(batch_size=8), progress=False)
+    several = ekfac_threshold(model, data, data.images[:2], 0, factors, progress=False)
+    one = ekfac_threshold(model, data, data.images[0], 0, factors, progress=False)
+    assert several.scores.shape == one.scores.shape == (24,)
+    with pytest.raises(ValueError, match=r"one example \[16, 3\] or several \[k, 16, 3\]"):
+        ekfac_threshold(model, data, data.images[:2, :8], 0, factors, progress=False)
+
+
+def test_the_point_cloud_presets_build_the_point_trigger():
+    from jaxpoison.experiments.presets import get_preset
+    from jaxpoison.experiments.victim import make_trigger
+
+    for name in ("modelnet40-patched-ifs", "shapes3d-patched-ifs"):
+        config = get_preset(name)
+        assert config.selection == "ifs" and config.attack.epsilon == 2.0
+        trigger = make_trigger(config.attack, tiny_clouds(points=32), None, seed=0, progress=False)
+        assert isinstance(trigger, PointClusterTrigger) and trigger.count == 16

@@ -57,12 +57,17 @@ def threshold_flags(scores: np.ndarray, threshold: float | None, k: float = 5.0)
     return np.flatnonzero(scores > cut), cut
 
 
-def _queries(test_images: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
-    images = np.asarray(test_images, np.float32)
-    if images.ndim == 3:
+def _queries(test_images: np.ndarray, target: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``([k, *shape] queries, [k] target labels)`` from one example of the training ``shape`` or several."""
+    images = np.asarray(test_images)
+    if images.ndim == len(shape):
         images = images[None]
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise InputError(f"test_images must be one image [H, W, C] or several [k, H, W, C]; got {images.shape}.")
+    if images.shape[1:] != tuple(shape) or images.shape[0] == 0:
+        want = ", ".join(map(str, shape))
+        raise InputError(f"test_images must be one example [{want}] or several [k, {want}] of the training set's "
+                         f"shape; got {images.shape}.")  # fmt: skip
+    if np.issubdtype(images.dtype, np.floating):
+        images = images.astype(np.float32, copy=False)
     return images, np.full(len(images), target, np.int32)
 
 
@@ -98,7 +103,7 @@ def ekfac_threshold(
     ``test_images`` is one image or ``[k, ...]`` identified points (flags intersected, see module doc).
     """
     start = time.perf_counter()
-    images, labels = _queries(test_images, target)
+    images, labels = _queries(test_images, target, train.image_shape)
     scores = pairwise_scores(model, train, images, labels, factors, score_config, mesh=mesh, progress=progress)
     return _boosted(scores.values, threshold, start)
 
@@ -119,6 +124,6 @@ def trak_threshold(
     ``test_images`` is one image or ``[k, ...]`` identified points (flags intersected, see module doc).
     """
     start = time.perf_counter()
-    images, labels = _queries(test_images, target)
+    images, labels = _queries(test_images, target, train.image_shape)
     values = trak_scores(model, train, images, labels, config, mesh=mesh, progress=progress).values
     return _boosted(values, threshold, start)

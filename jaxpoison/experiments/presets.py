@@ -175,6 +175,76 @@ PRESETS: dict[str, RunConfig] = {
 }
 
 
+# --------------------------------------------------------------------------- the IFS paper's settings
+# Each runs its attack with IFS's selection (`selection=ifs`; `--set selection=rs|fus|rd|hfe` for the
+# baselines) and reports the victim's ASR on triggered test images (PSR in the report). The IFS paper
+# (Wei et al., AAAI 2025) reports, in the copy jaxpoison has: on ImageNet-10 at r = 1 %, lowering the
+# patched attack's ε from 4 to 2 costs the existing selections over 40 points of ASR, and IFS beats them
+# by more than 5 points at ε = 2; its rate sweeps use blended ε = 0.1 on the three image tasks and
+# patched ε = 2 on ModelNet40; HFE is "not suitable for 3D point cloud tasks". Its victims' recipes,
+# patch geometry and surrogate are not in that copy: the choices below are jaxpoison's. The IFS
+# surrogate is the selection's default (the small CNN on images, pointnet_small on point clouds),
+# not the victim's architecture.
+IFS_DETECTION = DetectionConfig(methods=("ekfac", "spectral", "activation_clustering"))
+IFS_UNLEARNING = UnlearnConfig(methods=("eu",), detectors=("ekfac",))
+POINTNET_VICTIM = VictimConfig("pointnet", TrainRecipe(optimizer="adam", learning_rate=1e-3, epochs=50, batch_size=32,
+                                                       milestones=(40,)))  # fmt: skip
+IFS_PRESETS: dict[str, RunConfig] = {
+    # jaxpoison run imagenet10-patched-ifs --out runs/in10   (GPU; needs ImageNet-10 under
+    # $JAXPOISON_DATA/imagenet10/{train,val}/<wnid>/, see `jaxpoison datasets --how imagenet10`; 224×224,
+    # 13,000 training images ≈ 7.8 GB as float32). The paper's headline: patched ε = 2 (0–255 scale),
+    # r = 1 %, IFS > 5 points over RS/FUS/RD/HFE. Victim: the CIFAR ResNet-18 recipe (3×3 stem) at 224 px.
+    "imagenet10-patched-ifs": RunConfig(
+        data=DataConfig("imagenet10", validation_fraction=0.05),
+        attack=AttackConfig("patched", target=0, rate=0.01, epsilon=2.0),
+        victim=PAPER_RESNET,
+        detection=IFS_DETECTION,
+        unlearning=IFS_UNLEARNING,
+        selection="ifs",
+    ),
+    # jaxpoison run rafdb-blended-ifs --out runs/raf   (GPU; needs RAF-DB's basic/EmoLabel/list_patition_label.txt
+    # and basic/Image/aligned/ under $JAXPOISON_DATA/raf_db, see `jaxpoison datasets --how raf_db`; 100×100 faces,
+    # 7 classes, 12,271 training images). The paper's rate sweep on the image tasks: blended ε = 0.1,
+    # r ∈ {0.5, 1, 2} % (`--set attack.rate=0.005`). Victim: ResNet-18 without vertical flips (faces).
+    "rafdb-blended-ifs": RunConfig(
+        data=DataConfig("raf_db", validation_fraction=0.05),
+        attack=AttackConfig("blended", target=0, rate=0.01, epsilon=0.1),
+        victim=dataclasses.replace(PAPER_RESNET, recipe=PAPER_RESNET.recipe.replace(vflip=False)),
+        detection=IFS_DETECTION,
+        unlearning=IFS_UNLEARNING,
+        selection="ifs",
+    ),
+    # jaxpoison run modelnet40-patched-ifs --out runs/mn40   (GPU advised; needs ModelNet40 as HDF5 files
+    # (pip install 'jaxpoison[pointcloud]') or the resampled text files under $JAXPOISON_DATA/modelnet40, see
+    # `jaxpoison datasets --how modelnet40`; 9,843 training shapes, 1,024 points each). The paper's 3-D task:
+    # patched ε = 2 (here a 16-point cluster of radius 0.04 on the shape, jaxpoison's definition), r = 1 %
+    # (rate sweep {0.5, 1, 2} %), HFE left out. Victim: PointNet (original widths, no T-nets), Adam 1e-3,
+    # batch 32, 50 epochs (the PointNet paper trains 250).
+    "modelnet40-patched-ifs": RunConfig(
+        data=DataConfig("modelnet40", validation_fraction=0.05),
+        attack=AttackConfig("patched", target=0, rate=0.01, epsilon=2.0),
+        victim=POINTNET_VICTIM,
+        detection=IFS_DETECTION,
+        unlearning=IFS_UNLEARNING,
+        selection="ifs",
+    ),
+    # jaxpoison run shapes3d-patched-ifs --out runs/shapes   (CPU, minutes; nothing to download: the
+    # embedded shapes3d point clouds, 12 classes, 1,536 training clouds of 256 points). The ModelNet40
+    # setting in small: patched ε = 2 at r = 1 %, IFS with its default pointnet_small surrogate, a
+    # pointnet_small victim trained 15 epochs.
+    "shapes3d-patched-ifs": RunConfig(
+        data=DataConfig("shapes3d", validation_fraction=0.05),
+        attack=AttackConfig("patched", target=0, rate=0.01, epsilon=2.0),
+        victim=VictimConfig("pointnet_small", TrainRecipe(optimizer="adam", learning_rate=1e-3, epochs=15,
+                                                          batch_size=32)),
+        detection=IFS_DETECTION,
+        unlearning=IFS_UNLEARNING,
+        selection="ifs",
+    ),
+}
+PRESETS.update(IFS_PRESETS)
+
+
 def get_preset(name: str) -> RunConfig:
     """The preset called ``name``."""
     if name not in PRESETS:

@@ -20,7 +20,8 @@ SELECTORS = ("rs", "fus", "rd", "hfe", "ifs")
 # Named settings of a method, callable by name like a method (the IFS sweep reports each as a row).
 VARIANTS = {"hfe_asc": ("hfe", HFEConfig(order="ascending"))}
 SELECTION_NAMES = (*SELECTORS, *VARIANTS)
-POINT_CLOUD_MODEL = "pointnet"  # the default proxy of FUS, RD and IFS on point clouds
+# The default proxy of FUS, RD and IFS on point clouds: a small model, as the CNN is on images.
+POINT_CLOUD_MODEL = "pointnet_small"
 _CONFIGS = {"fus": FUSConfig, "rd": RDConfig, "hfe": HFEConfig, "ifs": IFSConfig}
 
 
@@ -40,7 +41,7 @@ def select_poisons(
     RS takes no config and ignores the trigger; HFE is deterministic (``seed`` unused). A
     variant name of :data:`VARIANTS` (``hfe_asc``) runs its method with the variant's config
     and takes no other. On point clouds (:func:`jaxpoison.data.pointcloud.is_point_cloud`) the
-    default configs of FUS, RD and IFS train a ``"pointnet"`` proxy instead of the image CNN, and
+    default configs of FUS, RD and IFS train a ``"pointnet_small"`` proxy instead of the image CNN, and
     HFE refuses (a frequency-domain image method).
     """
     if method in VARIANTS:
