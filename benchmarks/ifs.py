@@ -184,8 +184,8 @@ def measure_epoch_seconds(dataset, config: FUSConfig | RDConfig, epochs: int = 3
                            learning_rate=config.learning_rate, batch_size=config.batch_size)  # fmt: skip
     ends: list[float] = []
 
-    def on_epoch(epoch, params, state):
-        jax.block_until_ready(params)  # dispatch is asynchronous: wait for the epoch to finish
+    def on_epoch(epoch, model):
+        jax.block_until_ready(model)  # dispatch is asynchronous: wait for the epoch to finish
         ends.append(time.perf_counter())
 
     trainer.fit(dataset, 0, on_epoch=on_epoch)

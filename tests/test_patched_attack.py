@@ -153,3 +153,18 @@ def test_select_command_runs_the_patched_attack(tmp_path, capsys):
     assert main(["select", "--method", "rs", "--dataset", "digits", "--attack", "patched", "--epsilon", "2",
                  "--patch-size", "9", "--rate", "0.03", "--out", str(tmp_path / "y")]) == 2  # fmt: skip
     assert "does not fit 8×8" in capsys.readouterr().err
+
+
+def test_benchmark_times_a_proxy_epoch_and_builds_patched_triggers():
+    from jaxpoison.selection import FUSConfig
+    from tests.test_selection_baselines import load_benchmark
+
+    bench = load_benchmark()
+    data = make_dataset(n=64, shape=(8, 8, 1))
+    config = FUSConfig(rounds=1, epochs=2, model="mlp", model_kwargs={"hidden": (8,)}, batch_size=32)
+    assert bench.measure_epoch_seconds(data, config, epochs=2) > 0
+    trigger = bench.make_trigger("patched", data, 4.0)
+    assert isinstance(trigger, PatchedTrigger) and trigger.epsilon == 4.0
+    assert bench.method_config("ifs", None, 2, "pointnet_small", {"head_widths": [8]}).model_kwargs == {
+        "head_widths": [8]
+    }
