@@ -89,8 +89,12 @@ def shard_batch(mesh: jax.sharding.Mesh, *arrays: np.ndarray) -> tuple[jax.Array
 def replicate(mesh: jax.sharding.Mesh, tree: Any) -> Any:
     """Copy a pytree onto every device of the mesh (every process passes the same values)."""
     # Never alias the input: the train step donates its buffers, which must not be the caller's.
+    # device_put(may_alias=False) is not enough: placing a one-device array on a larger mesh can
+    # reuse its buffer for one of the copies (a donated CF run then deleted the victim's arrays
+    # on two devices), so every leaf is copied on the mesh as well.
     if jax.process_count() == 1:
-        return jax.device_put(tree, replicated(mesh), may_alias=False)
+        placed = jax.device_put(tree, replicated(mesh), may_alias=False)
+        return jax.tree.map(lambda leaf: leaf.copy() if isinstance(leaf, jax.Array) else leaf, placed)
     sharding = replicated(mesh)
 
     def place(leaf):

@@ -109,12 +109,17 @@ def test_a_run_store_shared_by_two_processes_is_written_once_and_a_killed_proces
     assert not list(run.rglob(".*.tmp"))
 
 
+# every detector and unlearner, so that every streamed pass runs under several processes
+EVERY_METHOD = ("--set", "detection.methods=delta_influence,ekfac,trak,spectral,activation_clustering,freqdef",
+                "--set", "unlearning.methods=eu,cf,cf_reset,ssd,scrub,badt")  # fmt: skip
+
+
 def _spawn_run(out: Path, *launch: str, extra_env: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
     env.pop("JAX_NUM_CPU_DEVICES", None)
     env.update(extra_env or {})
     command = [sys.executable, "-m", "jaxpoison.cli", *launch, "run", "digits-badnet-tiny", "--out", str(out),
-               "--no-progress"]  # fmt: skip
+               "--no-progress", *EVERY_METHOD]  # fmt: skip
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

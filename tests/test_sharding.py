@@ -113,3 +113,30 @@ def test_influence_on_eight_devices_matches_one_device():
         one, eight = np.asarray(result["1"][key]), np.asarray(result["8"][key])
         assert one.size > 0 and np.ptp(one) > 0
         np.testing.assert_allclose(eight, one, rtol=1e-9, atol=1e-12 * np.abs(one).max(), err_msg=key)
+
+
+DONATION_SCRIPT = textwrap.dedent(
+    """
+    import jax
+    jax.config.update("jax_num_cpu_devices", 2)
+    from jaxpoison.data import load_dataset
+    from jaxpoison.models import create_model, to_functional
+    from jaxpoison.sharding import data_mesh, replicate
+    from jaxpoison.training import TrainRecipe, train
+
+    data = load_dataset("digits", "train").first(64)
+    victim = to_functional(create_model("cnn", data.image_shape, data.num_classes, seed=0), data.mean, data.std)
+    victim = victim.replace(params=jax.device_put(victim.params, jax.devices()[0]))  # as a loaded model is
+    for _ in range(2):  # two unlearners continue from the same victim, as CF and cf_reset do
+        train(victim, data, TrainRecipe(epochs=1, batch_size=32), mesh=data_mesh(2), progress=False)
+    copy = replicate(data_mesh(2), victim.params)
+    print("DELETED", sum(leaf.is_deleted() for leaf in jax.tree.leaves(victim.params)),
+          sum(leaf.is_deleted() for leaf in jax.tree.leaves(copy)))
+    """
+)
+
+
+def test_training_on_a_mesh_never_deletes_the_callers_model():
+    proc = subprocess.run([sys.executable, "-c", DONATION_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DELETED 0 0" in proc.stdout

@@ -176,10 +176,16 @@ def array_sha256(array: Any) -> str:
     return h.hexdigest()
 
 
+def _all_finite(leaf) -> bool:
+    if isinstance(leaf, np.ndarray):  # on the host already: checking it on a device would copy it there
+        return bool(np.isfinite(leaf).all())
+    return bool(jnp.all(jnp.isfinite(leaf)))
+
+
 def check_finite(tree: Any, what: str, hint: str = "the model may have diverged", error: type = FactorError) -> None:
     """Raise ``error`` (a :class:`FactorError` by default) if any leaf of ``tree`` holds NaN or Inf."""
     bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-           if not bool(jnp.all(jnp.isfinite(leaf)))]  # fmt: skip
+           if not _all_finite(leaf)]  # fmt: skip
     if bad:
         where = f" in {', '.join(bad[:8])}" if any(bad) else ""  # a bare array has the empty path
         raise error(f"{what} contain NaN or Inf{where}; {hint}.")
@@ -538,7 +544,8 @@ def precondition(factors: Factors, grads: dict[str, jax.Array], damping: float |
         block = factors.blocks[layer.name]
         qa, qs, lam = block["a_eigvecs"], block["s_eigvecs"], block["eigenvalues"]
         rotated = jnp.swapaxes(qa, 0, 1) @ grads[layer.name] @ qs
-        rotated = rotated / (lam + layer_damping(lam, damping))
+        denominator = lam + layer_damping(lam, damping)
+        rotated = rotated / denominator.reshape((1,) * (rotated.ndim - lam.ndim) + lam.shape)  # leading query axes
         out[layer.name] = qa @ rotated @ jnp.swapaxes(qs, 0, 1)
     return out
 

@@ -20,7 +20,10 @@ from jaxpoison.progress import progress_bar
 from jaxpoison.sharding import local_rows, replicate, shard_local_batch, to_host
 from jaxpoison.training.evaluate import iterate_padded
 
-FETCH_LAG = 4  # batches a streamed pass's outputs may wait on the device before they are copied to the host
+# Batches a streamed pass may run ahead of the device: outputs wait this long before they are copied
+# to the host, and a reduction waits for its accumulator this often. Bounded, so a pass over any
+# number of examples holds a few batches at a time, not a queue that grows with the dataset.
+FETCH_LAG = 4
 
 
 def num_batches(n: int, batch_size: int) -> int:
@@ -84,6 +87,8 @@ def reduce_dataset(
     bar = progress_bar(total=total, initial=start, desc=desc, disable=not progress)
     for b, x, y, m in batches(dataset, batch_size, mesh, start, limit):
         acc = step(acc, b, x, y, m)
+        if (b + 1) % FETCH_LAG == 0:  # back-pressure: without it the host queues every batch of the pass
+            jax.block_until_ready(acc)
         bar.update(1)
         if checkpoint is not None and ((b + 1) % every == 0 or b + 1 == total):
             ckpt.save(manager, b + 1, acc, {"next_batch": b + 1})
