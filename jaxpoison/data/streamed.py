@@ -254,7 +254,9 @@ class Overlay:
         out = self.base[rows]
         hit = np.isin(rows, self.indices)
         if hit.any():
-            out[hit] = np.asarray(self.change(out[hit]), np.float32)
+            # Changed as a whole batch, then picked: the shape ``change`` sees is the batch's,
+            # not the number of poisons in it, so a jitted trigger compiles once, not per count.
+            out[hit] = np.asarray(self.change(out), np.float32)[hit]
         return out
 
 
