@@ -360,6 +360,17 @@ def _cmd_select(args) -> int:
     return 0
 
 
+def _cmd_arena(args) -> int:
+    from jaxpoison.experiments.arena import load_spec, run_arena
+
+    spec = load_spec(args.spec)
+    out = Path(args.out)
+    run_arena(spec, out, progress=not args.no_progress)
+    print((out / "arena.md").read_text())
+    print(f"Arena: {out / 'arena.md'} and {out / 'arena.json'}; plots in {out / 'plots'}; cells in {out / 'cells'}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     import dataclasses
 
@@ -543,6 +554,13 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--flagged", help="a .npy or text file of training indices")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_unlearn)
+
+    p = sub.add_parser("arena", help="every attack × selection × detector × unlearner × seed, with a no-poison "
+                                     "control, resumable (DIR/arena.md)")  # fmt: skip
+    p.add_argument("spec", metavar="SPEC", help="an arena preset (arena-digits, arena-fmnist) or a JSON spec file")
+    p.add_argument("--out", required=True, help="the arena directory (resumes what it already holds)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_arena)
 
     p = sub.add_parser("demo", help="the README's main job: BadNet -> detect -> unlearn (Fashion-MNIST, else digits)")
     p.add_argument("--out", default="runs/demo")

@@ -1,5 +1,6 @@
 """Poisoning attacks: triggers, the poisoned-dataset builder, and attack metrics."""
 
+from jaxpoison.attacks.all_to_all import all_to_all_asr, all_to_all_metrics, all_to_all_targets, poison_all_to_all
 from jaxpoison.attacks.io import load_trigger, save_trigger
 from jaxpoison.attacks.metrics import attack_metrics
 from jaxpoison.attacks.pointcloud import PointClusterTrigger, point_patch
@@ -50,6 +51,9 @@ __all__ = [
     "SmoothTrigger",
     "Trigger",
     "TriggerError",
+    "all_to_all_asr",
+    "all_to_all_metrics",
+    "all_to_all_targets",
     "apply_brew",
     "apply_trigger",
     "attack_metrics",
@@ -67,6 +71,7 @@ __all__ = [
     "parse_position",
     "patched",
     "point_patch",
+    "poison_all_to_all",
     "poison_dataset",
     "poison_streamed",
     "resize_pattern",

@@ -1,6 +1,8 @@
 """Jobs and pipelines that tie the library together (the top layer): presets, the staged
-poison → train → detect → unlearn run, its report and plots, and the training job."""
+poison → train → detect → unlearn run, its report and plots, the arena of every attack against every
+detector and unlearner, and the training job."""
 
+from jaxpoison.experiments.arena import ARENA_PRESETS, ArenaError, ArenaSpec, load_spec, plan_arena, run_arena
 from jaxpoison.experiments.config import (
     AttackConfig,
     ConfigError,
@@ -20,8 +22,11 @@ from jaxpoison.experiments.store import RunDirectoryError, RunStore
 from jaxpoison.experiments.train_job import DEFAULT_RECIPE, default_recipe, run_train_job
 
 __all__ = [
+    "ARENA_PRESETS",
     "DEFAULT_RECIPE",
     "PRESETS",
+    "ArenaError",
+    "ArenaSpec",
     "AttackConfig",
     "ConfigError",
     "DataConfig",
@@ -38,7 +43,10 @@ __all__ = [
     "from_dict",
     "get_preset",
     "load_config",
+    "load_spec",
+    "plan_arena",
     "prepare",
+    "run_arena",
     "run_pipeline",
     "run_train_job",
     "to_dict",

@@ -93,8 +93,10 @@ class AttackConfig:
     name: ``badnet`` (4-pixel pattern; white on grayscale, black on colour), ``blended``,
       ``patched`` (a patch added at amplitude ε on the 0–255 scale, the IFS paper's patched attack;
       on point clouds a cluster of points whose size ε sets), ``smooth`` (low-frequency trigger
-      fitted against the clean model) or ``brew`` (Witches' Brew, clean label, one target test image).
-    target: the attack's target class.
+      fitted against the clean model), ``brew`` (Witches' Brew, clean label, one target test image) or
+      ``all_to_all`` (BadNet's trigger, each poison relabelled from y to (y + 1) mod C; see
+      :mod:`jaxpoison.attacks.all_to_all`).
+    target: the attack's target class (unused by ``all_to_all``, whose targets follow the labels).
     source: victim class (``None``: all-to-one).
     rate: poisons as a fraction of the training set (after the validation split).
     count: the exact number of poisons (``None``: ``rate`` decides). The paper presets state
@@ -262,6 +264,9 @@ def validate(config: RunConfig) -> None:
     if config.selection != "rs" and (config.attack.name == "brew" or config.attack.source is not None):
         raise ConfigError("selection methods choose poisons for all-to-one trigger attacks; use selection=rs with "
                           "Witches' Brew or a source-specific attack.")  # fmt: skip
+    if config.attack.name == "all_to_all" and (config.selection != "rs" or config.attack.source is not None):
+        raise ConfigError("the all-to-all attack poisons every class toward the next one: it takes selection=rs "
+                          "and attack.source=None (selection methods score candidates toward one target class).")
     if config.detection.test_points < 1:
         raise ConfigError(f"detection.test_points must be at least 1; got {config.detection.test_points}.")
     if config.attack.name == "brew" and config.attack.epsilon is not None:

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxpoison.attacks import attack_metrics
+from jaxpoison.attacks import all_to_all_metrics, attack_metrics
 from jaxpoison.detection.metrics import detection_metrics
 from jaxpoison.distributed import is_writer
 from jaxpoison.errors import InputError
@@ -37,6 +37,7 @@ from jaxpoison.experiments.victim import (
     pick_test_points,
     poison_stage,
     poison_success,
+    test_point_target,
     validate_against_data,
     victim_stage,
 )
@@ -108,7 +109,8 @@ def _prepare_stages(config: RunConfig, store: RunStore, splits: Splits, progress
         indices, images = pick_test_points(model, poisoning, config.attack.source, splits.test,
                                            config.detection.test_points)  # fmt: skip
         save_array(directory / "images.npy", images)
-        return {"test_indices": indices.tolist(), "target": poisoning.target}
+        # the class the points were sent to (all-to-all: the first point's (y + 1) mod C)
+        return {"test_indices": indices.tolist(), "target": test_point_target(poisoning, splits.test, indices)}
 
     with named_stage("test point"):
         point_key, point = store.run("test_point", {"victim": victim_key, "count": config.detection.test_points},
@@ -208,7 +210,10 @@ def make_selector(prepared: Prepared, flagged, mode: str | None = None) -> Selec
         def oracle_score(model: FunctionalModel) -> dict:
             if poisoning.trigger is None:
                 return {"validation_psr": 0.0, "validation_accuracy": accuracy(model, validation)}
-            metrics = attack_metrics(model, validation, poisoning.trigger, poisoning.target, source)
+            if poisoning.all_to_all:
+                metrics = all_to_all_metrics(model, validation, poisoning.trigger)
+            else:
+                metrics = attack_metrics(model, validation, poisoning.trigger, poisoning.target, source)
             return {"validation_psr": metrics["asr"], "validation_accuracy": metrics["clean_accuracy"]}
 
         return Selector("oracle", oracle_score, oracle_rule())

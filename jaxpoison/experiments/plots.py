@@ -1,4 +1,5 @@
-"""Figures of a run: ΔInfl per transformation (poisons vs clean) and ROC curves per detector."""
+"""Figures of a run: ΔInfl per transformation (poisons vs clean) and ROC curves per detector; the arena's
+heatmaps and cost-vs-score scatter."""
 
 from __future__ import annotations
 
@@ -108,3 +109,76 @@ def detection_plots(
             directory / f"delta_by_transform{suffix}.png", title=f"ΔInfl per transformation{title}",
         )  # fmt: skip
     return plots
+
+
+def plot_heatmap(
+    values: np.ndarray, rows: Sequence[str], columns: Sequence[str], path: str | Path, *, title: str = "",
+    vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis", digits: int = 2,
+) -> Path:  # fmt: skip
+    """A ``rows × columns`` heatmap with each value written in its cell; NaN cells read "n/a" on grey.
+
+    Args:
+      values: ``[len(rows), len(columns)]`` floats (NaN where there is no value).
+      rows / columns: the axis labels.
+      path: the PNG to write.
+      title: the figure title.
+      vmin / vmax: the colour scale's range (``None``: the data's).
+      cmap: a matplotlib colour map name.
+      digits: decimals of the written values.
+    """
+    plt = _pyplot()
+    values = np.asarray(values, np.float64)
+    if values.shape != (len(rows), len(columns)):
+        raise ValueError(f"values of shape {values.shape} do not match {len(rows)} rows × {len(columns)} columns.")
+    fig, ax = plt.subplots(figsize=(1.1 * len(columns) + 3, 0.5 * len(rows) + 1.8))
+    colours = plt.get_cmap(cmap).with_extremes(bad="0.85")
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=colours, vmin=vmin, vmax=vmax, aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(columns)):
+            value = values[i, j]
+            ax.text(j, i, "n/a" if np.isnan(value) else f"{value:.{digits}f}", ha="center", va="center", fontsize=8,
+                    color="0.3" if np.isnan(value) else "w" if image.norm(value) < 0.5 else "k")  # fmt: skip
+    ax.set_xticks(range(len(columns)), columns, fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_writer():  # one process draws the shared file
+        fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def plot_cost_vs_score(
+    points: Mapping[str, tuple[float, float, float, float]], path: str | Path, *, ylabel: str = "score",
+    title: str = "", ylim: tuple[float, float] | None = None,
+) -> Path:  # fmt: skip
+    """A scatter of methods by cost (seconds, log scale) against a score, with error bars.
+
+    Args:
+      points: ``{label: (seconds, score, seconds std, score std)}``.
+      path: the PNG to write.
+      ylabel: what the score is (e.g. ``"F1"``).
+      title: the figure title.
+      ylim: the score axis's range (``None``: the data's).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, (x, y, xerr, yerr) in points.items():
+        ax.errorbar([max(x, 1e-3)], [y], xerr=[xerr], yerr=[yerr], fmt="o", capsize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per detection (incl. the EK-FAC fit it needs)")
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_writer():  # one process draws the shared file
+        fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path

@@ -40,7 +40,7 @@ class UnlearnerSpec(NamedTuple):
     selecting: bool = False
 
 
-ATTACKS = ("badnet", "blended", "patched", "smooth", "brew")
+ATTACKS = ("badnet", "blended", "patched", "smooth", "brew", "all_to_all")
 
 DETECTOR_SPECS: dict[str, DetectorSpec] = {
     "delta_influence": DetectorSpec("Δ-Influence", needs_factors=True, influence_based=True),

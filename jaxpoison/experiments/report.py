@@ -122,7 +122,8 @@ def write_report(prepared, detection_records: dict, detections: dict, unlearn_re
         f"# jaxpoison run: {config.attack.name} on {config.data.name}",
         "",
         f"- training set {report['data']['train']} images, {report['data']['poisons']} poisons "
-        f"(target {prepared.poisoning.target}); validation {report['data']['validation']}; "
+        f"(target {'(y + 1) mod C' if prepared.poisoning.all_to_all else prepared.poisoning.target}); "
+        f"validation {report['data']['validation']}; "
         f"test {report['data']['test']}",
         f"- unpoisoned model: clean accuracy {clean['clean_accuracy']:.4f}",
         f"- victim: poison success rate {victim['psr']:.3f}, clean accuracy {victim['clean_accuracy']:.4f}",

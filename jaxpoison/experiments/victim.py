@@ -17,6 +17,8 @@ import numpy as np
 from jaxpoison.attacks import (
     PoisonConfig,
     Trigger,
+    all_to_all_metrics,
+    all_to_all_targets,
     apply_brew,
     attack_metrics,
     badnet_pixels,
@@ -28,6 +30,7 @@ from jaxpoison.attacks import (
     parse_position,
     patched,
     point_patch,
+    poison_all_to_all,
     poison_dataset,
     save_trigger,
     square_patch,
@@ -67,15 +70,18 @@ class Poisoning(NamedTuple):
       dataset: the poisoned training set.
       poison_indices: ground-truth poison positions in ``dataset``.
       trigger: the trigger (``None`` for Witches' Brew, which has no trigger).
-      target: the class the attack aims at (the intended class for Witches' Brew).
+      target: the class the attack aims at (the intended class for Witches' Brew; ``None`` for
+        the all-to-all attack, whose target is each image's class + 1 mod C).
       brew_target: the Witches' Brew target test index (``None`` otherwise).
+      all_to_all: the all-to-all attack (:mod:`jaxpoison.attacks.all_to_all`).
     """
 
     dataset: Dataset
     poison_indices: np.ndarray
     trigger: Trigger | None
-    target: int
+    target: int | None
     brew_target: int | None
+    all_to_all: bool = False
 
 
 def load_data(config: DataConfig, seed: int = 0) -> Splits:
@@ -120,10 +126,15 @@ def accuracy(model: FunctionalModel, dataset: Dataset) -> float:
 # --------------------------------------------------------------------------- stages
 
 
+def clean_inputs(config: RunConfig, splits: Splits) -> dict:
+    """What the clean model depends on (its stage key): data, victim recipe, seed, training set — never the attack."""
+    return {"data": dataclasses.asdict(config.data), "victim": dataclasses.asdict(config.victim),
+            "seed": config.seed, "train_hash": splits.train.content_hash}  # fmt: skip
+
+
 def clean_stage(store: RunStore, config: RunConfig, splits: Splits, progress: bool) -> tuple[str, FunctionalModel]:
     """Train the unpoisoned model (the reference point for clean accuracy; smooth/brew attack it)."""
-    inputs = {"data": dataclasses.asdict(config.data), "victim": dataclasses.asdict(config.victim),
-              "seed": config.seed, "train_hash": splits.train.content_hash}  # fmt: skip
+    inputs = clean_inputs(config, splits)
 
     def compute(directory: Path) -> dict:
         model = fit_model(config.victim, splits.train, config.seed, progress)
@@ -150,7 +161,7 @@ def validate_against_data(config: RunConfig, splits: Splits) -> None:
     validate_classes(config, train.num_classes)
     attack = config.attack
     budget = poison_budget(attack, len(train))
-    if attack.name != "brew":  # Witches' Brew draws its class with the target image, and checks then
+    if attack.name not in ("brew", "all_to_all"):  # brew draws its class with the target image, and checks then
         pool = candidate_pool(train, attack.target, attack.source)
         if budget > pool.size:
             where = f"class {attack.source}" if attack.source is not None else f"the classes other than {attack.target}"
@@ -181,7 +192,7 @@ def make_trigger(attack: AttackConfig, train_set: Dataset, clean: FunctionalMode
         patch = attack.patch
         return patched(shape, epsilon, size=patch.size, position=parse_position(patch.position), pattern=patch.pattern,
                        margin=patch.margin, seed=seed)  # fmt: skip
-    if attack.name == "badnet":
+    if attack.name in ("badnet", "all_to_all"):
         if shape[0] < 16:  # 8×8 digits: the 4-pixel pattern is too small to learn; a 2×2 corner square
             return square_patch(shape, 2, (1.0,) * shape[-1], margin=0)
         # Grayscale datasets have black backgrounds that hide black pixels: use white ones.
@@ -229,17 +240,21 @@ def poison_stage(
             dataset, target, trigger = apply_brew(train_set, poisons, brew), intended, None
         else:
             trigger = make_trigger(attack, train_set, clean, config.seed, progress)
-            if config.selection == "rs":
-                how_many = {"rate": attack.rate} if attack.count is None else {"count": attack.count}
+            how_many = {"rate": attack.rate} if attack.count is None else {"count": attack.count}
+            if attack.name == "all_to_all":  # selection=rs only (config validation)
+                poisoned = poison_all_to_all(train_set, trigger, seed=config.seed, **how_many)
+            elif config.selection == "rs":
                 poison_config = PoisonConfig(target=attack.target, source=attack.source, seed=config.seed,
                                              **how_many)  # fmt: skip
+                poisoned = poison_dataset(train_set, trigger, poison_config)
             else:
                 rate = poison_budget(attack, len(train_set)) / len(train_set)
                 chosen = select_poisons(config.selection, train_set, trigger, attack.target, rate,
                                         seed=config.seed, progress=progress)  # fmt: skip
                 poison_config = PoisonConfig(target=attack.target, indices=chosen.indices, seed=config.seed)
-            poisoned = poison_dataset(train_set, trigger, poison_config)
-            dataset, poisons, target = poisoned.dataset, poisoned.poison_indices, attack.target
+                poisoned = poison_dataset(train_set, trigger, poison_config)
+            target = None if attack.name == "all_to_all" else attack.target
+            dataset, poisons = poisoned.dataset, poisoned.poison_indices
             save_trigger(directory / "trigger", trigger)
         save_arrays(directory / "poisons.npz", compressed=True, indices=poisons, images=dataset.images[poisons],
                     labels=dataset.labels)  # fmt: skip
@@ -258,7 +273,8 @@ def poison_stage(
     if dataset.content_hash != record["poisoned_hash"]:
         raise InputError(f"{directory} does not rebuild the poisoned set it recorded; delete the stage and rerun.")
     trigger = load_trigger(directory / "trigger") if (directory / "trigger").exists() else None
-    return key, Poisoning(dataset, indices, trigger, int(record["target"]), record["brew_target"])
+    target = None if record["target"] is None else int(record["target"])
+    return key, Poisoning(dataset, indices, trigger, target, record["brew_target"], attack.name == "all_to_all")
 
 
 def poison_success(model: FunctionalModel, poisoning: Poisoning, config: RunConfig, test: Dataset) -> dict:
@@ -267,7 +283,10 @@ def poison_success(model: FunctionalModel, poisoning: Poisoning, config: RunConf
         image = test.subset([poisoning.brew_target])
         predicted = int(predict_logits(model, image).argmax(-1)[0])
         return {"psr": float(predicted == poisoning.target), "clean_accuracy": accuracy(model, test)}
-    metrics = attack_metrics(model, test, poisoning.trigger, poisoning.target, config.attack.source)
+    if poisoning.all_to_all:  # each triggered image of class y should go to (y + 1) mod C
+        metrics = all_to_all_metrics(model, test, poisoning.trigger)
+    else:
+        metrics = attack_metrics(model, test, poisoning.trigger, poisoning.target, config.attack.source)
     return {"psr": metrics["asr"], "clean_accuracy": metrics["clean_accuracy"],
             "class_asr_variance": metrics["class_asr_variance"]}  # fmt: skip
 
@@ -294,17 +313,27 @@ def pick_test_points(
     """The first ``count`` triggered victim-class test images the victim assigns to the target.
 
     The first one is the reference's choice. Returns ``(test indices [k], images [k, H, W, C])``;
-    for Witches' Brew, the brew's target image itself (``count`` must be 1).
+    for Witches' Brew, the brew's target image itself (``count`` must be 1). For the all-to-all
+    attack, triggered images of the first class whose first triggered image the victim sends to
+    its own target ``(y + 1) mod C``: all ``count`` points then share that one target (see
+    :func:`test_point_target`).
     """
     if poisoning.trigger is None:
         if count != 1:
             raise InputError("Witches' Brew has a single target test image; ask for one test point.")
         return np.array([poisoning.brew_target]), test.images[poisoning.brew_target][None]
-    victims = np.flatnonzero(test.labels == source if source is not None else test.labels != poisoning.target)
+    if poisoning.all_to_all:
+        victims = np.arange(len(test))
+        wanted = all_to_all_targets(test.labels, test.num_classes)
+    else:
+        victims = np.flatnonzero(test.labels == source if source is not None else test.labels != poisoning.target)
+        wanted = poisoning.target
     triggered = triggered_inputs(test, victims, poisoning.trigger)
     hits = test.subset(victims).replace(images=triggered)
     predicted = predict_logits(model, hits).argmax(-1)
-    found = np.flatnonzero(predicted == poisoning.target)
+    found = np.flatnonzero(predicted == wanted)
+    if poisoning.all_to_all and found.size:  # several points must share one target: the first hit's class
+        found = found[test.labels[victims[found]] == test.labels[victims[found[0]]]]
     if found.size == 0:
         raise InputError("no triggered test image is classified as the target: the backdoor did not take, so there "
                          "is no poisoned test point to start detection from.")  # fmt: skip
@@ -312,3 +341,11 @@ def pick_test_points(
         raise InputError(f"only {found.size} triggered test images are classified as the target; lower "
                          f"detection.test_points from {count} to at most {found.size}.")  # fmt: skip
     return victims[found[:count]], triggered[found[:count]]
+
+
+def test_point_target(poisoning: Poisoning, test: Dataset, indices) -> int:
+    """The class the identified poisoned test points were sent to: the attack's target, or for the
+    all-to-all attack the first point's ``(y + 1) mod C`` (per-example target; all points share it)."""
+    if not poisoning.all_to_all:
+        return int(poisoning.target)
+    return int(all_to_all_targets(test.labels[np.asarray(indices)[:1]], test.num_classes)[0])
