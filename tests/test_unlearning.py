@@ -21,6 +21,7 @@ from jaxpoison.training.evaluate import NonFiniteOutputError
 from jaxpoison.unlearning import (
     DistillConfig,
     Selector,
+    UnlearningDiverged,
     UnlearnResult,
     clean_rule,
     continued_training,
@@ -308,3 +309,17 @@ def test_cf_is_plain_continued_training_and_cf_reset_resets_the_head(tiny_run, m
         fresh = seen.pop("fresh_head")
         assert fresh is not None, preset
         assert jax.tree.structure(fresh.params) == jax.tree.structure(prepared.victim.model.params)
+
+
+def test_an_unlearner_that_diverges_is_a_diverged_row_not_a_failed_run(tiny_run, tmp_path, monkeypatch):
+    prepared = tiny_run.prepared
+    fresh = prepared._replace(store=RunStore(tmp_path, to_dict(prepared.config)))
+
+    def diverge(*args, **kwargs):
+        raise UnlearningDiverged("every one of the 1 unlearning candidates diverged (non-finite outputs)")
+
+    monkeypatch.setattr(pipeline_module, "run_unlearner", diverge)
+    record = unlearn_stage(fresh, "truth", "scrub", prepared.poisoning.poison_indices, progress=False)
+    assert record["psr"] is None and record["clean_accuracy"] is None and "diverged" in record["diverged"]
+    row = unlearning_table([record], max_psr=0.05).splitlines()[2]
+    assert "| diverged | — | ✗ |" in row

@@ -46,9 +46,11 @@ from jaxpoison.influence import NUMERICS_VERSION, Factors, fit_factors, load_fac
 from jaxpoison.models import FunctionalModel
 from jaxpoison.progress import stage as named_stage
 from jaxpoison.progress import stages as numbered_stages
+from jaxpoison.training.evaluate import NonFiniteOutputError
 from jaxpoison.unlearning import (
     DistillConfig,
     Selector,
+    UnlearningDiverged,
     UnlearnResult,
     bad_teacher,
     clean_rule,
@@ -306,9 +308,14 @@ def unlearn_stage(
 
     def compute(directory: Path) -> dict:
         start = time.perf_counter()
-        result = run_unlearner(prepared, method, flagged, progress=progress)
+        try:
+            result = run_unlearner(prepared, method, flagged, progress=progress)
+            metrics = poison_success(result.model, prepared.poisoning, prepared.config, prepared.splits.test)
+        except (UnlearningDiverged, NonFiniteOutputError) as e:  # a result of the method, not a failed run
+            return {"detector": detector, "unlearner": method, "selection": None, "psr": None,
+                    "clean_accuracy": None, "diverged": str(e), "seconds": time.perf_counter() - start,
+                    "info": {"method": method}}  # fmt: skip
         seconds = time.perf_counter() - start
-        metrics = poison_success(result.model, prepared.poisoning, prepared.config, prepared.splits.test)
         info = {k: v for k, v in result.info.items() if k != "losses"}
         # "oracle": the candidate was chosen with the trigger (knowledge of the attack); None: nothing chosen
         return {"detector": detector, "unlearner": method, "selection": info.get("selection"), **metrics,

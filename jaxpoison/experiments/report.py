@@ -59,6 +59,10 @@ def unlearning_table(records: Sequence[dict], max_psr: float) -> str:
              "|---|---|---:|---:|:---:|---:|"]  # fmt: skip
     oracle = False
     for r in records:
+        if r.get("diverged"):  # every candidate's outputs were non-finite: no model to measure
+            lines.append(f"| {LABELS.get(r['detector'], r['detector'])} | {unlearner_label(r)} | diverged | — | ✗ | "
+                         f"{_fmt(r.get('seconds'), 1)} |")  # fmt: skip
+            continue
         ok = "✓" if r["psr"] <= max_psr else "✗"
         unlearner = unlearner_label(r)
         oracle = oracle or unlearner.endswith("(oracle selection)")

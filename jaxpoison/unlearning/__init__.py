@@ -12,6 +12,7 @@ set, never the test set: :func:`clean_rule` needs no knowledge of the attack,
 from jaxpoison.unlearning.badt import BadTeacherConfig, bad_teacher
 from jaxpoison.unlearning.common import (
     Selector,
+    UnlearningDiverged,
     UnlearnResult,
     clean_rule,
     oracle_rule,
@@ -30,6 +31,7 @@ __all__ = [
     "ScrubConfig",
     "Selector",
     "UnlearnResult",
+    "UnlearningDiverged",
     "bad_teacher",
     "clean_rule",
     "continued_training",

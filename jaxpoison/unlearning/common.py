@@ -13,6 +13,10 @@ from jaxpoison.models import FunctionalModel
 from jaxpoison.training.evaluate import NonFiniteOutputError
 
 
+class UnlearningDiverged(InputError):
+    """Every candidate an unlearner produced has non-finite outputs: there is no model to report."""
+
+
 class Selector(NamedTuple):
     """How candidate models (checkpoints, grid points) are scored and which one wins.
 
@@ -66,7 +70,8 @@ def select(candidates: Sequence[tuple[Any, FunctionalModel]], selector: Selector
     ``"diverged": True`` and never chosen.
 
     Raises:
-      InputError: no candidates, or every candidate diverged.
+      InputError: no candidates.
+      UnlearningDiverged: every candidate diverged.
     """
     if not candidates:
         raise InputError("no candidate models to select from.")
@@ -80,8 +85,8 @@ def select(candidates: Sequence[tuple[Any, FunctionalModel]], selector: Selector
         except NonFiniteOutputError:
             scores.append({"candidate": label, "diverged": True})
     if not finite:
-        raise InputError(f"every one of the {len(candidates)} unlearning candidates diverged (non-finite outputs); "
-                         "lower the unlearner's learning rate.")  # fmt: skip
+        raise UnlearningDiverged(f"every one of the {len(candidates)} unlearning candidates diverged (non-finite "
+                                 "outputs); lower the unlearner's learning rate.")  # fmt: skip
     return finite[selector.choose([scores[i] for i in finite])], scores
 
 
