@@ -402,11 +402,13 @@ def _poisoned_row(prepared: Prepared, cell: Cell, progress: bool) -> dict:
     unlearning = {}
     for method in cell.config.unlearning.methods:
         result = unlearn_stage(own, cell.detector, method, detection.flagged, progress=progress)
+        diverged = result.get("diverged") is not None  # no model to measure: no PSR, accuracy or DER
         unlearning[method] = {
             "psr_after": result["psr"], "clean_accuracy_after": result["clean_accuracy"],
-            "der": defence_effectiveness_rating(victim["psr"], result["psr"], victim["clean_accuracy"],
-                                                result["clean_accuracy"]),
-            "seconds": result.get("seconds"), "selection": result.get("selection"),
+            "der": None if diverged else defence_effectiveness_rating(victim["psr"], result["psr"],
+                                                                      victim["clean_accuracy"],
+                                                                      result["clean_accuracy"]),
+            "seconds": result.get("seconds"), "selection": result.get("selection"), "diverged": diverged,
         }  # fmt: skip
         seconds[f"unlearn:{method}"] = result.get("stage_seconds")
     return {
@@ -701,6 +703,7 @@ def arena_plots(
         for i, u in enumerate(unlearners):
             for j, d in enumerate(detectors):
                 values = [r["unlearning"][u]["psr_after"] for r in done if r["detector"] == d and u in r["unlearning"]]
+                values = [v for v in values if v is not None]  # a diverged unlearner has no PSR
                 if values:
                     psr[i, j] = float(np.mean(values))
         plots["psr_after_heatmap"] = plot_heatmap(
