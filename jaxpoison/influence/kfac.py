@@ -176,9 +176,13 @@ def array_sha256(array: Any) -> str:
     return h.hexdigest()
 
 
+FINITE_BLOCK = 1 << 20  # elements per block of a host-side finiteness check
+
+
 def _all_finite(leaf) -> bool:
     if isinstance(leaf, np.ndarray):  # on the host already: checking it on a device would copy it there
-        return bool(np.isfinite(leaf).all())
+        flat = leaf.reshape(-1)  # checked in blocks, so a large score matrix needs no mask of its own size
+        return all(bool(np.isfinite(flat[i : i + FINITE_BLOCK]).all()) for i in range(0, flat.size, FINITE_BLOCK))
     return bool(jnp.all(jnp.isfinite(leaf)))
 
 
