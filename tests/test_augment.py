@@ -54,8 +54,8 @@ def test_augment_batch_deterministic_per_key_and_jittable():
 
 
 def test_normalize():
-    x = jnp.ones((2, 3, 3, 2)) * jnp.array([0.5, 1.0])
-    np.testing.assert_allclose(normalize(x, [0.5, 0.5], [0.25, 0.5]), jnp.ones_like(x) * jnp.array([0.0, 1.0]))
+    x = jnp.ones((2, 3, 3, 2)) * jnp.array([[[[0.5, 1.0]]]])
+    np.testing.assert_allclose(normalize(x, [0.5, 0.5], [0.25, 0.5]), jnp.ones_like(x) * jnp.array([[[[0.0, 1.0]]]]))
 
 
 def test_vertical_flip_appears_only_when_asked():

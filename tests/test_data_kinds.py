@@ -100,7 +100,7 @@ def token_model():
     rng = np.random.default_rng(0)
     params = {"embed": jnp.asarray(rng.normal(size=(9, 4)), jnp.float32),
               "head": {"w": jnp.asarray(rng.normal(size=(4, 2)), jnp.float32), "b": jnp.zeros(2)}}  # fmt: skip
-    return from_apply(lambda p, t: p["embed"][t].mean(1) @ p["head"]["w"] + p["head"]["b"], params, (5,),
+    return from_apply(lambda p, t: p["embed"][t].mean(1) @ p["head"]["w"] + p["head"]["b"][None], params, (5,),
                       dense={"head/w": "head/b"}, input_dtype="int32")  # fmt: skip
 
 

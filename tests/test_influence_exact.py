@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 from scipy.stats import spearmanr
 
-from jaxpoison.data import Dataset, Provenance, load_dataset
+from jaxpoison.data import Dataset, Provenance, load_dataset, normalize
 from jaxpoison.influence import (
     FactorConfig,
     LissaConfig,
@@ -204,7 +204,7 @@ def test_captured_per_example_gradients_equal_vmap_grad(name, shape, kw):
 
 
 def _layer_grads(model, data, layer, labels=None):
-    x = (jnp.asarray(data.images) - data.mean) / data.std
+    x = normalize(jnp.asarray(data.images), data.mean, data.std)
     y = jnp.asarray(data.labels if labels is None else labels)
     return layer_gradient(per_example_grads(network(model), cross_entropy, model.params, x, y), layer)
 
@@ -244,7 +244,7 @@ def test_kfac_covariances_are_the_input_and_gradient_second_moments():
     data = tiny_data(n=9, shape=(4, 4, 1), classes=3)
     factors = fit_factors(model, data, FactorConfig(strategy="kfac", fisher="empirical", batch_size=4), progress=False)
     head = next(layer for layer in factors.layers if layer.name == "head")
-    x = (jnp.asarray(data.images) - data.mean) / data.std
+    x = normalize(jnp.asarray(data.images), data.mean, data.std)
     a = jnp.concatenate([model.structure.features(model.params, model.state, x), jnp.ones((len(data), 1))], axis=1)
     np.testing.assert_allclose(factors.blocks[head.name]["a_cov"], a.T @ a / len(data), rtol=1e-10)
     logits = network(model)(model.params, x)
@@ -282,7 +282,7 @@ def test_pairwise_scores_equal_the_dense_formula(scored_setup, use_factors):
     factors = factors if use_factors else None
     config = ScoreConfig(measurement="margin", damping=0.01, batch_size=4)
     scores = pairwise_scores(model, data, queries.images, queries.labels, factors, config, progress=False).values
-    xq = (jnp.asarray(queries.images) - queries.mean) / queries.std
+    xq = normalize(jnp.asarray(queries.images), queries.mean, queries.std)
     from jaxpoison.influence import margin_measurement
 
     q_grads = per_example_grads(network(model), margin_measurement, model.params, xq, jnp.asarray(queries.labels))
@@ -345,7 +345,7 @@ def test_influence_ranks_agree_with_leave_one_out_retraining():
     x = rng.normal(size=(n, d))
     y = np.array([rng.choice(classes, p=np.exp(r) / np.exp(r).sum()) for r in x @ w_true])
     x_test, y_test = rng.normal(size=(1, d)), np.array([1])
-    apply = lambda params, x: x @ params["w"] + params["b"]
+    apply = lambda params, x: x @ params["w"] + params["b"][None]
     init = {"w": jnp.zeros((d, classes)), "b": jnp.zeros(classes)}
 
     def objective(params, x, y):

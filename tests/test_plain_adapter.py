@@ -33,13 +33,13 @@ def x64():
 
 def cnn_features(p, x):
     """jaxpoison's CNN written by hand: what a user's hand-written model looks like."""
-    x = max_pool_2x2(jax.nn.relu(conv(x, p["conv1"]["kernel"]) + p["conv1"]["bias"]))
-    x = max_pool_2x2(jax.nn.relu(conv(x, p["conv2"]["kernel"]) + p["conv2"]["bias"]))
-    return jax.nn.relu(x.reshape(x.shape[0], -1) @ p["fc1"]["kernel"] + p["fc1"]["bias"])
+    x = max_pool_2x2(jax.nn.relu(conv(x, p["conv1"]["kernel"]) + p["conv1"]["bias"][None, None, None]))
+    x = max_pool_2x2(jax.nn.relu(conv(x, p["conv2"]["kernel"]) + p["conv2"]["bias"][None, None, None]))
+    return jax.nn.relu(x.reshape(x.shape[0], -1) @ p["fc1"]["kernel"] + p["fc1"]["bias"][None])
 
 
 def cnn_apply(p, x):
-    return cnn_features(p, x) @ p["fc2"]["kernel"] + p["fc2"]["bias"]
+    return cnn_features(p, x) @ p["fc2"]["kernel"] + p["fc2"]["bias"][None]
 
 
 CNN_DENSE = {"fc1/kernel": "fc1/bias", "fc2/kernel": "fc2/bias"}
@@ -78,8 +78,8 @@ def test_factors_scores_and_delta_influence_flags_equal_the_nnx_models(twins):
 
 
 def mlp_apply(p, x):
-    h = jax.nn.relu(x.reshape(x.shape[0], -1) @ p["hidden"]["w"] + p["hidden"]["b"])
-    return h @ p["out"]["w"] + p["out"]["b"]
+    h = jax.nn.relu(x.reshape(x.shape[0], -1) @ p["hidden"]["w"] + p["hidden"]["b"][None])
+    return h @ p["out"]["w"] + p["out"]["b"][None]
 
 
 def test_a_plain_mlp_equals_the_nnx_mlp():
@@ -115,12 +115,12 @@ def transformer_features(p, tokens):
     q, k, v = h @ p["q"]["w"], h @ p["k"]["w"], h @ p["v"]["w"]  # dense layers over the positions axis
     attention = jax.nn.softmax(jnp.einsum("ntd,nsd->nts", q, k) / np.sqrt(WIDTH), axis=-1)
     h = h + jnp.einsum("nts,nsd->ntd", attention, v) @ p["o"]["w"]
-    h = h + jax.nn.gelu(h @ p["ff1"]["w"] + p["ff1"]["b"]) @ p["ff2"]["w"] + p["ff2"]["b"]
+    h = h + jax.nn.gelu(h @ p["ff1"]["w"] + p["ff1"]["b"][None, None]) @ p["ff2"]["w"] + p["ff2"]["b"][None, None]
     return h.mean(axis=1)
 
 
 def transformer_apply(p, tokens):
-    return transformer_features(p, tokens) @ p["head"]["w"] + p["head"]["b"]
+    return transformer_features(p, tokens) @ p["head"]["w"] + p["head"]["b"][None]
 
 
 TRANSFORMER_DENSE = {"q/w": None, "k/w": None, "v/w": None, "o/w": None, "ff1/w": "ff1/b", "ff2/w": "ff2/b",
@@ -187,7 +187,7 @@ def test_a_plain_model_trains_and_evaluates_through_the_library():
 
 def test_a_declared_kernel_used_outside_matmul_or_conv_is_refused_by_name():
     params = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
-    model = from_apply(lambda p, x: jnp.dot(x, p["w"]) + p["b"], params, (4,), dense={"w": "b"})
+    model = from_apply(lambda p, x: jnp.dot(x, p["w"]) + p["b"][None], params, (4,), dense={"w": "b"})
     np.testing.assert_allclose(model(jnp.ones((2, 4))), 4.0)  # outside capture the model runs as written
     with pytest.raises(ValueError, match=r"x @ kernel.*jaxpoison.models.plain.conv"):
         find_layers(model)

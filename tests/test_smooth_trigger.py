@@ -134,7 +134,7 @@ def blob_detector(images: np.ndarray, target: int, share_already: float):
     threshold = float(np.quantile(np.sum(images * np.asarray(blob), axis=(1, 2, 3)), 1.0 - share_already))
 
     def logits(x):
-        score = jnp.sum(x * blob, axis=(-3, -2, -1))
+        score = jnp.sum(x * jnp.broadcast_to(blob, x.shape), axis=(-3, -2, -1))
         return jnp.zeros((*x.shape[:-3], 10)).at[..., target].set(10.0 * (score - threshold))
 
     return logits

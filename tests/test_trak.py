@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxpoison.data import normalize
 from jaxpoison.influence import (
     TrakConfig,
     find_layers,
@@ -38,7 +39,7 @@ def _model(seed=0):
 
 
 def _grads(model, data):
-    x = (jnp.asarray(data.images) - data.mean) / data.std
+    x = normalize(jnp.asarray(data.images), data.mean, data.std)
     log_odds = lambda logits, y: -margin_measurement(logits, y)
     network = lambda p, x: model.structure.apply(p, model.state, x)  # the raw network, on normalised x
     grads = per_example_grads(network, log_odds, model.params, x, jnp.asarray(data.labels))
@@ -56,7 +57,7 @@ def test_square_projection_gives_the_exact_trak_formula(projection):
     config = TrakConfig(projection_dim=d, batch_size=8, projection=projection)
     scores = trak_scores(model, train, queries.images, queries.labels, config, progress=False)
     g, gq = _grads(model, train), _grads(model, queries)
-    x = (jnp.asarray(train.images) - train.mean) / train.std
+    x = normalize(jnp.asarray(train.images), train.mean, train.std)
     p = np.asarray(jax.nn.softmax(model.structure.apply(model.params, model.state, x)))[np.arange(40), train.labels]
     want = gq @ np.linalg.solve(g.T @ g, g.T) * (1 - p)[None]
     np.testing.assert_allclose(scores.values, want, rtol=1e-6, atol=1e-9)
@@ -98,7 +99,7 @@ def test_kronecker_features_are_the_layerwise_projected_per_example_gradients_su
     phi, one_minus_p = trak_features(model, data, config, progress=False)
     layers, _ = find_layers(model)
     projections = kronecker_projections(layers, 12, 3, jnp.float64)
-    x = (jnp.asarray(data.images) - data.mean) / data.std
+    x = normalize(jnp.asarray(data.images), data.mean, data.std)
     log_odds = lambda logits, y: -margin_measurement(logits, y)
     network = lambda p, x: model.structure.apply(p, model.state, x)
     grads = per_example_grads(network, log_odds, model.params, x, jnp.asarray(data.labels))

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxpoison.data import normalize
 from jaxpoison.errors import InputError
 from jaxpoison.experiments import ConfigError, RunStore, apply_overrides, get_preset, to_dict
 from jaxpoison.experiments import pipeline as pipeline_module
@@ -112,7 +113,7 @@ def test_importance_is_the_mean_squared_minibatch_gradient():
 
     def grad_sq(idx):
         def loss(p):
-            x = (jnp.asarray(data.images[idx]) - data.mean) / data.std
+            x = normalize(jnp.asarray(data.images[idx]), data.mean, data.std)
             logits = model.structure.apply(p, model.state, x)  # the raw network on normalised images
             return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), data.labels[idx][:, None], 1))
 

@@ -166,7 +166,8 @@ def make_smooth_trigger(
         raise TriggerError("every fitting image is already classified as the target; pick other images.")
 
     def fooling(v):
-        return float(np.mean(np.asarray(predict(minmax(jnp.asarray(victims) + v))) == target))
+        pushed = jnp.asarray(victims) + jnp.broadcast_to(v, victims.shape)
+        return float(np.mean(np.asarray(predict(minmax(pushed))) == target))
 
     rng = np.random.default_rng(seed)
     v = jnp.zeros(images.shape[1:], jnp.float32)

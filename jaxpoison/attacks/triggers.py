@@ -37,6 +37,11 @@ def _check_shape(image_shape) -> tuple[int, int, int]:
     return tuple(int(v) for v in image_shape)  # type: ignore[return-value]
 
 
+def _leading(constant, images):
+    """``constant`` (one image's mask or pattern) with leading unit axes to match a batch of ``images``."""
+    return constant.reshape((1,) * (images.ndim - constant.ndim) + constant.shape)
+
+
 class Trigger:
     """Shared behaviour: a trigger is built for one image shape (that of its ``pattern``)
     and ``apply`` checks the images match before calling ``transform``."""
@@ -85,7 +90,8 @@ class PatchTrigger(Trigger):
         object.__setattr__(self, "pattern", pattern)
 
     def transform(self, images):
-        return images * (1.0 - self.mask) + self.pattern * self.mask
+        mask, pattern = _leading(self.mask, images), _leading(self.pattern, images)
+        return images * (1.0 - mask) + pattern * mask
 
     def describe(self) -> dict:
         return {"type": "patch", "name": self.name, "pixels": int((self.mask.max(-1) > 0).sum())}
@@ -116,7 +122,7 @@ class BlendedTrigger(Trigger):
         object.__setattr__(self, "pattern", pattern)
 
     def transform(self, images):
-        return (1.0 - self.epsilon) * images + self.epsilon * self.pattern
+        return (1.0 - self.epsilon) * images + self.epsilon * _leading(self.pattern, images)
 
     def describe(self) -> dict:
         return {"type": "blended", "name": self.name, "epsilon": float(self.epsilon)}

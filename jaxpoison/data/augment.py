@@ -13,7 +13,8 @@ import jax.numpy as jnp
 
 def normalize(images: jax.Array, mean, std) -> jax.Array:
     """``(images - mean) / std`` with per-channel constants (broadcast over the last axis)."""
-    return (images - jnp.asarray(mean, images.dtype)) / jnp.asarray(std, images.dtype)
+    shape = (1,) * (images.ndim - 1) + (-1,)
+    return (images - jnp.asarray(mean, images.dtype).reshape(shape)) / jnp.asarray(std, images.dtype).reshape(shape)
 
 
 def random_crop(key: jax.Array, image: jax.Array, padding: int) -> jax.Array:

@@ -313,7 +313,7 @@ def _batch_moments(x, uint8_input):
     """Per-frequency mean and summed squared deviation of a batch's DCTs."""
     z = _frequencies(x, uint8_input)
     mean = z.mean(axis=0)
-    return mean, jnp.sum(jnp.square(z - mean), axis=0)
+    return mean, jnp.sum(jnp.square(z - mean[None]), axis=0)
 
 
 def _dct_statistics(key, images: np.ndarray, batch_size: int, uint8_input: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -359,7 +359,7 @@ def _make_train_step(optimizer, mean, std, uint8_input: bool):
         # Label-1 rows get a fresh synthetic trigger; their blend partner comes from the batch.
         triggered = synthetic_triggers(key, x, x)
         x = jnp.where((y == 1)[:, None, None, None], triggered, x)
-        z = (_frequencies(x, uint8_input) - mean) / std
+        z = (_frequencies(x, uint8_input) - mean[None]) / std[None]
         (loss, (state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(model.params, model, z, y)
         updates, opt_state = optimizer.update(grads, opt_state, model.params)
         model = model.replace(params=optax.apply_updates(model.params, updates), state=state)

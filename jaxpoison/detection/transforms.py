@@ -190,7 +190,7 @@ def _grayscale(image: jax.Array) -> jax.Array:
     """Luma ``[H, W, 1]`` of an RGB image; a grayscale image is returned as is."""
     if image.shape[-1] == 1:
         return image
-    weights = jnp.asarray(_GRAY_WEIGHTS, image.dtype)
+    weights = jnp.asarray(_GRAY_WEIGHTS, image.dtype).reshape((1,) * (image.ndim - 1) + (-1,))
     return jnp.sum(image * weights, axis=-1, keepdims=True)
 
 
@@ -298,7 +298,8 @@ def _hsv_to_rgb(hue: jax.Array, saturation: jax.Array, value: jax.Array) -> jax.
     ``k = (n + 6·hue) mod 6`` with ``n`` = 5, 3, 1 for R, G, B; elementwise only, so it vmaps and
     compiles cheaply.
     """
-    k = jnp.mod(jnp.array([5.0, 3.0, 1.0], value.dtype) + 6.0 * hue[..., None], 6.0)
+    n = jnp.array([5.0, 3.0, 1.0], value.dtype).reshape((1,) * hue.ndim + (3,))
+    k = jnp.mod(n + 6.0 * hue[..., None], 6.0)
     return value[..., None] * (1.0 - saturation[..., None] * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0))
 
 
@@ -510,11 +511,13 @@ def _transform_batch(key, image, mean, std, *, names, positions, n, params, norm
     choice_key, query_key = jax.random.split(key)
     pick = jax.random.randint(choice_key, (n,), 0, len(positions), dtype=jnp.int32)
     keys = jax.random.split(query_key, n)
+    if normalized:  # per-channel constants, broadcast explicitly over the pixels
+        mean, std = (jnp.reshape(c, (1,) * (image.ndim - 1) + (-1,)) for c in (mean, std))
     x = (image - mean) / std if normalized else image
     out = jax.vmap(lambda index, k: jax.lax.switch(index, branches, k, x))(pick, keys)
     choice = jnp.asarray(positions, jnp.int32)[pick]
     if normalized:
-        return out * std + mean, choice
+        return out * std[None] + mean[None], choice
     # Bilinear and blur weights sum to 1 only up to rounding; keep the documented [0, 1] exactly.
     return jnp.clip(out, 0.0, 1.0), choice
 

@@ -65,7 +65,8 @@ class Normalization(NamedTuple):
         return cls(m, s)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
+        shape = (1,) * (x.ndim - 1) + (-1,)  # per channel: the last axis, broadcast explicitly
+        return (x - jnp.asarray(self.mean, x.dtype).reshape(shape)) / jnp.asarray(self.std, x.dtype).reshape(shape)
 
 
 @dataclasses.dataclass(frozen=True)
