@@ -586,7 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _format_warning
     try:
-        initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+        initialize(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
+                   getattr(args, "process_id", None), auto=getattr(args, "distributed", False))  # fmt: skip
         return args.func(args)
     except InputError as e:
         print(f"jaxpoison: error: {e}", file=sys.stderr)

@@ -112,9 +112,15 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     return ProcessInfo(jax.process_index(), jax.process_count())
 
 
+def _multi_process() -> bool:
+    # Without jax.distributed there is one process; asking the backend would start it, which
+    # code that only writes files (the run store, fileio) should not pay for.
+    return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
 def is_writer() -> bool:
     """Whether this process writes shared files (process 0; every process when there is one)."""
-    return jax.process_index() == 0
+    return not _multi_process() or jax.process_index() == 0
 
 
 _BARRIERS = itertools.count()
@@ -126,7 +132,7 @@ def barrier(name: str) -> None:
     Every process must call the same barriers in the same order; the name only helps to tell
     which one hung.
     """
-    if jax.process_count() == 1:
+    if not _multi_process():
         return
     from jax.experimental import multihost_utils
 

@@ -413,7 +413,7 @@ BUILD_CASES = {
     "trigger-nan": (dict(trigger="nan"), r"trigger produced 5 non-finite pixel values"),
     "trigger-inf": (dict(trigger="inf"), r"trigger produced \d+ non-finite pixel values"),
     "trigger-shape": (dict(trigger="shape"), r"trigger turned images of shape \(5, 8, 8, 1\) into \(5, 7, 8, 1\)"),
-    "not-a-dataset": (dict(dataset="images"), r"poisoning needs a jaxpoison Dataset; got str"),
+    "not-a-dataset": (dict(dataset="images"), r"poisoning needs a jaxpoison Dataset or StreamedDataset; got str"),
 }
 
 
