@@ -31,7 +31,7 @@ from jaxpoison.data import Dataset, augment_batch, require_images
 from jaxpoison.errors import InputError
 from jaxpoison.models import FunctionalModel
 from jaxpoison.progress import progress_bar
-from jaxpoison.sharding import data_mesh, replicate, shard_batch, to_host
+from jaxpoison.sharding import data_mesh, local_rows, replicate, shard_local_batch, to_host
 from jaxpoison.training import checkpoint as ckpt
 from jaxpoison.training.evaluate import NonFiniteOutputError, evaluate
 from jaxpoison.training.recipes import TrainRecipe
@@ -257,7 +257,8 @@ def train(
         bar = progress_bar(range(steps_per_epoch), desc=label, disable=not progress)  # named after the current stage
         for s in bar:
             idx = epoch_order[s * recipe.batch_size : (s + 1) * recipe.batch_size]
-            x, y = shard_batch(mesh, dataset.images[idx], dataset.labels[idx])
+            mine = idx[local_rows(mesh, idx.size)]  # with several processes, each reads only its own rows
+            x, y = shard_local_batch(mesh, idx.size, dataset.images[mine], dataset.labels[mine])
             model, opt_state, loss, correct = step_fn(model, opt_state, jax.random.fold_in(epoch_key, s), x, y)
             losses.append(loss)
             corrects.append(correct)
