@@ -293,7 +293,7 @@ def test_pairwise_scores_equal_the_dense_formula(scored_setup, use_factors):
         if factors is not None:
             block = factors.blocks[layer.name]
             basis = jnp.kron(block["a_eigvecs"], block["s_eigvecs"])
-            gq = ((gq @ basis) / (block["eigenvalues"].reshape(-1) + 0.01)) @ basis.T
+            gq = ((gq @ basis) / (block["eigenvalues"].reshape(1, -1) + 0.01)) @ basis.T
         want = want + gq @ gn.T
     np.testing.assert_allclose(scores, want, rtol=1e-8, atol=1e-10)
 

@@ -92,7 +92,7 @@ class SmoothTrigger(Trigger):
     meta: dict = dataclasses.field(default_factory=dict)
 
     def transform(self, images):
-        return minmax(images + self.pattern)
+        return minmax(images + jnp.broadcast_to(self.pattern, images.shape))
 
     def describe(self) -> dict:
         return {"type": "smooth", "name": self.name, **self.meta}

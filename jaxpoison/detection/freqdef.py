@@ -458,7 +458,8 @@ def train_freqdef(clean: Dataset, config: FreqDefConfig | None = None, *, progre
 
 @partial(jax.jit, static_argnames=("uint8_input",))
 def _poison_probability(model, x, mean, std, uint8_input):
-    z = (_frequencies(x, uint8_input) - mean) / std
+    frequencies = _frequencies(x, uint8_input)
+    z = (frequencies - jnp.broadcast_to(mean, frequencies.shape)) / jnp.broadcast_to(std, frequencies.shape)
     return jax.nn.softmax(model(z).astype(jnp.float32), axis=-1)[:, 1]
 
 
