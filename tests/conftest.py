@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
 from jaxpoison.data import Dataset, Provenance
+
+# Strict numerics for the whole suite: implicit rank promotion (adding a [C] array to a
+# [N, H, W, C] one, say) raises instead of broadcasting silently; library code broadcasts
+# explicitly, so a shape slip cannot pass for a feature.
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 @pytest.fixture
