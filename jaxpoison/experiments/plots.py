@@ -21,6 +21,17 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    """Lay ``fig`` out, write it to ``path`` (process 0 only: one process draws a shared file) and close it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_writer():
+        fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
 def plot_delta_by_transform(
     delta: np.ndarray, transforms: Sequence[str | None], poison_mask: np.ndarray, path: str | Path, *,
     title: str = "ΔInfl per transformation", max_clean: int = 5000, seed: int = 0,
@@ -54,13 +65,7 @@ def plot_delta_by_transform(
     ax.set_ylabel("ΔInfl (new − old)")
     ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if is_writer():  # one process draws the shared file
-        fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_roc(
@@ -78,13 +83,7 @@ def plot_roc(
     ax.set_ylabel("true-positive rate")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if is_writer():  # one process draws the shared file
-        fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def detection_plots(
@@ -142,13 +141,7 @@ def plot_heatmap(
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if is_writer():  # one process draws the shared file
-        fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_cost_vs_score(
@@ -175,10 +168,4 @@ def plot_cost_vs_score(
         ax.set_ylim(*ylim)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if is_writer():  # one process draws the shared file
-        fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
