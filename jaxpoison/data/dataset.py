@@ -189,6 +189,19 @@ def require_images(dataset: Dataset, what: str) -> None:
                            "spectral signatures, activation clustering, EU and CF.")  # fmt: skip
 
 
+def content_hash(kind: str, shape: tuple[int, ...], blocks, labels, mean, std) -> str:
+    """SHA-256 (hex, 16 chars) of a dataset: its inputs of ``shape``, given as consecutive row
+    ``blocks`` (one array, or chunks read from disk), then labels and normalisation constants."""
+    h = hashlib.sha256(b"" if kind == "image" else kind.encode())
+    h.update(str(tuple(shape)).encode())
+    for block in blocks:
+        h.update(np.ascontiguousarray(block).tobytes())
+    for array in (labels, mean, std):
+        h.update(str(array.shape).encode())
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()[:16]
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
     """Images, labels and everything needed to use them.
@@ -279,11 +292,7 @@ class Dataset:
 
         Two datasets with the same hash hold the same examples in the same order.
         """
-        h = hashlib.sha256(b"" if self.kind == "image" else self.kind.encode())
-        for array in (self.images, self.labels, self.mean, self.std):
-            h.update(str(array.shape).encode())
-            h.update(np.ascontiguousarray(array).tobytes())
-        return h.hexdigest()[:16]
+        return content_hash(self.kind, self.images.shape, [self.images], self.labels, self.mean, self.std)
 
     def subset(self, indices: Sequence[int] | np.ndarray, split: str | None = None) -> Dataset:
         """The examples at ``indices`` (in that order), as a new dataset.

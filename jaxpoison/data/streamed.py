@@ -23,7 +23,6 @@ turns arrays (or a generator of chunks) into shards.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -32,7 +31,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from jaxpoison.data.dataset import DatasetError, Provenance, check_labels
+from jaxpoison.data.dataset import DatasetError, Provenance, check_labels, content_hash
 
 SHARD_INDEX = "shards.json"
 HASH_ROWS = 4096  # rows per read while hashing
@@ -316,14 +315,9 @@ class StreamedDataset:
         """
         cached = self.__dict__.get("_hash")
         if cached is None:
-            h = hashlib.sha256(b"" if self.kind == "image" else self.kind.encode())
-            h.update(str(self.images.shape).encode())
-            for start in range(0, len(self), HASH_ROWS):
-                h.update(np.ascontiguousarray(self.images[start : start + HASH_ROWS], np.float32).tobytes())
-            for array in (self.labels, self.mean, self.std):
-                h.update(str(array.shape).encode())
-                h.update(np.ascontiguousarray(array).tobytes())
-            cached = h.hexdigest()[:16]
+            blocks = (np.asarray(self.images[start : start + HASH_ROWS], np.float32)
+                      for start in range(0, len(self), HASH_ROWS))  # fmt: skip
+            cached = content_hash(self.kind, self.images.shape, blocks, self.labels, self.mean, self.std)
             object.__setattr__(self, "_hash", cached)
         return cached
 
