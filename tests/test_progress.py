@@ -66,3 +66,24 @@ def test_stage_count_follows_the_config():
     no_factors = apply_overrides(tiny, ["detection.methods=spectral", "unlearning.detectors=spectral",
                                         "unlearning.methods=eu,cf,ssd"])  # fmt: skip
     assert stage_count(no_factors) == 4 + 1 + 3
+
+
+def test_attack_and_selection_loops_name_their_stage(capsys):
+    """The smooth trigger's passes and RD's rounds run inside a run's stage; their bars say which."""
+    from jaxpoison.attacks import make_smooth_trigger, square_patch
+    from jaxpoison.models import create_model, to_functional
+    from jaxpoison.selection import RDConfig, rd_selection
+    from tests.conftest import make_dataset
+
+    data = make_dataset(n=80, shape=(8, 8, 1), num_classes=4)
+    model = to_functional(create_model("mlp", data.image_shape, 4, hidden=(8,)), data.mean, data.std)
+    with stages(3):
+        with stage("clean model"):
+            pass
+        with stage("poison"):
+            make_smooth_trigger(model, data.images[:8], target=0, max_passes=1, deepfool_iterations=2)
+            rd_selection(data, square_patch(data.image_shape, size=2), 0, 0.1,
+                         RDConfig(rounds=1, score_epochs=1, model="mlp", model_kwargs={"hidden": (8,)}, batch_size=16))  # fmt: skip
+    err = capsys.readouterr().err
+    assert "[2/3] poison · smooth trigger passes" in err
+    assert "[2/3] poison · RD rounds" in err

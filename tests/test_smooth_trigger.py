@@ -63,17 +63,17 @@ def pool_fooling_rate(logits, trigger, images: np.ndarray, target: int) -> float
 
 @pytest.fixture
 def passes(monkeypatch):
-    """The passes ``make_smooth_trigger`` makes over its images (it loops over ``tqdm(range(max_passes))``)."""
+    """The passes ``make_smooth_trigger`` makes over its images (it loops over ``progress_bar(range(max_passes))``)."""
     from jaxpoison.attacks import smooth
 
-    made, real = [], smooth.tqdm
+    made, real = [], smooth.progress_bar
 
     def counting(iterable, **kwargs):
         for item in real(iterable, **kwargs):
             made.append(item)
             yield item
 
-    monkeypatch.setattr(smooth, "tqdm", counting)
+    monkeypatch.setattr(smooth, "progress_bar", counting)
     return made
 
 

@@ -38,9 +38,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxpoison.attacks.triggers import Trigger, TriggerError
+from jaxpoison.progress import progress_bar
 
 
 def gaussian_kernel(taps: int, sigma: float) -> np.ndarray:
@@ -172,7 +172,7 @@ def make_smooth_trigger(
     rng = np.random.default_rng(seed)
     v = jnp.zeros(images.shape[1:], jnp.float32)
     best_v, best_rate = v, 0.0
-    for _ in tqdm(range(max_passes), desc="smooth trigger", disable=not progress, leave=False):
+    for _ in progress_bar(range(max_passes), desc="smooth trigger passes", disable=not progress):
         for i in rng.permutation(victims.shape[0]):
             x = jnp.asarray(victims[i])
             if int(predict(minmax(x + v)[None])[0]) == target:

@@ -31,12 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from jaxpoison.data import Dataset, augment_batch, require_images
 from jaxpoison.errors import InputError
 from jaxpoison.influence.losses import cross_entropy
 from jaxpoison.models import FunctionalModel
+from jaxpoison.progress import progress_bar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,8 +242,8 @@ def brew_poisons(
         delta = _project(jax.random.normal(init_key, images.shape) * config.epsilon, images, config.epsilon)
         opt_state = optimizer.init(delta)
         losses = []
-        with tqdm(total=config.steps, desc=f"brew {restart + 1}/{config.restarts}", disable=not progress,
-                  leave=False) as bar:  # fmt: skip
+        with progress_bar(total=config.steps, desc=f"brew restart {restart + 1}/{config.restarts}",
+                          disable=not progress) as bar:
             for step in range(config.steps):
                 delta, opt_state, loss = run_step(delta, opt_state, key, jnp.int32(step))
                 losses.append(loss)

@@ -50,6 +50,7 @@ from jaxpoison.data.pointcloud import (
     sample_points,
 )
 from jaxpoison.data.shapes3d import SHAPES3D_CLASSES, SHAPES3D_POINTS, shapes3d
+from jaxpoison.progress import progress_bar
 
 DATA_ENV = "JAXPOISON_DATA"
 DEBIAN_DATASETS = Path("/usr/share/datasets")
@@ -202,14 +203,12 @@ def load_tfds(
       ``(images uint8 [N, H, W, C], labels int32 [N], class names from the TFDS metadata)``.
     """
     import tensorflow_datasets as tfds
-    from tqdm.auto import tqdm
-
     try:
         source = tfds.data_source(tfds_name, split=split, data_dir=_tfds_data_dir(), download=False)
     except Exception as e:  # tfds raises assorted errors for unprepared or unknown datasets
         raise TfdsUnavailable(f"TFDS dataset {tfds_name} is not prepared here ({type(e).__name__}).") from e
     images, labels = [], []
-    for i in tqdm(range(len(source)), desc=f"reading {tfds_name}/{split}", leave=False, mininterval=2.0):
+    for i in progress_bar(range(len(source)), desc=f"reading {tfds_name}/{split}", mininterval=2.0):
         example = source[i]
         image = np.asarray(example[image_key])
         if image_size is not None and image.shape[:2] != (image_size, image_size):

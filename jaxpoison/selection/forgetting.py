@@ -46,10 +46,10 @@ import dataclasses
 import time
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxpoison.attacks.poison import PoisonConfig, poison_dataset
 from jaxpoison.data import Dataset
+from jaxpoison.progress import progress_bar
 from jaxpoison.selection.common import (
     ProxyTrainer,
     Selection,
@@ -189,7 +189,7 @@ def fus_selection(
                            num_examples=size)  # fmt: skip
     n_keep = int(k * config.keep_fraction)
     rounds, kept_scores, events, kept_events = [], np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    bar = tqdm(range(config.rounds), desc="FUS rounds", disable=not progress)
+    bar = progress_bar(range(config.rounds), desc="FUS rounds", disable=not progress)
     for r in bar:
         t0 = time.perf_counter()
         poisoned = poison_dataset(dataset, trigger, PoisonConfig(target=target, indices=tuple(current.tolist()),

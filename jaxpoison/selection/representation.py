@@ -32,11 +32,11 @@ import dataclasses
 import time
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxpoison.attacks.poison import PoisonConfig, poison_dataset
 from jaxpoison.data import Dataset
 from jaxpoison.models import FunctionalModel
+from jaxpoison.progress import progress_bar
 from jaxpoison.selection.common import (
     ProxyTrainer,
     Selection,
@@ -153,7 +153,7 @@ def rd_selection(
                            learning_rate=config.learning_rate, batch_size=config.batch_size)  # fmt: skip
     ratio, rounds = config.ratio, []
     survivors_scores, n_new = np.zeros(0), 0
-    bar = tqdm(range(config.rounds), desc="RD rounds", disable=not progress)
+    bar = progress_bar(range(config.rounds), desc="RD rounds", disable=not progress)
     for r in bar:
         t0 = time.perf_counter()
         poisoned = poison_dataset(dataset, trigger, PoisonConfig(target=target, indices=tuple(current.tolist())))
