@@ -60,6 +60,7 @@ from jaxpoison.attacks import (
 )
 from jaxpoison.data import load_splits
 from jaxpoison.data.pointcloud import is_point_cloud
+from jaxpoison.experiments.stats import paired_stats
 from jaxpoison.models import create_model, to_functional
 from jaxpoison.runinfo import environment
 from jaxpoison.selection import (
@@ -193,34 +194,6 @@ def measure_epoch_seconds(dataset, config: FUSConfig | RDConfig, epochs: int = 3
 
 
 # --------------------------------------------------------------------------- paired statistics
-
-
-def paired_stats(diffs, confidence: float = 0.95) -> dict:
-    """Mean of paired differences with a t-interval over the pairs.
-
-    ``std`` uses ``n − 1``; the interval is ``mean ± t_{(1+confidence)/2, n−1} · std / √n``
-    and ``p_value`` the two-sided paired t-test of a zero mean. With one pair the spread,
-    interval and p-value are ``None``. ``wins``/``losses``/``ties``: pairs above, below, at 0.
-    """
-    from scipy import stats
-
-    d = np.asarray(diffs, np.float64)
-    n = int(d.size)
-    out = {"n": n, "mean": float(d.mean()) if n else None, "std": None, "sem": None, "t_quantile": None,
-           "ci_low": None, "ci_high": None, "p_value": None, "confidence": confidence,
-           "wins": int(np.sum(d > 0)), "losses": int(np.sum(d < 0)), "ties": int(np.sum(d == 0))}  # fmt: skip
-    if n < 2:
-        return out
-    std = float(d.std(ddof=1))
-    sem = std / math.sqrt(n)
-    t = float(stats.t.ppf(0.5 + confidence / 2, n - 1))
-    if sem > 0:
-        p = float(2 * stats.t.sf(abs(out["mean"]) / sem, n - 1))
-    else:  # every pair equal: no spread to test against
-        p = 1.0 if out["mean"] == 0 else 0.0
-    out.update(std=std, sem=sem, t_quantile=t, ci_low=out["mean"] - t * sem, ci_high=out["mean"] + t * sem,
-               p_value=p)  # fmt: skip
-    return out
 
 
 def paired_rows(results: list[dict], baseline: str, confidence: float = 0.95) -> list[dict]:

@@ -15,12 +15,16 @@ from jaxpoison.experiments.arena import (
     ARENA_DIGITS,
     ArenaError,
     ArenaSpec,
+    _finished_row,
+    arena_markdown,
     defence_effectiveness_rating,
     f1_score,
     load_spec,
+    paired_comparisons,
     plan_arena,
     run_arena,
     spec_from_dict,
+    write_arena_report,
 )
 from jaxpoison.models.plain import from_apply
 from tests.conftest import make_dataset
@@ -169,6 +173,59 @@ def test_der_and_f1():
     assert defence_effectiveness_rating(0.9, 0.1, 0.95, 0.85) == pytest.approx((0.8 - 0.1 + 1) / 2)
     assert defence_effectiveness_rating(0.2, 0.5, 0.9, 0.95) == 0.5  # gains are not credited
     assert f1_score(0.5, 1.0) == pytest.approx(2 / 3) and f1_score(0.0, 0.0) == 0.0 and f1_score(0.0, None) is None
+
+
+def _row(attack, selection, detector, seed, f1, psr_after, kind="poisoned"):
+    detection = {"f1": f1, "tpr": f1, "auroc": None if f1 is None else 0.5 + f1 / 2, "precision": f1}
+    return {"status": "done", "kind": kind, "attack": attack, "selection": selection, "detector": detector,
+            "seed": seed, "detection": detection, "unlearning": {"eu": {"psr_after": psr_after}}}  # fmt: skip
+
+
+def test_paired_comparisons_pair_by_seed_and_skip_missing_values():
+    from scipy import stats
+
+    rows = []
+    for seed, (rs, ifs, spectral) in enumerate([(0.50, 0.40, 0.30), (0.60, 0.45, 0.20), (0.70, 0.65, 0.35)]):
+        rows += [_row("badnet", "rs", "delta_influence", seed, rs, 0.01 * seed),
+                 _row("badnet", "ifs", "delta_influence", seed, ifs, None if seed == 1 else 0.02 * seed),
+                 _row("badnet", "rs", "spectral", seed, spectral, 0.5)]  # fmt: skip
+    rows += [None, _row("badnet", "rs", "spectral", 0, 0.9, None, kind="control")]  # pending and control: ignored
+    paired = paired_comparisons(rows)
+    (sel,) = paired["selection"]
+    assert (sel["selection"], sel["baseline"], sel["detector"], sel["seeds"]) == ("ifs", "rs", "delta_influence",
+                                                                                  [0, 1, 2])  # fmt: skip
+    diffs = np.array([0.40 - 0.50, 0.45 - 0.60, 0.65 - 0.70])
+    assert sel["f1"]["mean"] == pytest.approx(diffs.mean()) and sel["f1"]["wins"] == 0 and sel["f1"]["n"] == 3
+    half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
+    assert sel["f1"]["ci_low"] == pytest.approx(diffs.mean() - half)
+    assert sel["psr_after"]["eu"]["n"] == 2  # seed 1's diverged unlearner leaves its pair out
+    assert sel["psr_after"]["eu"]["mean"] == pytest.approx((0.0 - 0.0 + 0.04 - 0.02) / 2)
+    (det,) = paired["detector"]
+    assert (det["detector"], det["versus"], det["pairs"]) == ("delta_influence", "spectral",
+                                                              [["rs", 0], ["rs", 1], ["rs", 2]])  # fmt: skip
+    assert det["f1"]["mean"] == pytest.approx(np.mean([0.20, 0.40, 0.35])) and det["f1"]["wins"] == 3
+    text = arena_markdown(TINY, {"detection": [], "unlearning": [], "control": [], "paired": paired}, rows, (), {},
+                          1.0, pending=["badnet__ifs__spectral__seed0"])  # fmt: skip
+    assert "## Selections against rs, paired by seed" in text and "(0/3)" in text
+    assert "partial: 1 pending" in text and "- badnet__ifs__spectral__seed0" in text
+
+
+def test_an_interrupted_arena_reports_what_it_has(arena, tmp_path):
+    """The report of a partial arena lists its pending cells (run_arena writes one after every group)."""
+    import shutil
+
+    out, _ = arena
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial)
+    missing = "blended__rs__activation_clustering__seed0"
+    (partial / "cells" / f"{missing}.json").unlink()
+    plan = plan_arena(TINY)
+    rows = [_finished_row(partial, c) for c in plan.cells]
+    report = write_arena_report(partial, TINY, plan, rows, 1.0)
+    assert report["pending"] == [missing] and missing not in {r["cell"] for r in report["cells"]}
+    saved = json.loads((partial / "arena.json").read_text())
+    assert saved["pending"] == [missing] and len(saved["cells"]) == len(plan.cells) - 1
+    assert f"- {missing}" in (partial / "arena.md").read_text()
 
 
 def test_cells_that_do_not_apply_are_listed_with_the_reason():

@@ -9,6 +9,7 @@ import pytest
 
 MODULES = (
     "jaxpoison.detection.delta_influence",
+    "jaxpoison.experiments.stats",
     "jaxpoison.influence.hvp",
     "jaxpoison.progress",
     "jaxpoison.selection.ifs",

@@ -276,3 +276,13 @@ def test_cell_summary_adds_fus_histograms_and_random_shares_over_seeds():
     assert record["fus_events"]["kept_by_tie_break"] == 1.5 and record["fus_events"]["max_possible"] == [1, 3]
     assert record["refilled_share"] == 0.5
     assert record["budget"] == {"mode": ["equal-time"], "rounds_x_epochs": ["1x2", "1x6"]}
+
+
+def test_paired_stats_refuses_what_it_cannot_test():
+    from jaxpoison.experiments.stats import format_paired, paired_stats
+
+    with pytest.raises(ValueError, match="must be finite"):
+        paired_stats([0.1, float("nan")])
+    with pytest.raises(ValueError, match=r"confidence must lie in \(0, 1\)"):
+        paired_stats([0.1, 0.2], confidence=95)
+    assert format_paired(paired_stats([0.2])) == "+0.200 (1/1)" and format_paired({}) == "–"

@@ -65,6 +65,7 @@ from jaxpoison.experiments.control import control_stage
 from jaxpoison.experiments.pipeline import Prepared, _prepare_stages, detect_stage, unlearn_stage
 from jaxpoison.experiments.presets import PRESETS, get_preset
 from jaxpoison.experiments.registry import ATTACKS, DETECTOR_LABELS, DETECTORS, NEEDS_FACTORS, UNLEARNERS
+from jaxpoison.experiments.stats import format_paired, paired_stats
 from jaxpoison.experiments.store import STAGE_FILE, RunDirectoryError, RunStore
 from jaxpoison.experiments.victim import Splits, clean_inputs, load_data, validate_against_data
 from jaxpoison.fileio import atomic_write_text
@@ -203,9 +204,13 @@ ARENA_DIGITS = ArenaSpec(
         "all_to_all": ("attack.rate=0.1",),
     },
 )
-# jaxpoison arena arena-fmnist --out runs/arena-fmnist   (hours on 2 CPU cores; resumable: rerun the same
-# command after an interruption). Full Fashion-MNIST, the fmnist-badnet settings: RS and IFS × BadNet, blended
-# (ε = 0.1) and smooth × the six detectors × EU and CF × seeds 0-2, plus the no-poison control.
+# jaxpoison arena arena-fmnist --out runs/arena-fmnist   (≈5 hours on 2 idle CPU cores; resumable: rerun the
+# same command after an interruption, and DIR/arena.md always holds what has finished). The fmnist-badnet recipe
+# (CNN, Adam, 5 epochs; EU and the paper's CF) on the first 10,000 Fashion-MNIST training images, so that 18
+# victims and 216 unlearning runs fit on a CPU: RS and IFS × BadNet, blended and smooth × the six detectors ×
+# EU and CF × seeds 0-2, plus the no-poison control. 3 % poisons (285 of the 9,500 images left after the
+# validation split), so the small set's victims learn every trigger; blended at ε = 0.2. Victim PSR on seed 0
+# with RS: BadNet 0.971, blended 0.988 (ε = 0.1: 0.705), smooth 0.873. FreqDef trains on 5,000 clean images.
 ARENA_FMNIST = ArenaSpec(
     base="fmnist-badnet",
     attacks=("badnet", "blended", "smooth"),
@@ -213,7 +218,8 @@ ARENA_FMNIST = ArenaSpec(
     detectors=DEFAULT_DETECTORS,
     unlearners=("eu", "cf"),
     seeds=(0, 1, 2),
-    attack_overrides={"blended": ("attack.epsilon=0.1",)},
+    overrides=("data.train_size=10000", "attack.rate=0.03", "detection.freqdef.max_train=5000"),
+    attack_overrides={"blended": ("attack.epsilon=0.2",)},
 )
 ARENA_PRESETS: dict[str, ArenaSpec] = {"arena-digits": ARENA_DIGITS, "arena-fmnist": ARENA_FMNIST}
 
@@ -568,6 +574,8 @@ def run_arena(spec: ArenaSpec, out: str | Path, *, progress: bool = True) -> dic
                 atomic_write_text(_marker(root, cell), json.dumps(row, indent=2, default=float))
                 computed.append(cell.name)
             stages[group.name] = list(store.events)
+        # a partial report after every group: an interrupted arena's results are readable at once
+        write_arena_report(root, spec, plan, [_finished_row(root, c) for c in plan.cells], time.perf_counter() - start)
     rows = [_finished_row(root, c) for c in plan.cells]
     report = write_arena_report(root, spec, plan, rows, time.perf_counter() - start)
     return {**report, "this_run": {"computed": computed, "reused": reused, "stages": stages}}
@@ -622,6 +630,61 @@ def summarize(rows: Sequence[dict]) -> dict:
     return out
 
 
+PAIRED_METRICS = ("f1", "tpr", "auroc")
+
+
+def paired_comparisons(rows: Sequence[dict | None], *, baseline_selection: str = "rs",
+                       reference_detector: str = "delta_influence", confidence: float = 0.95) -> dict:  # fmt: skip
+    """The two comparisons the arena is for, as paired differences with t-intervals.
+
+    ``selection``: each selection minus ``baseline_selection`` per (attack, detector), paired by
+    seed, in F1, TPR and AuROC and in PSR after each unlearner: does a selection evade a
+    detector (negative detection differences) or its unlearning (positive PSR differences)?
+    ``detector``: ``reference_detector`` minus each other detector per attack, paired over
+    (selection, seed). Pairs whose value is missing on either side (a diverged unlearner, a
+    detector with no AuROC) are left out; see :func:`~jaxpoison.experiments.stats.paired_stats`.
+    """
+    done = {(r["attack"], r["selection"], r["detector"], r["seed"]): r for r in rows
+            if r and r.get("status") == "done" and r["kind"] == "poisoned"}  # fmt: skip
+
+    def paired(pairs: list[tuple[float | None, float | None]]) -> dict:
+        return paired_stats([a - b for a, b in pairs if a is not None and b is not None], confidence)
+
+    selection, detector = [], []
+    for (attack, chosen, det, _), _row in sorted(done.items()):
+        if chosen == baseline_selection or any(e["attack"] == attack and e["selection"] == chosen
+                                               and e["detector"] == det for e in selection):  # fmt: skip
+            continue
+        seeds = sorted(s for (a, c, d, s) in done if (a, c, d) == (attack, chosen, det)
+                       and (attack, baseline_selection, det, s) in done)  # fmt: skip
+        if not seeds:
+            continue
+        ours = [done[attack, chosen, det, s] for s in seeds]
+        base = [done[attack, baseline_selection, det, s] for s in seeds]
+        entry = {"attack": attack, "selection": chosen, "baseline": baseline_selection, "detector": det, "seeds": seeds}
+        entry.update({m: paired([(o["detection"][m], b["detection"][m]) for o, b in zip(ours, base, strict=True)])
+                      for m in PAIRED_METRICS})  # fmt: skip
+        entry["psr_after"] = {u: paired([(o["unlearning"][u]["psr_after"], b["unlearning"].get(u, {}).get("psr_after"))
+                                         for o, b in zip(ours, base, strict=True)])
+                              for u in ours[0]["unlearning"]}  # fmt: skip
+        selection.append(entry)
+    for attack in dict.fromkeys(a for a, _, _, _ in done):
+        others = dict.fromkeys(d for a, _, d, _ in done if a == attack and d != reference_detector)
+        for det in others:
+            keys = sorted((c, s) for (a, c, d, s) in done if (a, d) == (attack, det)
+                          and (attack, c, reference_detector, s) in done)  # fmt: skip
+            if not keys:
+                continue
+            ref = [done[attack, c, reference_detector, s] for c, s in keys]
+            other = [done[attack, c, det, s] for c, s in keys]
+            entry = {"attack": attack, "detector": reference_detector, "versus": det,
+                     "pairs": [list(k) for k in keys]}  # fmt: skip
+            entry.update({m: paired([(r["detection"][m], o["detection"][m]) for r, o in zip(ref, other, strict=True)])
+                          for m in (*PAIRED_METRICS, "precision")})  # fmt: skip
+            detector.append(entry)
+    return {"confidence": confidence, "selection": selection, "detector": detector}
+
+
 def _fmt(stat: dict, digits: int = 3) -> str:
     if stat["mean"] is None:
         return "–"
@@ -629,15 +692,17 @@ def _fmt(stat: dict, digits: int = 3) -> str:
     return text if stat["std"] is None else f"{text} ± {stat['std']:.{digits}f}"
 
 
-def arena_markdown(spec: ArenaSpec, summary: dict, rows: Sequence[dict], not_applicable: Sequence[dict],
-                   plots: Mapping[str, str], seconds: float) -> str:  # fmt: skip
+def arena_markdown(spec: ArenaSpec, summary: dict, rows: Sequence[dict | None], not_applicable: Sequence[dict],
+                   plots: Mapping[str, str], seconds: float, pending: Sequence[str] = ()) -> str:  # fmt: skip
     """The arena's tables as Markdown: detection, unlearning, control, not applicable, failed cells."""
     label = DETECTOR_LABELS.get
     lines = [f"# jaxpoison arena: {spec.base}", "",
              f"- attacks {', '.join(spec.attacks)}; selections {', '.join(spec.selections)}; "
              f"detectors {', '.join(spec.detectors)}; unlearners {', '.join(spec.unlearners)}; "
              f"seeds {', '.join(map(str, spec.seeds))}",
-             f"- {sum(1 for r in rows if r)} cells; values are mean ± sample std over seeds (one seed: the value)",
+             f"- {sum(1 for r in rows if r)} of {len(rows)} cells finished"
+             + (f" (partial: {len(pending)} pending; rerun the same command to finish)" if pending else "")
+             + "; values are mean ± sample std over seeds (one seed: the value)",
              f"- wall time of this call {seconds:.0f} s", "", "## Detection", "",
              "| attack | selection | detector | F1 | TPR | precision | FPR | AuROC | #flagged | PSR before | cost s |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
@@ -661,6 +726,28 @@ def arena_markdown(spec: ArenaSpec, summary: dict, rows: Sequence[dict], not_app
         for e in summary["control"]:
             lines.append(f"| {label(e['detector'], e['detector'])} | {_fmt(e['n_flagged'], 0)} | {_fmt(e['fpr'])} | "
                          f"{_fmt(e['tpr'])} | {_fmt(e['cost_seconds'], 1)} |")  # fmt: skip
+    paired = summary.get("paired") or {}
+    if paired.get("selection"):
+        lines += ["", f"## Selections against {paired['selection'][0]['baseline']}, paired by seed", "",
+                  "Selection minus the baseline on the same seed: mean [95 % t-interval] (seeds ahead / seeds). "
+                  "Negative detection differences mean the selection evades the detector.", "",
+                  "| attack | selection | detector | F1 | TPR | AuROC | PSR after (per unlearner) |",
+                  "|---|---|---|---:|---:|---:|---|"]  # fmt: skip
+        for e in paired["selection"]:
+            psr = "; ".join(f"{u} {format_paired(v)}" for u, v in e["psr_after"].items())
+            lines.append(f"| {e['attack']} | {e['selection']} | {label(e['detector'], e['detector'])} | "
+                         f"{format_paired(e['f1'])} | {format_paired(e['tpr'])} | {format_paired(e['auroc'])} | "
+                         f"{psr} |")  # fmt: skip
+    if paired.get("detector"):
+        ref = label(paired["detector"][0]["detector"], paired["detector"][0]["detector"])
+        lines += ["", f"## {ref} against each detector, paired over selections and seeds", "",
+                  f"{ref} minus the other detector on the same victim: mean [95 % t-interval] (pairs ahead / pairs).",
+                  "", "| attack | versus | F1 | precision | TPR | AuROC |",
+                  "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+        for e in paired["detector"]:
+            lines.append(f"| {e['attack']} | {label(e['versus'], e['versus'])} | {format_paired(e['f1'])} | "
+                         f"{format_paired(e['precision'])} | {format_paired(e['tpr'])} | "
+                         f"{format_paired(e['auroc'])} |")  # fmt: skip
     if not_applicable:
         lines += ["", "## Not applicable", ""]
         lines += [f"- {n['attack']} × {n['selection']}: {n['reason']}." for n in not_applicable]
@@ -668,6 +755,8 @@ def arena_markdown(spec: ArenaSpec, summary: dict, rows: Sequence[dict], not_app
     if failed:
         lines += ["", "## Failed cells", ""]
         lines += [f"- {r['cell']}: {r['reason']}" for r in failed]
+    if pending:
+        lines += ["", "## Pending cells", "", *[f"- {name}" for name in pending]]
     if plots:
         lines += ["", "## Plots", "", *[f"- {k}: `{v}`" for k, v in plots.items()]]
     return "\n".join(lines) + "\n"
@@ -725,16 +814,21 @@ def arena_plots(
 
 def write_arena_report(root: Path, spec: ArenaSpec, plan: ArenaPlan, rows: Sequence[dict | None],
                        seconds: float) -> dict:  # fmt: skip
-    """Write ``arena.json``, ``arena.md`` and ``plots/`` in ``root`` from the cells' rows; return the report."""
-    missing = [c.name for c, r in zip(plan.cells, rows, strict=True) if r is None]
-    if missing:
-        raise ArenaError(f"cells {missing[:5]} have no result in {root / 'cells'}; rerun the arena to compute them.")
+    """Write ``arena.json``, ``arena.md`` and ``plots/`` in ``root`` from the cells' rows; return the report.
+
+    Cells without a row (``None``: not run yet) are listed as ``pending``, so the report of an
+    unfinished arena says what it holds and what it lacks; :func:`run_arena` writes one after
+    every group.
+    """
+    pending = [c.name for c, r in zip(plan.cells, rows, strict=True) if r is None]
     summary = summarize(rows)
+    summary["paired"] = paired_comparisons(rows)
     drawn = arena_plots(summary, rows, root / "plots", plan.not_applicable)
     plots = {k: str(Path(v).relative_to(root)) for k, v in drawn.items()}
     report = {"spec": spec.to_dict(), "arena_version": ARENA_VERSION, "wall_seconds": seconds,
-              "cells": list(rows), "not_applicable": list(plan.not_applicable), "summary": summary,
-              "plots": plots}  # fmt: skip
+              "cells": [r for r in rows if r], "pending": pending, "not_applicable": list(plan.not_applicable),
+              "summary": summary, "plots": plots}  # fmt: skip
     atomic_write_text(root / "arena.json", json.dumps(report, indent=2, default=float))
-    atomic_write_text(root / "arena.md", arena_markdown(spec, summary, rows, plan.not_applicable, plots, seconds))
+    markdown = arena_markdown(spec, summary, rows, plan.not_applicable, plots, seconds, pending)
+    atomic_write_text(root / "arena.md", markdown)
     return report
