@@ -69,6 +69,8 @@ from jaxpoison.experiments.stats import format_paired, paired_stats
 from jaxpoison.experiments.store import STAGE_FILE, RunDirectoryError, RunStore
 from jaxpoison.experiments.victim import Splits, clean_inputs, load_data, validate_against_data
 from jaxpoison.fileio import atomic_write_text
+from jaxpoison.progress import stage as named_stage
+from jaxpoison.progress import stages as numbered_stages
 from jaxpoison.selection.registry import SELECTION_NAMES
 
 ARENA_VERSION = 1  # bump when a cell's record changes meaning: every marker is then recomputed
@@ -509,6 +511,36 @@ def _say(progress: bool, text: str) -> None:
         print(f"[arena] {text}", file=sys.stderr, flush=True)
 
 
+def _run_group(root: Path, group: Group, pending: Sequence[Cell], splits: Splits, computed: list[str],
+               reused: list[str], total: int, progress: bool) -> list:  # fmt: skip
+    """Open one group's run store, prepare its shared stages and write each pending cell's marker."""
+    shared = share_clean_stage(root, group, splits)
+    if shared:
+        _say(progress, f"{group.name}: clean model linked from {shared}")
+    with RunStore(root / "runs" / group.name, to_dict(group.config), force=True) as store:
+        try:
+            prepared = _prepare_stages(group.config, store, splits, progress)
+        except RunDirectoryError:
+            raise
+        except InputError as e:  # e.g. no triggered test image reaches the target
+            prepared, failure = None, str(e)
+            _say(progress, f"{group.name}: failed ({failure})")
+        for cell in pending:
+            _say(progress, f"cell {len(computed) + len(reused) + 1}/{total}: {cell.name}")
+            if prepared is None:
+                row = {"status": "failed", "reason": failure}
+            elif cell.kind == "control":
+                row = {"status": "done", **_control_row(prepared, cell, progress)}
+            else:
+                row = {"status": "done", **_poisoned_row(prepared, cell, progress)}
+            row = {"key": cell.key, "cell": cell.name, "kind": cell.kind, "attack": cell.attack,
+                   "selection": cell.selection, "detector": cell.detector, "seed": cell.seed,
+                   "run_dir": f"runs/{group.name}", **row}  # fmt: skip
+            atomic_write_text(_marker(root, cell), json.dumps(row, indent=2, default=float))
+            computed.append(cell.name)
+        return list(store.events)
+
+
 def run_arena(spec: ArenaSpec, out: str | Path, *, progress: bool = True) -> dict:
     """Run (or resume) every cell of ``spec`` into ``out``; write ``arena.json``, ``arena.md`` and plots.
 
@@ -543,39 +575,20 @@ def run_arena(spec: ArenaSpec, out: str | Path, *, progress: bool = True) -> dic
     (root / "cells").mkdir(exist_ok=True)
     computed, reused, stages = [], [], {}
     total = len(plan.cells)
+    todo = []
     for group in plan.groups:
         pending = [c for c in group.cells if _finished_row(root, c) is None]
         reused += [c.name for c in group.cells if c not in pending]
-        if not pending:
-            continue
-        splits = splits_of(group.config)
-        shared = share_clean_stage(root, group, splits)
-        if shared:
-            _say(progress, f"{group.name}: clean model linked from {shared}")
-        with RunStore(root / "runs" / group.name, to_dict(group.config), force=True) as store:
-            try:
-                prepared = _prepare_stages(group.config, store, splits, progress)
-            except RunDirectoryError:
-                raise
-            except InputError as e:  # e.g. no triggered test image reaches the target
-                prepared, failure = None, str(e)
-                _say(progress, f"{group.name}: failed ({failure})")
-            for cell in pending:
-                _say(progress, f"cell {len(computed) + len(reused) + 1}/{total}: {cell.name}")
-                if prepared is None:
-                    row = {"status": "failed", "reason": failure}
-                elif cell.kind == "control":
-                    row = {"status": "done", **_control_row(prepared, cell, progress)}
-                else:
-                    row = {"status": "done", **_poisoned_row(prepared, cell, progress)}
-                row = {"key": cell.key, "cell": cell.name, "kind": cell.kind, "attack": cell.attack,
-                       "selection": cell.selection, "detector": cell.detector, "seed": cell.seed,
-                       "run_dir": f"runs/{group.name}", **row}  # fmt: skip
-                atomic_write_text(_marker(root, cell), json.dumps(row, indent=2, default=float))
-                computed.append(cell.name)
-            stages[group.name] = list(store.events)
-        # a partial report after every group: an interrupted arena's results are readable at once
-        write_arena_report(root, spec, plan, [_finished_row(root, c) for c in plan.cells], time.perf_counter() - start)
+        if pending:
+            todo.append((group, pending))
+    with numbered_stages(len(todo)):  # every bar reads "[3/18] blended-rs-seed0 · victim · epoch 1/5"
+        for group, pending in todo:
+            with named_stage(group.name):
+                stages[group.name] = _run_group(root, group, pending, splits_of(group.config), computed, reused,
+                                                total, progress)  # fmt: skip
+            # a partial report after every group: an interrupted arena's results are readable at once
+            rows = [_finished_row(root, c) for c in plan.cells]
+            write_arena_report(root, spec, plan, rows, time.perf_counter() - start)
     rows = [_finished_row(root, c) for c in plan.cells]
     report = write_arena_report(root, spec, plan, rows, time.perf_counter() - start)
     return {**report, "this_run": {"computed": computed, "reused": reused, "stages": stages}}
