@@ -30,6 +30,7 @@ from jaxpoison.experiments.control import control_stage
 from jaxpoison.experiments.detectors import run_detector
 from jaxpoison.experiments.pipeline import prepare, run_pipeline
 from jaxpoison.experiments.presets import get_preset
+from jaxpoison.experiments.stats import format_paired, paired_stats
 from jaxpoison.experiments.victim import pick_test_points
 from jaxpoison.runinfo import environment
 
@@ -81,6 +82,19 @@ def summarise(seeds: list[dict]) -> dict:
         out["unlearning"][f"{detector}/{unlearner}"] = {
             k: mean_std([r.get(k) for r in found]) for k in ("psr", "clean_accuracy", "seconds")
         }
+    out["paired"] = paired_against(seeds, "delta_influence")
+    return out
+
+
+def paired_against(seeds: list[dict], reference: str) -> dict:
+    """``reference`` minus every other detector, paired by seed: TPR, precision and AuROC."""
+    out = {}
+    others = dict.fromkeys(m for s in seeds for m in s["detection"] if m != reference)
+    for m in others:
+        both = [s["detection"] for s in seeds if reference in s["detection"] and m in s["detection"]]
+        out[m] = {k: paired_stats([d[reference][k] - d[m][k] for d in both
+                                   if d[reference].get(k) is not None and d[m].get(k) is not None])
+                  for k in ("tpr", "precision", "auroc")}  # fmt: skip
     return out
 
 
@@ -95,6 +109,9 @@ def print_tables(summary: dict) -> None:
         control = summary["control"].get(m, {}).get("n_flagged")
         print(f"| {m} | {_fmt(r['tpr'])} | {_fmt(r['precision'])} | {_fmt(r['auroc'])} | "
               f"{_fmt(r['n_flagged'], 0)} | {_fmt(control, 0)} |")  # fmt: skip
+    print("\n| Δ-Influence minus | TPR | precision | AuROC |\n|---|---|---|---|")
+    for m, r in summary.get("paired", {}).items():
+        print(f"| {m} | {format_paired(r['tpr'])} | {format_paired(r['precision'])} | {format_paired(r['auroc'])} |")
     print("\n| detector/unlearner | PSR | clean accuracy |\n|---|---:|---:|")
     for k, r in summary["unlearning"].items():
         print(f"| {k} | {_fmt(r['psr'])} | {_fmt(r['clean_accuracy'], 4)} |")
