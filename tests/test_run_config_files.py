@@ -106,3 +106,22 @@ def test_run_json_reproduces_the_runs_report(tmp_path, capsys):
     assert json.loads((second / "run.json").read_text()) == saved  # same config, same config hash
     assert _results(replayed) == _results(report)
     assert replayed["victim"]["psr"] > 0.5 and replayed["detection"]["delta_influence"]["tpr"] >= 0.9
+
+
+def test_loader_options_reach_the_loader_and_are_checked():
+    from jaxpoison.experiments import apply_overrides, get_preset
+    from jaxpoison.experiments.config import ConfigError
+    from jaxpoison.experiments.victim import clean_inputs, load_data
+
+    tiny = get_preset("digits-badnet-tiny")
+    with pytest.raises(ConfigError, match=r"data.points is not an option of dataset 'digits' \(it takes none\)"):
+        apply_overrides(tiny, ["data.points=128"])
+    with pytest.raises(ConfigError, match=r"data.image_size must be an integer ≥ 1"):
+        apply_overrides(tiny, ["data.name=imagenet10", "data.image_size=0"])
+    clouds = apply_overrides(tiny, ["data.name=shapes3d", "data.points=48", "data.validation_fraction=0"])
+    splits = load_data(clouds.data, clouds.seed)
+    assert splits.train.image_shape == (48, 3) and splits.test.image_shape == (48, 3)
+    assert clean_inputs(clouds, splits)["data"]["points"] == 48
+    # unset options stay out of the clean model's key, so runs stored before they existed are reused
+    assert set(clean_inputs(tiny, load_data(tiny.data, tiny.seed))["data"]) == {
+        "name", "train_size", "test_size", "validation_fraction"}

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxpoison.attacks import BrewConfig
+from jaxpoison.data import get_spec
 from jaxpoison.detection.delta_influence import DeltaConfig
 from jaxpoison.detection.freqdef import FreqDefConfig
 from jaxpoison.errors import InputError
@@ -47,12 +48,24 @@ class DataConfig:
     train_size / test_size: keep only the first ``n`` examples (``None``: all) — for quick runs.
     validation_fraction: share of the poisoned training set held out for model selection
       in unlearning (never the test set).
+    image_size: resize images to ``image_size × image_size`` (``imagenet10``, ``imagenette``,
+      ``raf_db``; ``None``: the loader's default).
+    points: points sampled per cloud (``shapes3d``, ``modelnet40``; ``None``: the loader's default).
     """
 
     name: str = "fashion_mnist"
     train_size: int | None = None
     test_size: int | None = None
     validation_fraction: float = 0.05
+    image_size: int | None = None
+    points: int | None = None
+
+    def loader_options(self) -> dict:
+        """The options given to :func:`jaxpoison.data.load_splits` (only those that are set)."""
+        return {k: getattr(self, k) for k in DATA_OPTIONS if getattr(self, k) is not None}
+
+
+DATA_OPTIONS = ("image_size", "points")  # DataConfig fields that are loader options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,6 +272,7 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"attack.count must be at least 1 (or None to use attack.rate); got {config.attack.count}.")
     if not 0 <= config.data.validation_fraction < 0.5:
         raise ConfigError(f"data.validation_fraction must lie in [0, 0.5); got {config.data.validation_fraction}.")
+    _check_loader_options(config.data)
     if config.selection not in SELECTION_NAMES:
         raise ConfigError(f"selection must be one of {SELECTION_NAMES}; got {config.selection!r}.")
     if config.selection != "rs" and (config.attack.name == "brew" or config.attack.source is not None):
@@ -283,6 +297,20 @@ def validate(config: RunConfig) -> None:
     for key, ok, want in _ranges(config):
         if not ok:
             raise ConfigError(f"{key} must be {want}; got {_get(config, key)!r}.")
+
+
+def _check_loader_options(data: DataConfig) -> None:
+    """``data.image_size`` / ``data.points``: integers ≥ 1, and only for datasets whose loader takes them."""
+    for key, value in data.loader_options().items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"data.{key} must be an integer ≥ 1 (or None for the loader's default); got {value!r}.")
+        try:
+            takes = get_spec(data.name).options
+        except InputError:
+            return  # an unknown dataset name is reported when the data is loaded, with the known names
+        if key not in takes:
+            offered = f"it takes {', '.join(takes)}" if takes else "it takes none"
+            raise ConfigError(f"data.{key} is not an option of dataset {data.name!r} ({offered}); drop it.")
 
 
 # Seeds of nested library configs that the run sets from its own `seed`.

@@ -40,6 +40,7 @@ from jaxpoison.data import Dataset, load_splits, split_train_validation
 from jaxpoison.data.pointcloud import is_point_cloud
 from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import (
+    DATA_OPTIONS,
     AttackConfig,
     ConfigError,
     DataConfig,
@@ -86,7 +87,7 @@ class Poisoning(NamedTuple):
 
 def load_data(config: DataConfig, seed: int = 0) -> Splits:
     """Load, optionally shorten, and split off the validation share of the training set."""
-    train_set, test_set = load_splits(config.name)
+    train_set, test_set = load_splits(config.name, **config.loader_options())
     if config.train_size is not None:
         train_set = train_set.first(config.train_size)
     if config.test_size is not None:
@@ -128,8 +129,10 @@ def accuracy(model: FunctionalModel, dataset: Dataset) -> float:
 
 def clean_inputs(config: RunConfig, splits: Splits) -> dict:
     """What the clean model depends on (its stage key): data, victim recipe, seed, training set — never the attack."""
-    return {"data": dataclasses.asdict(config.data), "victim": dataclasses.asdict(config.victim),
-            "seed": config.seed, "train_hash": splits.train.content_hash}  # fmt: skip
+    # Loader options enter the key only when set, so runs from before they existed keep their keys.
+    data = {k: v for k, v in dataclasses.asdict(config.data).items() if k not in DATA_OPTIONS or v is not None}
+    return {"data": data, "victim": dataclasses.asdict(config.victim), "seed": config.seed,
+            "train_hash": splits.train.content_hash}  # fmt: skip
 
 
 def clean_stage(store: RunStore, config: RunConfig, splits: Splits, progress: bool) -> tuple[str, FunctionalModel]:
