@@ -82,8 +82,8 @@ def test_attack_and_selection_loops_name_their_stage(capsys):
             pass
         with stage("poison"):
             make_smooth_trigger(model, data.images[:8], target=0, max_passes=1, deepfool_iterations=2)
-            rd_selection(data, square_patch(data.image_shape, size=2), 0, 0.1,
-                         RDConfig(rounds=1, score_epochs=1, model="mlp", model_kwargs={"hidden": (8,)}, batch_size=16))  # fmt: skip
+            rd = RDConfig(rounds=1, score_epochs=1, model="mlp", model_kwargs={"hidden": (8,)}, batch_size=16)
+            rd_selection(data, square_patch(data.image_shape, size=2), 0, 0.1, rd)
     err = capsys.readouterr().err
     assert "[2/3] poison · smooth trigger passes" in err
     assert "[2/3] poison · RD rounds" in err

@@ -110,7 +110,8 @@ def test_run_json_reproduces_the_runs_report(tmp_path, capsys):
 
 def test_loader_options_reach_the_loader_and_are_checked():
     from jaxpoison.experiments import apply_overrides, get_preset
-    from jaxpoison.experiments.config import ConfigError
+    from jaxpoison.experiments.config import ConfigError, RunConfig
+    from jaxpoison.experiments.config import from_dict as load_config_dict
     from jaxpoison.experiments.victim import clean_inputs, load_data
 
     tiny = get_preset("digits-badnet-tiny")
@@ -122,6 +123,8 @@ def test_loader_options_reach_the_loader_and_are_checked():
     splits = load_data(clouds.data, clouds.seed)
     assert splits.train.image_shape == (48, 3) and splits.test.image_shape == (48, 3)
     assert clean_inputs(clouds, splits)["data"]["points"] == 48
-    # unset options stay out of the clean model's key, so runs stored before they existed are reused
+    # unset options stay out of run hashes and the clean model's key, so runs stored before they existed are reused
+    assert "points" not in to_dict(tiny)["data"] and to_dict(clouds)["data"]["points"] == 48
+    assert load_config_dict(RunConfig, to_dict(clouds)) == clouds and load_config_dict(RunConfig, to_dict(tiny)) == tiny
     assert set(clean_inputs(tiny, load_data(tiny.data, tiny.seed))["data"]) == {
         "name", "train_size", "test_size", "validation_fraction"}

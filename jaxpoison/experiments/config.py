@@ -420,12 +420,17 @@ def to_dict(config: Any) -> dict:
     """A JSON-ready dict (tuples become lists).
 
     A run's ``attack.patch`` section is left out unless the attack is ``patched`` or the section
-    was changed: it does not touch other attacks, and their configurations (and run hashes) stay
-    as they were before the patched attack existed. :func:`from_dict` fills it in again.
+    was changed, and ``data.image_size`` / ``data.points`` unless they are set: they do not touch
+    other runs, whose configurations (and run hashes) stay as they were before these fields
+    existed. :func:`from_dict` fills them in again.
     """
     tree = json.loads(json.dumps(dataclasses.asdict(config)))
     if isinstance(config, RunConfig) and config.attack.name != "patched" and config.attack.patch == PatchConfig():
         del tree["attack"]["patch"]
+    if isinstance(config, RunConfig):  # likewise the loader options, when unset
+        for key in DATA_OPTIONS:
+            if tree["data"][key] is None:
+                del tree["data"][key]
     return tree
 
 
@@ -501,7 +506,7 @@ _OPTIONAL_SECTIONS = {"cf": lambda config: config.victim.recipe, "patch": lambda
 
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply ``key=value`` overrides with dotted keys, e.g. ``detection.delta.n_tol=2``."""
-    tree = to_dict(config)
+    tree = json.loads(json.dumps(dataclasses.asdict(config)))  # every field, also those to_dict leaves out
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set takes KEY=VALUE; got {item!r}.")
