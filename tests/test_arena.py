@@ -132,9 +132,9 @@ def test_all_to_all_asr_on_a_hand_made_example():
         all_to_all_targets([0, 3], 3)
 
 
-def test_all_to_all_metrics_with_a_hand_made_model():
-    # 2×2 images; pixel (0, 0) holds the class (0, 0.5, 1 for classes 0, 1, 2), the trigger whitens (1, 1).
-    # The model: untriggered → the true class; triggered → class 0 → 1, 1 → 2, 2 → 1 (a miss: target 0).
+def _hand_made_all_to_all():
+    """2×2 images; pixel (0, 0) holds the class (0, 0.5, 1 for classes 0, 1, 2), the trigger whitens (1, 1).
+    The model: untriggered → the true class; triggered → class 0 → 1, 1 → 2, 2 → 1 (a miss: target 0)."""
     shape, classes = (2, 2, 1), np.array([0, 1, 2, 2, 1, 0], np.int32)
     images = np.zeros((classes.size, *shape), np.float32)
     images[:, 0, 0, 0] = classes / 2
@@ -147,12 +147,45 @@ def test_all_to_all_metrics_with_a_hand_made_model():
         return jnp.eye(3)[table[1 - t, c]] + 0 * params["w"].sum()
 
     model = from_apply(apply, {"w": jnp.zeros((1, 1))}, shape)
-    trigger = square_patch(shape, 1, (1.0,), margin=0)
+    return model, data, square_patch(shape, 1, (1.0,), margin=0)
+
+
+def test_all_to_all_metrics_with_a_hand_made_model():
+    model, data, trigger = _hand_made_all_to_all()
     metrics = all_to_all_metrics(model, data, trigger)
     # labels [0, 1, 2, 2, 1, 0] → triggered predictions [1, 2, 1, 1, 2, 1]; targets [1, 2, 0, 0, 2, 1]
     assert metrics["asr"] == pytest.approx(4 / 6)
     assert metrics["per_class_asr"] == {0: 1.0, 1: 1.0, 2: 0.0}
     assert metrics["clean_accuracy"] == 1.0 and metrics["victims"] == 6 and metrics["triggered_accuracy"] == 0.0
+
+
+def test_all_to_all_test_points_per_target_on_a_hand_made_model():
+    from jaxpoison.experiments.victim import Poisoning, pick_points_per_target
+
+    model, data, trigger = _hand_made_all_to_all()
+    poisoning = Poisoning(data, np.zeros(0, np.int64), trigger, None, None, all_to_all=True)
+    # class 0 → 1 and 1 → 2 hit their targets; class 2 → 1 misses target 0, so target 0 has no point
+    one = pick_points_per_target(model, poisoning, data)
+    assert sorted(one) == [1, 2] and one[1][0].tolist() == [0] and one[2][0].tolist() == [1]
+    assert np.all(one[1][1][:, 1, 1, 0] == 1.0)  # the points are the triggered images
+    two = pick_points_per_target(model, poisoning, data, count=2)
+    assert two[1][0].tolist() == [0, 5] and two[2][0].tolist() == [1, 4]
+    assert pick_points_per_target(model, poisoning, data, count=3) == {}
+    with pytest.raises(InputError, match="for the all-to-all attack"):
+        pick_points_per_target(model, poisoning._replace(all_to_all=False, target=0), data)
+
+
+def test_per_target_detections_merge_as_union_and_maximum():
+    from jaxpoison.experiments.detectors import Detection, merge_detections
+
+    a = Detection(np.array([1, 4]), np.array([0.1, 0.9, 0.0, 0.2, 0.8]), 1.5, {})
+    b = Detection(np.array([0, 4]), np.array([0.7, 0.3, 0.0, 0.1, 0.6]), 2.0, {})
+    merged = merge_detections({2: b, 0: a})
+    assert merged.flagged.tolist() == [0, 1, 4]
+    np.testing.assert_allclose(merged.scores, [0.7, 0.9, 0.0, 0.2, 0.8])
+    assert merged.seconds == 3.5 and merged.extra == {"targets": [0, 2], "flagged_per_target": [2, 2]}
+    with pytest.raises(InputError, match="no per-target detection"):
+        merge_detections({})
 
 
 def test_poison_all_to_all_relabels_each_poison_to_the_next_class():
@@ -308,3 +341,19 @@ def test_docstring_examples(name):
 
     result = doctest.testmod(importlib.import_module(name), verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_all_to_all_runs_the_influence_detectors_once_per_target(tmp_path):
+    """Each target's poisons are found from that target's own identified point; the flags are united."""
+    from jaxpoison.experiments import apply_overrides, get_preset, run_pipeline
+
+    config = apply_overrides(get_preset("digits-badnet-tiny"), [
+        "attack.name=all_to_all", "attack.rate=0.1", "detection.methods=ekfac,spectral", "unlearning.methods=eu",
+        "unlearning.detectors=ekfac"])  # fmt: skip
+    report = run_pipeline(config, tmp_path / "run", progress=False)
+    ekfac = report["detection"]["ekfac"]
+    targets = ekfac["info"]["targets"]
+    assert len(targets) >= 8 and len(ekfac["info"]["flagged_per_target"]) == len(targets)  # 10 on this seed
+    assert "targets" not in report["detection"]["spectral"].get("info", {})  # no test point: one run
+    # Poisons of one target are about a tenth of all; recall beyond that comes from the other targets' runs.
+    assert ekfac["tpr"] > 0.8  # 0.993 on this seed

@@ -31,13 +31,13 @@ images of the class it aims at, drawn with its target test image), to the all-to
 (one target per class) or to a source-specific base attack. Such (attack, selection) pairs are
 listed with the reason and not run.
 
-**All-to-all and Δ-Influence.** Δ-Influence starts, as in its paper, from one identified
-poisoned test point; for the all-to-all attack that point's target is its own
-``(y + 1) mod C`` (the *per-example* target, see
-:func:`~jaxpoison.experiments.victim.test_point_target`), so the detectors look for the poisons
-behind that one class pair. Poisons relabelled toward other classes are not what that point's
-prediction rests on, and count as missed: the arena measures how much of an all-to-all
-attack one identified point reveals.
+**All-to-all and the influence detectors.** Δ-Influence, the EK-FAC threshold and TRAK start,
+as in Δ-Influence's paper, from an identified poisoned test point. An all-to-all backdoor has one
+target per class, each resting on its own poisons, so for it these detectors run once per target
+``t``, from a triggered test image of class ``(t − 1) mod C`` that the victim sends to ``t``
+(:func:`~jaxpoison.experiments.victim.pick_points_per_target`); their flags are united and their
+scores take the maximum (:func:`~jaxpoison.experiments.detectors.merge_detections`). Targets the
+victim never reaches have no point and are not searched.
 
 **Metrics** per cell: TPR, precision, F1, FPR and AuROC
 (:func:`~jaxpoison.detection.metrics.detection_metrics`), PSR and clean accuracy before and

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -59,6 +60,21 @@ class Victim(NamedTuple):
 def target_class_share(rate: float, num_classes: int) -> float:
     """Expected poison share inside the target class of an all-to-one attack at ``rate``."""
     return rate / (1.0 / num_classes + rate)
+
+
+def merge_detections(found: Mapping[int, Detection]) -> Detection:
+    """One detection from several runs of a detector, one per target class: the union of their
+    flags, the maximum of their scores (each is "higher = more suspicious"), the sum of their seconds.
+
+    ``extra`` records the targets and how many points each run flagged.
+    """
+    if not found:
+        raise InputError("no per-target detection to merge: no target class had an identified test point.")
+    targets = sorted(found)
+    flagged = np.unique(np.concatenate([np.asarray(found[t].flagged, np.int64) for t in targets]))
+    scores = np.max(np.stack([np.asarray(found[t].scores, np.float64) for t in targets]), axis=0)
+    extra = {"targets": targets, "flagged_per_target": [int(np.size(found[t].flagged)) for t in targets]}
+    return Detection(flagged, scores, float(sum(found[t].seconds for t in targets)), extra)
 
 
 def run_detector(

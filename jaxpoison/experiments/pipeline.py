@@ -23,7 +23,7 @@ from jaxpoison.detection.metrics import detection_metrics
 from jaxpoison.distributed import is_writer
 from jaxpoison.errors import InputError
 from jaxpoison.experiments.config import RunConfig, UnlearnConfig, config_hash, to_dict
-from jaxpoison.experiments.detectors import Detection, Victim, run_detector
+from jaxpoison.experiments.detectors import Detection, Victim, merge_detections, run_detector
 from jaxpoison.experiments.registry import DETECTOR_LABELS, INFLUENCE_BASED, NEEDS_FACTORS, UNLEARNER_SPECS
 from jaxpoison.experiments.report import write_report
 from jaxpoison.experiments.store import RunStore
@@ -34,6 +34,7 @@ from jaxpoison.experiments.victim import (
     clean_stage,
     init_model,
     load_data,
+    pick_points_per_target,
     pick_test_points,
     poison_stage,
     poison_success,
@@ -154,11 +155,28 @@ def detect_stage(prepared: Prepared, method: str, *, progress: bool = True) -> t
               "victim": prepared.keys["test_point"],
               "factors": prepared.keys["factors"] if method in NEEDS_FACTORS else None,
               "numerics": NUMERICS_VERSION if method in INFLUENCE_BASED else None}  # fmt: skip
+    # All-to-all: the detectors that start from identified test points run once per target class.
+    per_target = prepared.poisoning.all_to_all and method in INFLUENCE_BASED
+    if per_target:
+        inputs["per_target"] = True
     n = len(prepared.poisoning.dataset)
 
+    def detect() -> Detection:
+        if not per_target:
+            return run_detector(method, prepared.victim, prepared.factors, config.detection, seed=config.seed,
+                                progress=progress)  # fmt: skip
+        points = pick_points_per_target(prepared.victim.model, prepared.poisoning, prepared.splits.test,
+                                        config.detection.test_points)  # fmt: skip
+        found = {}
+        for target, (_, images) in points.items():
+            with named_stage(f"target {target}"):
+                found[target] = run_detector(method, prepared.victim._replace(test_images=images, target=target),
+                                             prepared.factors, config.detection, seed=config.seed,
+                                             progress=progress)  # fmt: skip
+        return merge_detections(found)
+
     def compute(directory: Path) -> dict:
-        found = run_detector(method, prepared.victim, prepared.factors, config.detection, seed=config.seed,
-                             progress=progress)  # fmt: skip
+        found = detect()
         save_array(directory / "flagged.npy", found.flagged)
         save_array(directory / "scores.npy", found.scores)
         arrays = {k: v for k, v in found.extra.items() if isinstance(v, np.ndarray)}

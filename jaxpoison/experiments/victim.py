@@ -346,6 +346,29 @@ def pick_test_points(
     return victims[found[:count]], triggered[found[:count]]
 
 
+def pick_points_per_target(
+    model: FunctionalModel, poisoning: Poisoning, test: Dataset, count: int = 1
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """For the all-to-all attack: ``{target: (test indices [count], images)}`` for every target class
+    ``t`` that the victim sends ``count`` triggered test images of class ``(t − 1) mod C`` to.
+
+    Each target of an all-to-all backdoor rests on its own poisons (those relabelled to it), so a
+    defender who identifies one misbehaving test point per target can look for each group.
+    Targets with fewer than ``count`` such images are left out.
+    """
+    if not poisoning.all_to_all:
+        raise InputError("points per target are for the all-to-all attack; other attacks have one target.")
+    triggered = triggered_inputs(test, np.arange(len(test)), poisoning.trigger)
+    predicted = predict_logits(model, test.replace(images=triggered)).argmax(-1)
+    hits = predicted == all_to_all_targets(test.labels, test.num_classes)
+    points = {}
+    for target in range(test.num_classes):
+        found = np.flatnonzero(hits & (test.labels == (target - 1) % test.num_classes))[:count]
+        if found.size == count:
+            points[target] = (found, triggered[found])
+    return points
+
+
 def test_point_target(poisoning: Poisoning, test: Dataset, indices) -> int:
     """The class the identified poisoned test points were sent to: the attack's target, or for the
     all-to-all attack the first point's ``(y + 1) mod C`` (per-example target; all points share it)."""
