@@ -354,6 +354,18 @@ def test_all_to_all_runs_the_influence_detectors_once_per_target(tmp_path):
     ekfac = report["detection"]["ekfac"]
     targets = ekfac["info"]["targets"]
     assert len(targets) >= 8 and len(ekfac["info"]["flagged_per_target"]) == len(targets)  # 10 on this seed
-    assert "targets" not in report["detection"]["spectral"].get("info", {})  # no test point: one run
+    spectral = report["detection"]["spectral"]
+    assert "targets" not in spectral.get("info", {})  # no test point: one run
+    # it removes 1.5 × the rate from each class (205 of 1,367 here), not 1.5 × an all-to-one target share (1,027)
+    assert spectral["n_flagged"] < 0.2 * report["data"]["train"] and spectral["tpr"] > 0.8
     # Poisons of one target are about a tenth of all; recall beyond that comes from the other targets' runs.
     assert ekfac["tpr"] > 0.8  # 0.993 on this seed
+
+
+def test_spectral_signatures_assume_the_rate_per_class_under_all_to_all():
+    from jaxpoison.experiments.detectors import Victim, class_poison_share, target_class_share
+
+    data = make_dataset(n=100, num_classes=10)
+    one = Victim(None, data, None, 0, data, 0.1)
+    assert class_poison_share(one) == target_class_share(0.1, 10) == pytest.approx(0.5)  # all poisons in one class
+    assert class_poison_share(one._replace(all_to_all=True)) == 0.1  # a tenth of the poisons in each class

@@ -46,7 +46,10 @@ class Victim(NamedTuple):
 
     ``test_images`` is ``[k, H, W, C]`` (k ≥ 1) triggered images the model assigns to ``target``;
     ``clean_train`` is clean data FreqDef may train on (a defender's own clean set);
-    ``poison_rate`` is the defender's assumed poison share (spectral signatures need it).
+    ``poison_rate`` is the defender's assumed poison share (spectral signatures need it);
+    ``all_to_all``: the poisons are spread over every class (one target per class), so a class
+    holds about ``poison_rate`` of poisons rather than the target-class share of an all-to-one
+    attack (:func:`class_poison_share`).
     """
 
     model: FunctionalModel
@@ -55,11 +58,21 @@ class Victim(NamedTuple):
     target: int
     clean_train: Dataset
     poison_rate: float
+    all_to_all: bool = False
 
 
 def target_class_share(rate: float, num_classes: int) -> float:
     """Expected poison share inside the target class of an all-to-one attack at ``rate``."""
     return rate / (1.0 / num_classes + rate)
+
+
+def class_poison_share(victim: Victim) -> float:
+    """The poison share spectral signatures assume per class: the target class's share for an
+    all-to-one attack, the rate itself for all-to-all (each class receives a ``1/C`` of the
+    poisons, relabelled from the class before it, and loses as many)."""
+    if victim.all_to_all:
+        return float(victim.poison_rate)
+    return target_class_share(victim.poison_rate, victim.train.num_classes)
 
 
 def merge_detections(found: Mapping[int, Detection]) -> Detection:
@@ -114,7 +127,7 @@ def run_detector(
         if features is None:
             features = penultimate_features(victim.model, victim.train, progress=progress)
         if method == "spectral":
-            share = target_class_share(victim.poison_rate, victim.train.num_classes)
+            share = class_poison_share(victim)
             result = spectral_signatures(features, victim.train.labels, share)
         elif method == "spectral_reference":
             result = spectral_signatures_reference(features)

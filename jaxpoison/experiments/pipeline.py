@@ -120,7 +120,7 @@ def _prepare_stages(config: RunConfig, store: RunStore, splits: Splits, progress
                                      pick)  # fmt: skip
     images = np.load(store.path("test_point") / "images.npy")
     rate = poisoning.poison_indices.size / len(poisoning.dataset)  # the realised share, also under attack.count
-    victim = Victim(model, poisoning.dataset, images, int(point["target"]), splits.train, rate)
+    victim = Victim(model, poisoning.dataset, images, int(point["target"]), splits.train, rate, poisoning.all_to_all)
 
     factors, factor_key = None, None
     if any(m in NEEDS_FACTORS for m in config.detection.methods):
@@ -155,10 +155,11 @@ def detect_stage(prepared: Prepared, method: str, *, progress: bool = True) -> t
               "victim": prepared.keys["test_point"],
               "factors": prepared.keys["factors"] if method in NEEDS_FACTORS else None,
               "numerics": NUMERICS_VERSION if method in INFLUENCE_BASED else None}  # fmt: skip
-    # All-to-all: the detectors that start from identified test points run once per target class.
+    # All-to-all: the detectors that start from identified test points run once per target class,
+    # and spectral signatures assume a per-class poison share of the rate (see class_poison_share).
     per_target = prepared.poisoning.all_to_all and method in INFLUENCE_BASED
-    if per_target:
-        inputs["per_target"] = True
+    if prepared.poisoning.all_to_all:
+        inputs["all_to_all"] = 2  # results of the single-point, all-to-one-share detection are not reused
     n = len(prepared.poisoning.dataset)
 
     def detect() -> Detection:
