@@ -369,3 +369,22 @@ def test_spectral_signatures_assume_the_rate_per_class_under_all_to_all():
     one = Victim(None, data, None, 0, data, 0.1)
     assert class_poison_share(one) == target_class_share(0.1, 10) == pytest.approx(0.5)  # all poisons in one class
     assert class_poison_share(one._replace(all_to_all=True)) == 0.1  # a tenth of the poisons in each class
+
+
+def test_a_collapsed_model_is_counted_not_averaged_into_psr():
+    from jaxpoison.experiments.arena import collapsed, effective_psr, summarize
+
+    def row(seed, psr_after, acc_after):
+        r = _row("badnet", "rs", "delta_influence", seed, 0.5, psr_after)
+        r.update(psr_before=0.97, clean_accuracy_before=0.86, clean_model_accuracy=0.87, cost_seconds=1.0)
+        r["detection"].update(fpr=0.1, n_flagged=100)
+        r["unlearning"]["eu"].update(clean_accuracy_after=acc_after, der=0.9, seconds=1.0)
+        return r
+
+    rows = [row(0, 0.02, 0.85), row(1, 0.0, 0.10), row(2, 0.04, 0.84)]  # seed 1: every image in one class
+    assert effective_psr(rows[1], "eu") is None and collapsed(rows[1], "eu")
+    assert effective_psr(rows[0], "eu") == 0.02 and not collapsed(rows[0], "eu")
+    (entry,) = summarize(rows)["unlearning"]
+    assert entry["collapsed"] == 1 and entry["psr_after"]["n"] == 2
+    assert entry["psr_after"]["mean"] == pytest.approx(0.03)
+    assert entry["clean_accuracy_after"]["n"] == 3  # the collapse stays visible in accuracy

@@ -389,6 +389,25 @@ def defence_effectiveness_rating(psr_before: float, psr_after: float, acc_before
     return (max(0.0, psr_before - psr_after) - max(0.0, acc_before - acc_after) + 1.0) / 2.0
 
 
+COLLAPSE_FRACTION = 0.5  # an unlearned model below this share of the victim's clean accuracy has collapsed
+
+
+def effective_psr(row: Mapping, unlearner: str) -> float | None:
+    """The PSR after ``unlearner`` in a cell's row, or ``None`` when it means nothing: the unlearner
+    diverged, or the model collapsed (clean accuracy below ``COLLAPSE_FRACTION`` of the victim's,
+    e.g. every image sent to one class, where PSR is 0 or 1 whatever the backdoor)."""
+    result = row["unlearning"][unlearner]
+    before, after = row.get("clean_accuracy_before"), result.get("clean_accuracy_after")
+    if before is not None and after is not None and after < COLLAPSE_FRACTION * before:
+        return None
+    return result.get("psr_after")
+
+
+def collapsed(row: Mapping, unlearner: str) -> bool:
+    """The unlearner finished but its model collapsed (see :func:`effective_psr`)."""
+    return row["unlearning"][unlearner].get("psr_after") is not None and effective_psr(row, unlearner) is None
+
+
 def _stage_seconds(store: RunStore, name: str) -> float | None:
     marker = store.path(name) / STAGE_FILE
     if not marker.exists():
@@ -632,8 +651,11 @@ def summarize(rows: Sequence[dict]) -> dict:
             unlearning_entry = {"attack": attack, "selection": selection, "detector": detector, "unlearner": method,
                                 "psr_before": entry["psr_before"],
                                 "clean_accuracy_before": entry["clean_accuracy_before"]}  # fmt: skip
-            for key in ("psr_after", "clean_accuracy_after", "der", "seconds"):
+            for key in ("clean_accuracy_after", "der", "seconds"):
                 unlearning_entry[key] = _stat([u[key] for u in results])
+            # PSR over the seeds whose model still works; collapsed models are counted, not averaged
+            unlearning_entry["psr_after"] = _stat([effective_psr(r, method) for r in group])
+            unlearning_entry["collapsed"] = sum(collapsed(r, method) for r in group)
             out["unlearning"].append(unlearning_entry)
     for detector, group in control.items():
         entry = {"detector": detector, "seeds": [r["seed"] for r in group]}
@@ -677,7 +699,7 @@ def paired_comparisons(rows: Sequence[dict | None], *, baseline_selection: str =
         entry = {"attack": attack, "selection": chosen, "baseline": baseline_selection, "detector": det, "seeds": seeds}
         entry.update({m: paired([(o["detection"][m], b["detection"][m]) for o, b in zip(ours, base, strict=True)])
                       for m in PAIRED_METRICS})  # fmt: skip
-        entry["psr_after"] = {u: paired([(o["unlearning"][u]["psr_after"], b["unlearning"].get(u, {}).get("psr_after"))
+        entry["psr_after"] = {u: paired([(effective_psr(o, u), effective_psr(b, u) if u in b["unlearning"] else None)
                                          for o, b in zip(ours, base, strict=True)])
                               for u in ours[0]["unlearning"]}  # fmt: skip
         selection.append(entry)
@@ -725,13 +747,17 @@ def arena_markdown(spec: ArenaSpec, summary: dict, rows: Sequence[dict | None], 
                      f"{_fmt(e['n_flagged'], 0)} | {_fmt(e['psr_before'])} | "
                      f"{_fmt(e['cost_seconds'], 1)} |")  # fmt: skip
     lines += ["", "## Unlearning", "",
-              "DER = [max(0, PSR before − PSR after) − max(0, ACC before − ACC after) + 1] / 2 (BackdoorBench).", "",
-              "| attack | selection | detector | unlearner | PSR before | PSR after | clean acc. after | DER | s |",
-              "|---|---|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+              "DER = [max(0, PSR before − PSR after) − max(0, ACC before − ACC after) + 1] / 2 (BackdoorBench). "
+              f"A model whose clean accuracy fell below {COLLAPSE_FRACTION:g} × the victim's has collapsed: it is "
+              "counted under \"collapsed\" and left out of \"PSR after\" (its PSR is 0 or 1 whatever the backdoor); "
+              "clean accuracy and DER include it.", "",
+              "| attack | selection | detector | unlearner | PSR before | PSR after | collapsed | clean acc. after "
+              "| DER | s |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for e in summary["unlearning"]:
         lines.append(f"| {e['attack']} | {e['selection']} | {label(e['detector'], e['detector'])} | {e['unlearner']} | "
-                     f"{_fmt(e['psr_before'])} | {_fmt(e['psr_after'])} | {_fmt(e['clean_accuracy_after'], 4)} | "
-                     f"{_fmt(e['der'])} | {_fmt(e['seconds'], 1)} |")  # fmt: skip
+                     f"{_fmt(e['psr_before'])} | {_fmt(e['psr_after'])} | {e.get('collapsed', 0)} | "
+                     f"{_fmt(e['clean_accuracy_after'], 4)} | {_fmt(e['der'])} | "
+                     f"{_fmt(e['seconds'], 1)} |")  # fmt: skip
     if summary["control"]:
         lines += ["", "## No-poison control", "",
                   "The clean model, from a test image it gets wrong: every flag is a false positive (no TPR).", "",
@@ -804,8 +830,8 @@ def arena_plots(
         psr = np.full((len(unlearners), len(detectors)), np.nan)
         for i, u in enumerate(unlearners):
             for j, d in enumerate(detectors):
-                values = [r["unlearning"][u]["psr_after"] for r in done if r["detector"] == d and u in r["unlearning"]]
-                values = [v for v in values if v is not None]  # a diverged unlearner has no PSR
+                values = [effective_psr(r, u) for r in done if r["detector"] == d and u in r["unlearning"]]
+                values = [v for v in values if v is not None]  # a diverged or collapsed model has no PSR
                 if values:
                     psr[i, j] = float(np.mean(values))
         plots["psr_after_heatmap"] = plot_heatmap(
