@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -128,3 +129,34 @@ def test_loader_options_reach_the_loader_and_are_checked():
     assert load_config_dict(RunConfig, to_dict(clouds)) == clouds and load_config_dict(RunConfig, to_dict(tiny)) == tiny
     assert set(clean_inputs(tiny, load_data(tiny.data, tiny.seed))["data"]) == {
         "name", "train_size", "test_size", "validation_fraction"}
+
+
+def test_ifs_settings_reach_the_selection_and_its_stage_key(tmp_path, monkeypatch):
+    from jaxpoison.experiments import apply_overrides, get_preset
+    from jaxpoison.experiments import victim as victim_module
+    from jaxpoison.experiments.config import ConfigError, to_dict
+    from jaxpoison.experiments.store import RunStore
+    from jaxpoison.selection import IFSConfig, random_selection
+
+    seen = []
+
+    def spy(method, dataset, trigger, target, rate, config=None, *, seed=0, progress=True):
+        seen.append((method, config))
+        return random_selection(dataset, target, rate, seed=seed)  # the stage's plumbing, not IFS itself
+
+    monkeypatch.setattr(victim_module, "select_poisons", spy)
+    base = apply_overrides(get_preset("digits-badnet-tiny"), ["selection=ifs"])
+    tuned = apply_overrides(base, ["ifs.surrogate_epochs=2", "ifs.lissa.depth=50", 'ifs.model_kwargs={"width": 4}'])
+    assert tuned.ifs == IFSConfig(surrogate_epochs=2, model_kwargs={"width": 4},
+                                  lissa=dataclasses.replace(IFSConfig().lissa, depth=50))  # fmt: skip
+    assert "ifs" not in to_dict(base) and to_dict(tuned)["ifs"]["surrogate_epochs"] == 2
+    keys = []
+    for config in (base, tuned):
+        splits = victim_module.load_data(config.data, config.seed)
+        with RunStore(tmp_path / str(len(keys)), to_dict(config)) as store:
+            clean_key, clean = victim_module.clean_stage(store, config, splits, False)
+            keys.append(victim_module.poison_stage(store, config, splits, clean, clean_key, False)[0])
+    assert seen == [("ifs", None), ("ifs", tuned.ifs)]
+    assert keys[0] != keys[1]  # other IFS settings, other poisons: never reused across them
+    with pytest.raises(ConfigError, match="read by selection=ifs only"):
+        apply_overrides(get_preset("digits-badnet-tiny"), ["ifs.eta=2"])

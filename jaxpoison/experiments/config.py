@@ -30,7 +30,8 @@ from jaxpoison.detection.freqdef import FreqDefConfig
 from jaxpoison.errors import InputError
 from jaxpoison.experiments.registry import ATTACKS, DETECTORS, UNLEARNERS
 from jaxpoison.influence import FactorConfig, ScoreConfig, TrakConfig
-from jaxpoison.selection.registry import SELECTION_NAMES
+from jaxpoison.selection import IFSConfig
+from jaxpoison.selection.registry import POINT_CLOUD_MODEL, SELECTION_NAMES
 from jaxpoison.training import TrainRecipe
 from jaxpoison.unlearning import BadTeacherConfig, ScrubConfig, SSDConfig
 
@@ -247,6 +248,9 @@ class RunConfig:
     # which training samples get the trigger: "rs" (uniform at random) or a selection method
     # of jaxpoison.selection ("fus", "rd", "hfe", "ifs"), e.g. `--set selection=ifs`
     selection: str = "rs"
+    # IFS's settings under selection=ifs (None: IFSConfig's defaults, with a pointnet_small surrogate on
+    # point clouds), e.g. `--set ifs.surrogate_epochs=3 --set ifs.model=mlp`
+    ifs: IFSConfig | None = None
 
     def __post_init__(self):
         validate(self)
@@ -275,6 +279,9 @@ def validate(config: RunConfig) -> None:
     _check_loader_options(config.data)
     if config.selection not in SELECTION_NAMES:
         raise ConfigError(f"selection must be one of {SELECTION_NAMES}; got {config.selection!r}.")
+    if config.ifs is not None and config.selection != "ifs":
+        raise ConfigError(f"ifs.* settings are read by selection=ifs only (selection is {config.selection!r}); "
+                          "set selection=ifs or drop them.")  # fmt: skip
     if config.selection != "rs" and (config.attack.name == "brew" or config.attack.source is not None):
         raise ConfigError("selection methods choose poisons for all-to-one trigger attacks; use selection=rs with "
                           "Witches' Brew or a source-specific attack.")  # fmt: skip
@@ -427,10 +434,12 @@ def to_dict(config: Any) -> dict:
     tree = json.loads(json.dumps(dataclasses.asdict(config)))
     if isinstance(config, RunConfig) and config.attack.name != "patched" and config.attack.patch == PatchConfig():
         del tree["attack"]["patch"]
-    if isinstance(config, RunConfig):  # likewise the loader options, when unset
+    if isinstance(config, RunConfig):  # likewise the loader options and IFS's settings, when unset
         for key in DATA_OPTIONS:
             if tree["data"][key] is None:
                 del tree["data"][key]
+        if tree["ifs"] is None:
+            del tree["ifs"]
     return tree
 
 
@@ -455,6 +464,15 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} is a section; set its fields as {key}.FIELD=VALUE.")
         return from_dict(hint, value, prefix=key)
+    if hint is dict or origin is dict:  # e.g. ifs.model_kwargs='{"hidden": [16]}'
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConfigError(f"{key} takes a JSON object, e.g. '{{\"hidden\": [16]}}'; got {value!r}.") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} takes a JSON object; got {value!r}.")
+        return dict(value)
     if origin is tuple:
         (item,) = typing.get_args(hint)[:1]
         if isinstance(value, str):
@@ -501,7 +519,19 @@ def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
 
 
 # Sections that may be None; overriding one of their fields starts from this value.
-_OPTIONAL_SECTIONS = {"cf": lambda config: config.victim.recipe, "patch": lambda config: config.attack.patch}
+# (The tree is the configuration with the overrides applied so far: IFS's default follows data.name.)
+_OPTIONAL_SECTIONS = {"cf": lambda config, tree: config.victim.recipe,
+                      "patch": lambda config, tree: config.attack.patch,
+                      "ifs": lambda config, tree: default_ifs_config(str(tree["data"]["name"]))}  # fmt: skip
+
+
+def default_ifs_config(dataset: str) -> IFSConfig:
+    """IFS's defaults for ``dataset``: the image CNN surrogate, or ``pointnet_small`` on point clouds."""
+    try:
+        points = len(get_spec(dataset).image_shape) == 2  # (points, 3)
+    except InputError:  # an unknown name is reported when the data is loaded
+        points = False
+    return IFSConfig(model=POINT_CLOUD_MODEL) if points else IFSConfig()
 
 
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
@@ -514,15 +544,21 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         node, parts = tree, key.strip().split(".")
         for part in parts[:-1]:
             if node.get(part) is None and part in _OPTIONAL_SECTIONS:  # e.g. unlearning.cf: start from the default
-                node[part] = to_dict(_OPTIONAL_SECTIONS[part](config))
+                node[part] = to_dict(_OPTIONAL_SECTIONS[part](config, tree))
             if not isinstance(node.get(part), dict):
                 raise ConfigError(f"unknown section {part!r} in {key!r}{_moved([key.strip()])}; "
                                   f"sections: {sorted(k for k in node)}.")  # fmt: skip
             node = node[part]
         if parts[-1] not in node:
             raise ConfigError(f"unknown key {key!r}{_moved([key.strip()])}; valid keys here: {sorted(node)}.")
-        if isinstance(node[parts[-1]], dict):
-            raise ConfigError(f"{key} is a section; set its fields as {key}.FIELD=VALUE.")
+        if isinstance(node[parts[-1]], dict):  # a section, or a free-form mapping such as ifs.model_kwargs
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                value = None
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} is a section; set its fields as {key}.FIELD=VALUE (or give a JSON "
+                                  "object).")  # fmt: skip
         node[parts[-1]] = value
     return from_dict(RunConfig, tree)
 

@@ -223,6 +223,8 @@ def poison_stage(
               "clean": clean_key if attack.name in ("smooth", "brew") else None}  # fmt: skip
     if config.selection != "rs":  # RS is poison_dataset's own random draw: same key, same poisons
         inputs["selection"] = config.selection
+    if config.ifs is not None:  # only when set: runs with IFS's defaults keep their keys
+        inputs["ifs"] = dataclasses.asdict(config.ifs)
     train_set = splits.train
 
     def compute(directory: Path) -> dict:
@@ -252,7 +254,7 @@ def poison_stage(
                 poisoned = poison_dataset(train_set, trigger, poison_config)
             else:
                 rate = poison_budget(attack, len(train_set)) / len(train_set)
-                chosen = select_poisons(config.selection, train_set, trigger, attack.target, rate,
+                chosen = select_poisons(config.selection, train_set, trigger, attack.target, rate, config.ifs,
                                         seed=config.seed, progress=progress)  # fmt: skip
                 poison_config = PoisonConfig(target=attack.target, indices=chosen.indices, seed=config.seed)
                 poisoned = poison_dataset(train_set, trigger, poison_config)
