@@ -600,16 +600,18 @@ def run_arena(spec: ArenaSpec, out: str | Path, *, progress: bool = True) -> dic
         reused += [c.name for c in group.cells if c not in pending]
         if pending:
             todo.append((group, pending))
+    report = None
     with numbered_stages(len(todo)):  # every bar reads "[3/18] blended-rs-seed0 · victim · epoch 1/5"
         for group, pending in todo:
             with named_stage(group.name):
                 stages[group.name] = _run_group(root, group, pending, splits_of(group.config), computed, reused,
                                                 total, progress)  # fmt: skip
-            # a partial report after every group: an interrupted arena's results are readable at once
+            # a report after every group: an interrupted arena's results are readable at once
             rows = [_finished_row(root, c) for c in plan.cells]
-            write_arena_report(root, spec, plan, rows, time.perf_counter() - start)
-    rows = [_finished_row(root, c) for c in plan.cells]
-    report = write_arena_report(root, spec, plan, rows, time.perf_counter() - start)
+            report = write_arena_report(root, spec, plan, rows, time.perf_counter() - start)
+    if report is None:  # nothing was pending: the report from the stored cells
+        rows = [_finished_row(root, c) for c in plan.cells]
+        report = write_arena_report(root, spec, plan, rows, time.perf_counter() - start)
     return {**report, "this_run": {"computed": computed, "reused": reused, "stages": stages}}
 
 
@@ -686,9 +688,8 @@ def paired_comparisons(rows: Sequence[dict | None], *, baseline_selection: str =
         return paired_stats([a - b for a, b in pairs if a is not None and b is not None], confidence)
 
     selection, detector = [], []
-    for (attack, chosen, det, _), _row in sorted(done.items()):
-        if chosen == baseline_selection or any(e["attack"] == attack and e["selection"] == chosen
-                                               and e["detector"] == det for e in selection):  # fmt: skip
+    for attack, chosen, det in dict.fromkeys((a, c, d) for a, c, d, _ in sorted(done)):
+        if chosen == baseline_selection:
             continue
         seeds = sorted(s for (a, c, d, s) in done if (a, c, d) == (attack, chosen, det)
                        and (attack, baseline_selection, det, s) in done)  # fmt: skip

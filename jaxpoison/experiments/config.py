@@ -31,7 +31,7 @@ from jaxpoison.errors import InputError
 from jaxpoison.experiments.registry import ATTACKS, DETECTORS, UNLEARNERS
 from jaxpoison.influence import FactorConfig, ScoreConfig, TrakConfig
 from jaxpoison.selection import IFSConfig
-from jaxpoison.selection.registry import POINT_CLOUD_MODEL, SELECTION_NAMES
+from jaxpoison.selection.registry import SELECTION_NAMES, default_config
 from jaxpoison.training import TrainRecipe
 from jaxpoison.unlearning import BadTeacherConfig, ScrubConfig, SSDConfig
 
@@ -427,9 +427,9 @@ def to_dict(config: Any) -> dict:
     """A JSON-ready dict (tuples become lists).
 
     A run's ``attack.patch`` section is left out unless the attack is ``patched`` or the section
-    was changed, and ``data.image_size`` / ``data.points`` unless they are set: they do not touch
-    other runs, whose configurations (and run hashes) stay as they were before these fields
-    existed. :func:`from_dict` fills them in again.
+    was changed, and ``data.image_size``, ``data.points`` and the ``ifs`` section unless they are
+    set: they do not touch other runs, whose configurations (and run hashes) stay as they were
+    before these fields existed. :func:`from_dict` fills them in again.
     """
     tree = json.loads(json.dumps(dataclasses.asdict(config)))
     if isinstance(config, RunConfig) and config.attack.name != "patched" and config.attack.patch == PatchConfig():
@@ -521,17 +521,16 @@ def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
 # Sections that may be None; overriding one of their fields starts from this value.
 # (The tree is the configuration with the overrides applied so far: IFS's default follows data.name.)
 _OPTIONAL_SECTIONS = {"cf": lambda config, tree: config.victim.recipe,
-                      "patch": lambda config, tree: config.attack.patch,
                       "ifs": lambda config, tree: default_ifs_config(str(tree["data"]["name"]))}  # fmt: skip
 
 
 def default_ifs_config(dataset: str) -> IFSConfig:
-    """IFS's defaults for ``dataset``: the image CNN surrogate, or ``pointnet_small`` on point clouds."""
+    """IFS's defaults for ``dataset`` (see :func:`jaxpoison.selection.registry.default_config`)."""
     try:
-        points = len(get_spec(dataset).image_shape) == 2  # (points, 3)
+        points = len(get_spec(dataset).image_shape) == 2  # a point cloud's (points, 3)
     except InputError:  # an unknown name is reported when the data is loaded
         points = False
-    return IFSConfig(model=POINT_CLOUD_MODEL) if points else IFSConfig()
+    return default_config("ifs", point_clouds=points)
 
 
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:

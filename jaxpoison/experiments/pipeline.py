@@ -159,7 +159,7 @@ def detect_stage(prepared: Prepared, method: str, *, progress: bool = True) -> t
     # and spectral signatures assume a per-class poison share of the rate (see class_poison_share).
     per_target = prepared.poisoning.all_to_all and method in INFLUENCE_BASED
     if prepared.poisoning.all_to_all:
-        inputs["all_to_all"] = 2  # results of the single-point, all-to-one-share detection are not reused
+        inputs["all_to_all"] = True  # results of the single-point, all-to-one-share detection are not reused
     n = len(prepared.poisoning.dataset)
 
     def detect() -> Detection:

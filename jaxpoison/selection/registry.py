@@ -25,6 +25,16 @@ POINT_CLOUD_MODEL = "pointnet_small"
 _CONFIGS = {"fus": FUSConfig, "rd": RDConfig, "hfe": HFEConfig, "ifs": IFSConfig}
 
 
+def default_config(method: str, *, point_clouds: bool = False) -> FUSConfig | RDConfig | HFEConfig | IFSConfig:
+    """The settings ``method`` runs with when given none: its config's defaults, with a
+    ``POINT_CLOUD_MODEL`` proxy instead of the image CNN for FUS, RD and IFS on point clouds."""
+    if method not in _CONFIGS:
+        raise SelectionError(f"{method} takes no config; methods with one: {', '.join(_CONFIGS)}.")
+    if point_clouds and method in ("fus", "rd", "ifs"):
+        return _CONFIGS[method](model=POINT_CLOUD_MODEL)
+    return _CONFIGS[method]()
+
+
 def select_poisons(
     method: str,
     dataset: Dataset,
@@ -54,7 +64,7 @@ def select_poisons(
         expected = _CONFIGS[method].__name__ if method in _CONFIGS else "no config"
         raise SelectionError(f"{method} takes {expected}; got {type(config).__name__}.")
     if config is None and method in ("fus", "rd", "ifs") and is_point_cloud(dataset):
-        config = _CONFIGS[method](model=POINT_CLOUD_MODEL)
+        config = default_config(method, point_clouds=True)
     if method == "rs":
         return random_selection(dataset, target, rate, seed=seed)
     if method == "hfe":
