@@ -365,7 +365,7 @@ def _cmd_arena(args) -> int:
 
     spec = load_spec(args.spec)
     out = Path(args.out)
-    run_arena(spec, out, progress=not args.no_progress)
+    run_arena(spec, out, progress=not args.no_progress, resume_from=args.resume_from)
     print((out / "arena.md").read_text())
     print(f"Arena: {out / 'arena.md'} and {out / 'arena.json'}; plots in {out / 'plots'}; cells in {out / 'cells'}")
     return 0
@@ -559,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "control, resumable (DIR/arena.md)")  # fmt: skip
     p.add_argument("spec", metavar="SPEC", help="an arena preset (arena-digits, arena-fmnist) or a JSON spec file")
     p.add_argument("--out", required=True, help="the arena directory (resumes what it already holds)")
+    p.add_argument("--resume-from", metavar="ARENA_JSON",
+                   help="take over the finished cells of another arena's arena.json whose configuration matches")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_arena)
 

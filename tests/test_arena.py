@@ -243,6 +243,42 @@ def test_paired_comparisons_pair_by_seed_and_skip_missing_values():
     assert "partial: 1 pending" in text and "- badnet__ifs__spectral__seed0" in text
 
 
+def test_an_arena_continues_elsewhere_from_a_report(arena, tmp_path):
+    """--resume-from: another machine's arena.json seeds the markers whose keys match; the rest is computed."""
+    out, _ = arena
+    report = json.loads((out / "arena.json").read_text())
+    stale = "badnet__rs__spectral__seed0"
+    for row in report["cells"]:
+        if row["cell"] == stale:
+            row["key"] = "0" * 16  # another configuration: must not be taken over
+    shipped = tmp_path / "shipped.json"
+    shipped.write_text(json.dumps(report))
+    again = run_arena(TINY, tmp_path / "elsewhere", progress=False, resume_from=shipped)
+    names = {c.name for c in plan_arena(TINY).cells}
+    assert set(again["this_run"]["imported"]) == names - {stale}
+    assert again["this_run"]["computed"] == [stale]
+    taken = json.loads((tmp_path / "elsewhere" / "cells" / "blended__rs__spectral__seed0.json").read_text())
+    assert taken["imported_from"] == str(shipped)
+    assert taken["detection"] == next(r for r in report["cells"] if r["cell"] == taken["cell"])["detection"]
+    # a second import takes nothing over: every cell now has its own marker
+    assert run_arena(TINY, tmp_path / "elsewhere", progress=False, resume_from=shipped)["this_run"]["imported"] == []
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "cannot read --resume-from"),
+    ("{not json", "is not JSON"),
+    ('{"cells": 3}', "holds no arena cells"),
+    ('{"cells": [], "arena_version": 0}', "arena_version 0"),
+])  # fmt: skip
+def test_a_bad_resume_report_is_refused_with_what_to_give(tmp_path, content, message):
+    report = tmp_path / "arena.json"
+    if content is not None:
+        report.write_text(content)
+    with pytest.raises(ArenaError, match=message):
+        run_arena(TINY, tmp_path / "out", progress=False, resume_from=report)
+    assert not (tmp_path / "out" / "cells").exists() or not any((tmp_path / "out" / "cells").iterdir())
+
+
 def test_an_interrupted_arena_reports_what_it_has(arena, tmp_path):
     """The report of a partial arena lists its pending cells (run_arena writes one after every group)."""
     import shutil

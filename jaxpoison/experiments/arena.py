@@ -25,6 +25,10 @@ configuration. A rerun skips every cell whose marker matches and opens a group's
 when one of its cells has none; the store then reuses every stage whose inputs did not change.
 Deleting one marker recomputes that cell's row only, from the stored stages.
 
+A report travels where run stores do not: ``--resume-from OTHER/arena.json`` takes over that
+report's finished cells whose keys match (:func:`import_cells`), so an arena can continue on
+another machine from a committed report.
+
 **Not applicable.** Selection methods choose which images get a trigger toward one target
 class, so they do not apply to Witches' Brew (clean label: its poisons are perturbed
 images of the class it aims at, drawn with its target test image), to the all-to-all attack
@@ -518,6 +522,41 @@ def share_clean_stage(root: Path, group: Group, splits: Splits) -> str | None:
     return None
 
 
+def import_cells(root: Path, plan: ArenaPlan, report: str | os.PathLike) -> list[str]:
+    """Seed ``root``'s cell markers from another arena's ``arena.json``; return the cells imported.
+
+    Run stores stay on the machine that ran them, but a report travels (e.g. committed next to
+    the results), so a long arena can continue elsewhere from what a report already holds. A row
+    is imported only if it finished (``status`` done), its key equals the planned cell's key (the
+    same configuration) and the cell has no marker yet; the report must carry this
+    :data:`ARENA_VERSION`. Imported rows say where they came from (``imported_from``).
+    """
+    path = Path(report)
+    try:
+        saved = json.loads(path.read_text())
+    except OSError as e:
+        raise ArenaError(f"cannot read --resume-from {path}: {e.strerror}; give an arena.json.") from None
+    except ValueError:
+        raise ArenaError(f"--resume-from {path} is not JSON; give an arena.json written by jaxpoison arena.") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("cells"), list):
+        raise ArenaError(f"--resume-from {path} holds no arena cells; give an arena.json written by jaxpoison arena.")
+    if saved.get("arena_version") != ARENA_VERSION:
+        version = saved.get("arena_version")
+        raise ArenaError(f"--resume-from {path} has arena_version {version!r}, this jaxpoison writes "
+                         f"{ARENA_VERSION}: its rows mean something else; rerun those cells instead.")  # fmt: skip
+    planned = {c.name: c for c in plan.cells}
+    imported = []
+    for row in saved["cells"]:
+        cell = planned.get(row.get("cell")) if isinstance(row, dict) else None
+        if cell is None or row.get("key") != cell.key or row.get("status") != "done":
+            continue
+        if _finished_row(root, cell) is not None:
+            continue
+        atomic_write_text(_marker(root, cell), json.dumps({**row, "imported_from": str(path)}, indent=2))
+        imported.append(cell.name)
+    return imported
+
+
 def _check_directory(root: Path) -> None:
     if root.exists() and not root.is_dir():
         raise ArenaError(f"--out {root} is a file; give a directory.")
@@ -560,17 +599,23 @@ def _run_group(root: Path, group: Group, pending: Sequence[Cell], splits: Splits
         return list(store.events)
 
 
-def run_arena(spec: ArenaSpec, out: str | Path, *, progress: bool = True) -> dict:
+def run_arena(spec: ArenaSpec, out: str | Path, *, progress: bool = True,
+              resume_from: str | os.PathLike | None = None) -> dict:  # fmt: skip
     """Run (or resume) every cell of ``spec`` into ``out``; write ``arena.json``, ``arena.md`` and plots.
 
     Everything checkable is checked before any training: the spec, every cell's configuration,
     and each group's attack against its data. A group whose attack cannot produce a poisoned test
     point (e.g. the backdoor did not take) marks its cells ``failed`` with the reason.
 
+    Args:
+      resume_from: another arena's ``arena.json``; its finished cells whose keys match are
+        taken over (:func:`import_cells`) instead of recomputed.
+
     Returns:
       The report written to ``out/arena.json``, plus ``"this_run"``: the cells computed by this
-      call (``computed``), those reused from their markers (``reused``) and each opened group's
-      store events (``stages``).
+      call (``computed``), those reused from their markers (``reused``, imported ones included),
+      those imported from ``resume_from`` (``imported``) and each opened group's store events
+      (``stages``).
     """
     start = time.perf_counter()
     root = Path(out)
@@ -592,6 +637,9 @@ def run_arena(spec: ArenaSpec, out: str | Path, *, progress: bool = True) -> dic
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / SPEC_FILE, json.dumps(spec.to_dict(), indent=2))
     (root / "cells").mkdir(exist_ok=True)
+    imported = import_cells(root, plan, resume_from) if resume_from is not None else []
+    if imported:
+        _say(progress, f"{len(imported)} cells imported from {resume_from}")
     computed, reused, stages = [], [], {}
     total = len(plan.cells)
     todo = []
@@ -612,7 +660,7 @@ def run_arena(spec: ArenaSpec, out: str | Path, *, progress: bool = True) -> dic
     if report is None:  # nothing was pending: the report from the stored cells
         rows = [_finished_row(root, c) for c in plan.cells]
         report = write_arena_report(root, spec, plan, rows, time.perf_counter() - start)
-    return {**report, "this_run": {"computed": computed, "reused": reused, "stages": stages}}
+    return {**report, "this_run": {"computed": computed, "reused": reused, "imported": imported, "stages": stages}}
 
 
 # --------------------------------------------------------------------------- summary and report
